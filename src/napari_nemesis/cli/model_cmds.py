@@ -1,0 +1,106 @@
+"""``nemesis flops`` and ``nemesis demo``: the model's cost and a first look at it."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._common import print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "flops",
+        help="count the cost of one forward pass (GMACs and GFLOPs) and how a whole volume scales",
+        description="Counts one pretraining forward pass of a preset with torch.utils.flop_counter. "
+        "GMACs = multiply-accumulates (the paper's 'GFLOPs' convention); GFLOPs = 2 x GMACs.",
+    )
+    p.add_argument("--preset", default="paper", help="model preset: paper, small or tiny (default: paper)")
+    p.add_argument("--superpatch", type=int, default=None, help="superpatch size in voxels (default: the preset's)")
+    p.add_argument("--patch", type=int, default=None, help="patch size in voxels (default: the preset's)")
+    p.add_argument("--mask-ratio", type=float, default=0.75, help="mask ratio of the counted pass (default 0.75)")
+    p.add_argument("--mask", default="dual", choices=["random", "plane", "axis", "dual"], help="mask strategy")
+    p.add_argument("--no-scaling", action="store_true", help="skip the whole-volume scaling table")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.set_defaults(func=cmd_flops)
+
+    d = sub.add_parser("demo", help="the main job: show the model and its cost (later: open napari)")
+    d.add_argument("--preset", default="paper")
+    d.set_defaults(func=cmd_demo)
+
+
+def _build(args: argparse.Namespace):
+    from ..model import build_model
+
+    overrides = {}
+    if getattr(args, "superpatch", None):
+        overrides["superpatch"] = args.superpatch
+    if getattr(args, "patch", None):
+        overrides["patch"] = args.patch
+    return build_model(args.preset, **overrides)
+
+
+def flops_report(model, mask_ratio: float, mask: str, scaling: bool) -> dict:
+    from ..model.flops import PAPER_FULL_VOLUME_GMACS, PAPER_GMACS, count_encoder, count_forward, volume_scaling
+
+    fwd = count_forward(model, mask_ratio=mask_ratio, mask_strategy=mask)
+    report = {
+        "preset": model.cfg.name,
+        "superpatch": model.cfg.superpatch,
+        "patch": model.cfg.patch,
+        "mask_ratio": mask_ratio,
+        "mask_strategy": mask,
+        "gmacs": fwd["gmacs"],
+        "gflops": fwd["gflops"],
+        "paper_gflops": PAPER_GMACS,
+        "paper_full_volume_gflops": PAPER_FULL_VOLUME_GMACS,
+        "relative_to_paper": fwd["gmacs"] / PAPER_GMACS,
+        "parts": fwd["parts"],
+        "encoder_inference_gmacs": count_encoder(model),
+        "counts": "matmuls/linears and SDPA attention; GMACs = multiply-accumulates (the paper's "
+        "'GFLOPs'), GFLOPs = 2 x GMACs; per superpatch, batch 1",
+    }
+    if scaling:
+        report["scaling"] = volume_scaling(model)
+    return report
+
+
+def print_flops_table(r: dict) -> None:
+    print(f"NEMESIS '{r['preset']}' forward pass, superpatch {r['superpatch']}^3, patch {r['patch']}^3, "
+          f"{r['mask_strategy']} mask {r['mask_ratio']:.2f}")
+    print(f"  {'part':<18}{'GMACs':>10}")
+    for k, v in r["parts"].items():
+        print(f"  {k:<18}{v:>10.2f}")
+    print(f"  {'total':<18}{r['gmacs']:>10.2f}   (= {r['gflops']:.2f} GFLOPs, 1 MAC = 2 FLOPs)")
+    print(f"  paper: {r['paper_gflops']:.1f} G (its 'GFLOPs' are MACs) -> ours is "
+          f"{100 * (r['relative_to_paper'] - 1):+.1f} %")
+    print(f"  encoder only, every token visible (inference): {r['encoder_inference_gmacs']:.2f} GMACs")
+    if "scaling" in r:
+        print("\nWhole-volume encoder cost: superpatch tiling (linear) vs one full-volume ViT (quadratic)")
+        print(f"  {'volume z,y,x':<16}{'superpatches':>13}{'tokens':>8}{'tiled GMACs':>13}{'full ViT GMACs':>16}{'ratio':>7}")
+        for row in r["scaling"]:
+            shape = "x".join(str(s) for s in row["shape_zyx"])
+            print(f"  {shape:<16}{row['superpatches']:>13}{row['tokens']:>8}{row['superpatch_gmacs']:>13.0f}"
+                  f"{row['full_volume_vit_gmacs']:>16.0f}{row['ratio']:>7.2f}")
+
+
+def cmd_flops(args: argparse.Namespace) -> int:
+    model = _build(args)
+    report = flops_report(model, args.mask_ratio, args.mask, scaling=not args.no_scaling)
+    if args.json:
+        print_json(report)
+    else:
+        print_flops_table(report)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..model.summary import describe
+
+    model = _build(args)
+    info = describe(model)
+    print("NEMESIS model:")
+    for k, v in info.items():
+        print(f"  {k}: {v}")
+    print()
+    print_flops_table(flops_report(model, 0.75, "dual", scaling=True))
+    return 0

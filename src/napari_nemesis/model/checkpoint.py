@@ -1,0 +1,124 @@
+"""Checkpoints: safetensors weights with the config (JSON) in the file's metadata.
+
+Nothing here unpickles: a pickle, a torch.save archive, a truncated file or a foreign safetensors
+file is refused with a one-line NemesisCheckpointError naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import NemesisCheckpointError
+from .config import NemesisConfig
+from .mae import NemesisMAE
+
+FORMAT = "napari-nemesis/mae"
+FORMAT_VERSION = "1"
+
+
+def _sniff(path: Path) -> None:
+    """Fail early, with a precise message, on files that are not safetensors at all."""
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if len(head) < 8:
+        raise NemesisCheckpointError(f"{path}: file is empty or truncated ({len(head)} bytes), not a safetensors checkpoint")
+    if head[:2] == b"PK":
+        raise NemesisCheckpointError(f"{path}: is a zip archive (torch.save pickle?); only safetensors checkpoints are loaded, never pickles")
+    if head[:1] == b"\x80":
+        raise NemesisCheckpointError(f"{path}: is a Python pickle; only safetensors checkpoints are loaded, never pickles")
+    (header_len,) = struct.unpack("<Q", head[:8])
+    size = path.stat().st_size
+    if header_len <= 0 or 8 + header_len > size or head[8:9] != b"{":
+        raise NemesisCheckpointError(f"{path}: not a safetensors file (bad header) or truncated")
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a safetensors file, after the same checks as loading."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise NemesisCheckpointError(f"{path}: checkpoint file not found")
+    _sniff(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise NemesisCheckpointError(f"{path}: corrupt safetensors file ({str(exc).splitlines()[0]})") from None
+
+
+def save_checkpoint(model: NemesisMAE, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Write weights + config atomically (temporary file, then rename). ``extra`` is stored as JSON."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": model.cfg.to_json(),
+        "gate": f"{model.gate:.6f}",
+        "extra": json.dumps(extra or {}, sort_keys=True),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> NemesisMAE:
+    """Rebuild the model from the config in the file and load its weights, strictly."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = read_metadata(path)
+    if meta.get("format") != FORMAT:
+        raise NemesisCheckpointError(
+            f"{path}: not a napari-nemesis checkpoint (metadata format={meta.get('format')!r}, expected {FORMAT!r})"
+        )
+    try:
+        cfg = NemesisConfig.from_dict(json.loads(meta["config"]))
+    except (KeyError, json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise NemesisCheckpointError(f"{path}: checkpoint config is missing or invalid ({exc})") from None
+    try:
+        state = load_file(str(path), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise NemesisCheckpointError(f"{path}: corrupt safetensors file ({str(exc).splitlines()[0]})") from None
+    model = NemesisMAE(cfg)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    bad_shape = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or bad_shape:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected tensors {_few(unexpected)}")
+        if bad_shape:
+            k = bad_shape[0]
+            parts.append(
+                f"mis-shaped tensors {_few(bad_shape)} (e.g. {k}: file {tuple(state[k].shape)}, "
+                f"config {tuple(expected[k].shape)})"
+            )
+        raise NemesisCheckpointError(f"{path}: checkpoint does not match its config: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+    return model.to(map_location)
+
+
+def checkpoint_extra(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``extra`` JSON saved with a checkpoint (training step, data, ...)."""
+    return json.loads(read_metadata(path).get("extra", "{}"))
+
+
+def _few(keys: list[str], n: int = 3) -> str:
+    more = f" and {len(keys) - n} more" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
