@@ -24,14 +24,16 @@ class TokenGroups:
 
     ``index`` (B, G*M) points into the L tokens (padding points at token 0) or is None when the
     grouping is a plain reshape; ``inverse`` (B, L) is each token's slot in the flattened groups
-    (None for a plain reshape); ``attn_mask`` (B*G, 1, M, M) is None when no group is padded.
+    (None for a plain reshape); ``valid`` (B*G, M) marks real slots and ``attn_mask``
+    (B*G, 1, M, M) the allowed query-key pairs; both are None when no group is padded.
     """
 
     n_groups: int
     size: int
     index: torch.Tensor | None
     inverse: torch.Tensor | None
-    attn_mask: torch.Tensor | None
+    valid: torch.Tensor | None = None
+    attn_mask: torch.Tensor | None = None
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, C) -> (B * G, M, C)."""
@@ -62,7 +64,7 @@ def group_tokens(group_id: torch.Tensor, n_groups: int) -> TokenGroups:
     uniform = bool((counts == size).all())
     order = torch.argsort(group_id * n + ar, dim=1)  # stable by construction: keys are unique
     if uniform and bool((order == ar).all()):
-        return TokenGroups(n_groups, size, None, None, None)
+        return TokenGroups(n_groups, size, None, None)
     sorted_gid = group_id.gather(1, order)
     start = torch.cumsum(counts, 1) - counts
     pos = ar[None, :] - start.gather(1, sorted_gid)
@@ -71,14 +73,14 @@ def group_tokens(group_id: torch.Tensor, n_groups: int) -> TokenGroups:
     index.scatter_(1, slot, order)
     inverse = torch.empty_like(slot)
     inverse.scatter_(1, order, slot)
-    attn_mask = None
+    valid = attn_mask = None
     if not uniform:
         valid = torch.zeros(b, n_groups * size, dtype=torch.bool, device=dev)
         valid.scatter_(1, slot, True)
         valid = valid.view(b * n_groups, size)
         # Real queries see only real keys; padding queries see everything (keeps softmax finite).
         attn_mask = (valid[:, None, :] | ~valid[:, :, None])[:, None]
-    return TokenGroups(n_groups, size, index, inverse, attn_mask)
+    return TokenGroups(n_groups, size, index, inverse, valid, attn_mask)
 
 
 def grid_groups(token_index: torch.Tensor, grid: tuple[int, int, int]) -> tuple[TokenGroups, TokenGroups]:
