@@ -14,6 +14,7 @@ from ..errors import NemesisError
 # Modules that contribute subcommands, in the order they appear in ``nemesis --help``.
 COMMAND_MODULES = [
     "napari_nemesis.cli.model_cmds",
+    "napari_nemesis.cli.data_cmds",
 ]
 
 

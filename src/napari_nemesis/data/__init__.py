@@ -1,0 +1,80 @@
+"""CT data: readers, canonical orientation, HU window, resampling, the superpatch grid, organ
+presence labels, BTCV-layout datasets with a memory-mapped superpatch cache, and phantoms.
+
+numpy / nibabel / SimpleITK / scipy only: importing this package never imports torch or Qt.
+Axes are (z, y, x) everywhere in the Python API; see ``docs/data.md``.
+"""
+
+from ..errors import NemesisCancelled, NemesisInputError
+from .datasets import (
+    BTCV_TEST_IDS,
+    Case,
+    CacheIndex,
+    SuperpatchCache,
+    default_cache_dir,
+    find_cases,
+    label_ratio_subset,
+    open_cache,
+    open_dataset,
+    prepare_cache,
+    split_cases,
+)
+from .grid import (
+    MIN_MEAN,
+    Box,
+    SuperpatchGrid,
+    crop_superpatch,
+    sample_superpatch,
+    sample_superpatch_origin,
+)
+from .io import (
+    CANONICAL_ORIENTATION,
+    NemesisDataWarning,
+    Volume,
+    read_labels,
+    read_volume,
+    volume_from_array,
+    write_volume,
+)
+from .organs import (
+    ORGAN_IDS,
+    ORGAN_NAMES,
+    ORGANS,
+    PRESENCE_THRESHOLD,
+    Organ,
+    organ_voxel_counts,
+    presence_labels,
+)
+from .phantom import PHANTOM_SIZES, make_phantom, write_phantom_dataset
+from .preprocess import (
+    DEFAULT_SPACING_ZYX,
+    HU_WINDOW,
+    Preprocessed,
+    preprocess,
+    preprocess_labels,
+    resample,
+    window_hu,
+)
+
+__all__ = [
+    "NemesisInputError", "NemesisCancelled", "NemesisDataWarning",
+    "CANONICAL_ORIENTATION", "Volume", "read_volume", "read_labels", "write_volume",
+    "volume_from_array",
+    "DEFAULT_SPACING_ZYX", "HU_WINDOW", "Preprocessed", "window_hu", "resample", "preprocess",
+    "preprocess_labels",
+    "Box", "SuperpatchGrid", "MIN_MEAN", "sample_superpatch_origin", "sample_superpatch",
+    "crop_superpatch",
+    "Organ", "ORGANS", "ORGAN_NAMES", "ORGAN_IDS", "PRESENCE_THRESHOLD", "organ_voxel_counts",
+    "presence_labels",
+    "BTCV_TEST_IDS", "Case", "CacheIndex", "SuperpatchCache", "default_cache_dir", "find_cases",
+    "split_cases", "label_ratio_subset", "prepare_cache", "open_cache", "open_dataset",
+    "PHANTOM_SIZES", "make_phantom", "write_phantom_dataset",
+    "measure_sampling_rate",
+]
+
+
+def measure_sampling_rate(*args, **kwargs):
+    """See :func:`napari_nemesis.data.bench_sampling.measure_sampling_rate`."""
+    from .bench_sampling import measure_sampling_rate as _m
+
+    return _m(*args, **kwargs)
