@@ -15,6 +15,7 @@ from ..errors import NemesisError
 COMMAND_MODULES = [
     "napari_nemesis.cli.model_cmds",
     "napari_nemesis.cli.data_cmds",
+    "napari_nemesis.cli.train_cmds",
 ]
 
 

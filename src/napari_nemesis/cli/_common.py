@@ -23,3 +23,63 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, tuple):
         return list(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+class TqdmProgress:
+    """Turns core progress events into a tqdm bar on stderr (the CLI's face of ``progress``).
+
+    Accepts both event dicts (``{"event": "step", "step": .., "total": .., **metrics}``) from the
+    training loops and ``(done, total, message)`` calls from the data layer.
+    """
+
+    def __init__(self, desc: str, disable: bool = False) -> None:
+        self.desc = desc
+        self.disable = disable
+        self.bar = None
+        self._stage = None
+
+    def _ensure(self, total: int | None, initial: int = 0):
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, initial=initial, desc=self.desc, file=sys.stderr, disable=self.disable,
+                            dynamic_ncols=True, leave=True)
+        elif total is not None and self.bar.total != total:
+            self.bar.total = total
+        return self.bar
+
+    def __call__(self, event: Any, total: int | None = None, message: str | None = None) -> None:
+        if not isinstance(event, dict):  # data-layer style: (done, total, message)
+            bar = self._ensure(total)
+            bar.n = int(event)
+            if message:
+                bar.set_postfix_str(str(message)[:40], refresh=False)
+            bar.refresh()
+            return
+        kind = event.get("event")
+        if kind == "start":
+            self._ensure(event.get("total"), event.get("step", 0) or 0)
+        elif kind in ("step", "item"):
+            stage = event.get("stage")
+            if stage != self._stage and self.bar is not None:
+                self.bar.reset(total=event.get("total"))
+            self._stage = stage
+            bar = self._ensure(event.get("total"))
+            bar.set_description_str(f"{self.desc}: {stage}" if stage else self.desc, refresh=False)
+            bar.n = int(event.get("step", event.get("done", bar.n)))
+            shown = {k: event[k] for k in ("loss", "lr", "gate", "superpatches_per_s", "auroc_mean") if k in event}
+            if shown:
+                bar.set_postfix({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in shown.items()}, refresh=False)
+            bar.refresh()
+        elif kind == "stage":
+            bar = self._ensure(event.get("total"))
+            bar.set_description_str(f"{self.desc}: {event.get('name', '')}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def add_json_flag(p) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line of standard output")

@@ -1,0 +1,257 @@
+"""``nemesis pretrain``: self-supervised pretraining from the command line (and under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from ._common import TqdmProgress, add_json_flag, print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="self-supervised pretraining on a dataset (also under torchrun for several GPUs/nodes)",
+        description="Noise-enhanced masked reconstruction of random superpatches (AdamW, cosine schedule "
+        "with warm-up, gradient clipping). Checkpoints go to OUT/last.safetensors; --resume continues "
+        "exactly. Under torchrun the same command trains with DistributedDataParallel.",
+    )
+    p.add_argument("data", help="a dataset folder (BTCV layout or JSON list) or a cache made by 'nemesis prepare'")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, log.jsonl, pretrain.json")
+    p.add_argument("--preset", default="small", help="model preset: paper, small, tiny (default small)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=4, help="superpatches per step and process")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 5%% of --steps)")
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
+    p.add_argument("--mask", default="dual", choices=["random", "plane", "axis", "dual"])
+    p.add_argument("--mask-ratio", type=float, default=0.75)
+    p.add_argument("--no-noise", action="store_true", help="plain MAE: no noise-enhanced reconstruction")
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    bf = p.add_mutually_exclusive_group()
+    bf.add_argument("--bf16", dest="bf16", action="store_true", default=None, help="bf16 autocast (default on CUDA)")
+    bf.add_argument("--no-bf16", dest="bf16", action="store_false")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--superpatch", type=int, default=None, help="override the preset's superpatch size")
+    p.add_argument("--resume", action="store_true", help="continue OUT/last.* exactly where it stopped")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_pretrain)
+    register_downstream(sub)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from ..train.events import JsonlLog, fan_out
+    from ..train.pretrain import PretrainOptions, pretrain
+    overrides = {"superpatch": args.superpatch} if args.superpatch else {}
+    opts = PretrainOptions(
+        preset=args.preset, steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup,
+        weight_decay=args.weight_decay, clip=args.clip, mask_strategy=args.mask, mask_ratio=args.mask_ratio,
+        noise=not args.no_noise, checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed,
+        device=args.device, bf16=args.bf16, num_workers=args.workers, model_overrides=overrides,
+    )
+    out = Path(args.out)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    bar = TqdmProgress("pretrain", disable=not main_rank)
+    log = JsonlLog(out / "log.jsonl") if main_rank else None
+    try:
+        result = pretrain(args.data, out, opts, resume=args.resume, progress=fan_out(bar, log))
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+    if main_rank:
+        (out / "pretrain.json").write_text(json.dumps(result, indent=1))
+        if args.json:
+            print_json(result)
+        else:
+            print(f"pretrained {result['steps']} steps ({result['steps_this_run']} this run) in {result['seconds']:.1f} s, "
+                  f"{result['superpatches_per_s']:.2f} superpatches/s; loss {result['loss_first']:.4f} -> "
+                  f"{result['loss_last']:.4f}; gate a = {result['gate']:.3f}\ncheckpoint: {result['checkpoint']}")
+    return 0
+
+
+def _device_args(p) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    p.add_argument("--batch", type=int, default=None, help="superpatches per forward pass")
+
+
+def _load_model(path: str | None):
+    from ..model import load_checkpoint
+    from ..weights import default_checkpoint_path
+
+    ckpt = path or default_checkpoint_path()
+    return load_checkpoint(ckpt), str(ckpt)
+
+
+def register_downstream(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("probe", help="organ-presence probe (linear or fine-tune) of a checkpoint on a labelled dataset",
+                       description="Frozen encoder (no mask, no noise) -> mean of tokens -> LayerNorm -> Linear(8), "
+                       "BCE. Trains on the training split (fixed epochs), reports per-organ AUROC and macro F1 on "
+                       "the test split; saves OUT/probe.safetensors.")
+    p.add_argument("data", help="a labelled dataset folder or a cache")
+    p.add_argument("--checkpoint", default=None, help="NEMESIS checkpoint (default: the bundled weights)")
+    p.add_argument("--mode", default="linear", choices=["linear", "finetune"])
+    p.add_argument("--label-ratio", type=float, default=1.0, help="fraction of training scans with labels (nested subsets)")
+    p.add_argument("--epochs", type=int, default=None, help="default 200 full-batch steps (linear) / 8 epochs (finetune)")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="folder for probe.safetensors and probe.json (default: beside --checkpoint or ./probe_out)")
+    _device_args(p)
+    add_json_flag(p)
+    p.set_defaults(func=cmd_probe)
+
+    e = sub.add_parser("evaluate", help="the paper's Tables II-III (and IV with --reconstruction) on a dataset",
+                       description="Linear probe and fine-tune of the checkpoint and a linear probe of a randomly "
+                       "initialised encoder of the same config, across label ratios, beside the paper's numbers.")
+    e.add_argument("data")
+    e.add_argument("--checkpoint", default=None, help="NEMESIS checkpoint (default: the bundled weights)")
+    e.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.25, 0.5, 1.0])
+    e.add_argument("--no-finetune", action="store_true")
+    e.add_argument("--no-random", action="store_true", help="skip the random-encoder baseline")
+    e.add_argument("--finetune-epochs", type=int, default=None)
+    e.add_argument("--reconstruction", action="store_true", help="also Table IV: PSNR/SSIM per mask strategy at 0.75")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", default=None, help="write evaluate.json here")
+    _device_args(e)
+    add_json_flag(e)
+    e.set_defaults(func=cmd_evaluate)
+
+    i = sub.add_parser("infer", help="per-superpatch organ probabilities for a whole scan (CSV + NIfTI maps)")
+    i.add_argument("scan")
+    i.add_argument("--checkpoint", default=None, help="NEMESIS checkpoint (default: bundled)")
+    i.add_argument("--probe", default=None, help="probe head (default: bundled)")
+    i.add_argument("--out", default=None, help="output folder (default: ./<scan>_nemesis)")
+    _device_args(i)
+    add_json_flag(i)
+    i.set_defaults(func=cmd_infer)
+
+    r = sub.add_parser("reconstruct", help="mask, noise and reconstruct a whole scan; PSNR/SSIM; NIfTI outputs")
+    r.add_argument("scan")
+    r.add_argument("--checkpoint", default=None, help="NEMESIS checkpoint (default: bundled)")
+    r.add_argument("--mask", default="dual", choices=["random", "plane", "axis", "dual"])
+    r.add_argument("--ratio", type=float, default=0.75)
+    r.add_argument("--noise", type=float, default=0.0, help="Gaussian noise sigma in window units (0.03 ~ 13 HU)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", required=True)
+    _device_args(r)
+    add_json_flag(r)
+    r.set_defaults(func=cmd_reconstruct)
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from ..train.probe import ProbeOptions, run_probe
+
+    model, ckpt = _load_model(args.checkpoint)
+    out = Path(args.out) if args.out else (Path(args.checkpoint).parent if args.checkpoint else Path("probe_out"))
+    opts = ProbeOptions(mode=args.mode, label_ratio=args.label_ratio, epochs=args.epochs, lr=args.lr, seed=args.seed,
+                        device=args.device, bf16=args.bf16, batch=args.batch or 8)
+    bar = TqdmProgress(f"probe ({args.mode})", disable=args.json)
+    try:
+        result = run_probe(args.data, model, opts, out_dir=out, checkpoint_name=ckpt, progress=bar)
+    finally:
+        bar.close()
+    (out / "probe.json").write_text(json.dumps(result, indent=1))
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{args.mode} probe of {ckpt}: test AUROC {_f(result['auroc_mean'])}, macro F1 {result['f1_macro']:.3f} "
+              f"({result['n_train_superpatches']} train / {result['n_test_superpatches']} test superpatches)")
+        for organ, m in result["per_organ"].items():
+            print(f"  {organ:<14} AUROC {_f(m['auroc'])}  F1 {m['f1']:.3f}  positives {m['positives']}")
+        print(f"head: {result['probe']}")
+    return 0
+
+
+def _f(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..train.evaluate import evaluate, format_table
+    from ..train.probe import ProbeOptions
+
+    model, ckpt = _load_model(args.checkpoint)
+    opts = ProbeOptions(seed=args.seed, device=args.device, bf16=args.bf16, batch=args.batch or 8)
+    bar = TqdmProgress("evaluate", disable=args.json)
+    try:
+        result = evaluate(args.data, model, ratios=tuple(args.ratios), finetune_model=not args.no_finetune,
+                          random_baseline=not args.no_random, reconstruction=args.reconstruction, opts=opts,
+                          finetune_epochs=args.finetune_epochs, recon_seed=args.seed, progress=bar)
+    finally:
+        bar.close()
+    result["checkpoint"] = ckpt
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "evaluate.json").write_text(json.dumps(result, indent=1))
+    if args.json:
+        print_json(result)
+    else:
+        print(format_table(result))
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from ..train.inference import infer_scan, write_infer_outputs
+    from ..train.probe import load_probe
+    from ..weights import default_probe_path
+
+    model, ckpt = _load_model(args.checkpoint)
+    head, meta = load_probe(args.probe or default_probe_path())
+    if head.norm.normalized_shape[0] != model.cfg.embed_dim:
+        from ..errors import NemesisCheckpointError
+
+        raise NemesisCheckpointError(f"{args.probe or default_probe_path()}: probe head expects {head.norm.normalized_shape[0]}-wide "
+                                     f"features but {ckpt} gives {model.cfg.embed_dim}")
+    spacing = meta.get("spacing_zyx")
+    bar = TqdmProgress("infer", disable=args.json)
+    try:
+        res = infer_scan(args.scan, model, head, meta["organs"], spacing_zyx=spacing, threshold=meta.get("threshold", 0.5),
+                         batch=args.batch or 2, device=args.device, bf16=args.bf16, progress=bar)
+    finally:
+        bar.close()
+    out = Path(args.out) if args.out else Path(f"{Path(args.scan).name.split('.')[0]}_nemesis")
+    files = write_infer_outputs(res, out)
+    summary = {"scan": args.scan, "checkpoint": ckpt, "probe": str(args.probe or default_probe_path()), **res.info,
+               "organs": res.organs, "max_probability": {o: float(res.probabilities[:, k].max()) for k, o in enumerate(res.organs)},
+               "present_superpatches": {o: int((res.probabilities[:, k] >= res.threshold).sum()) for k, o in enumerate(res.organs)},
+               **files}
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"{summary['superpatches']} superpatches (grid {summary['grid']}); CSV: {files['csv']}")
+        for o in res.organs:
+            print(f"  {o:<14} max p {summary['max_probability'][o]:.3f}  superpatches >= {res.threshold}: "
+                  f"{summary['present_superpatches'][o]}")
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from ..train.inference import reconstruct_scan
+
+    model, ckpt = _load_model(args.checkpoint)
+    bar = TqdmProgress("reconstruct", disable=args.json)
+    try:
+        res = reconstruct_scan(args.scan, model, args.mask, args.ratio, args.noise, args.seed, batch=args.batch or 2,
+                               device=args.device, bf16=args.bf16, out_dir=args.out, progress=bar)
+    finally:
+        bar.close()
+    res["checkpoint"] = ckpt
+    if args.json:
+        print_json(res)
+    else:
+        print(f"{args.mask} mask {args.ratio}, noise {args.noise}: PSNR masked {_f2(res['psnr_masked'])} dB, "
+              f"all {_f2(res['psnr_all'])} dB; SSIM masked {_f(res['ssim_masked'])}, all {_f(res['ssim_all'])}")
+        for k, v in res["files"].items():
+            print(f"  {k}: {v}")
+    return 0
+
+
+def _f2(v) -> str:
+    return "-" if v is None else f"{v:.2f}"

@@ -1,0 +1,157 @@
+"""The paper's Tables II-IV on any labelled dataset: linear probe and fine-tune of a checkpoint,
+the same probe on a randomly initialised encoder, across label ratios; reconstruction per mask.
+
+Features of the frozen encoders are extracted once per split and reused by every linear head, so
+the label-ratio sweep costs one pass over the data per encoder.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..model import NemesisMAE
+from .events import CancelFn, ProgressFn, emit
+from .metrics import presence_metrics
+from .probe import ProbeOptions, _subset_ids, extract_features, finetune, head_probabilities, train_linear_head
+from .runtime import resolve_device
+
+LABEL_RATIOS = (0.1, 0.25, 0.5, 1.0)
+
+#: Paper, Table II (BTCV organ presence; AUROC, F1 at 0.5) and Table III (linear AUROC by label ratio).
+PAPER_TABLE_II = {
+    "ResNet3D-50 (fine-tune)": (0.9720, 0.782),
+    "SuPreM (fine-tune)": (0.9493, 0.678),
+    "VoCo (fine-tune)": (0.9387, 0.701),
+    "Random ViT (fine-tune)": (0.5602, 0.000),
+    "NEMESIS (linear)": (0.9633, 0.753),
+    "NEMESIS (fine-tune)": (0.9702, 0.791),
+}
+PAPER_TABLE_III = {0.1: 0.9075, 0.25: 0.9347, 0.5: 0.9570, 1.0: 0.9633}
+#: Paper, Table IV (ratio 0.75): PSNR dB, SSIM.
+PAPER_TABLE_IV = {"axis": (24.87, 0.294), "plane": (27.75, 0.529)}
+
+
+def evaluate(
+    data,
+    model: NemesisMAE,
+    ratios=LABEL_RATIOS,
+    finetune_model: bool = True,
+    random_baseline: bool = True,
+    reconstruction: bool = False,
+    opts: ProbeOptions | None = None,
+    finetune_epochs: int | None = None,
+    recon_seed: int = 0,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> dict[str, Any]:
+    """Rows of (method, protocol, label_ratio, auroc_mean, f1_macro, paper_auroc, paper_f1)."""
+    from ..data import ORGAN_NAMES, open_dataset
+
+    opts = opts or ProbeOptions()
+    device = resolve_device(opts.device)
+    cache = open_dataset(data, superpatch=model.cfg.superpatch)
+    test_ids = [c for c in cache.test_ids if c in cache.labelled_ids]
+    full_train = _subset_ids(cache, 1.0, opts.seed)
+    rows: list[dict[str, Any]] = []
+
+    def linear_rows(name: str, encoder: NemesisMAE, paper: dict[float, tuple[float | None, float | None]]):
+        emit(progress, "stage", name=f"{name}: features")
+        xtr, ytr, where = extract_features(encoder, cache, full_train, opts.batch, device, opts.bf16, progress, cancel,
+                                           f"{name} train features")
+        xte, yte, _ = extract_features(encoder, cache, test_ids, opts.batch, device, opts.bf16, progress, cancel,
+                                       f"{name} test features")
+        case_of = np.array([c for c, _ in where])
+        for r in ratios:
+            ids = set(_subset_ids(cache, r, opts.seed))
+            sel = np.isin(case_of, list(ids))
+            head = train_linear_head(xtr[sel], ytr[sel], ProbeOptions(**{**opts.__dict__, "mode": "linear"}), cancel)
+            m = presence_metrics(yte, head_probabilities(head, xte), ORGAN_NAMES, opts.threshold)
+            pa, pf = paper.get(r, (None, None))
+            rows.append({"method": name, "protocol": "linear", "label_ratio": r, "auroc_mean": m["auroc_mean"],
+                         "f1_macro": m["f1_macro"], "per_organ": m["per_organ"], "n_train_superpatches": int(sel.sum()),
+                         "n_test_superpatches": int(len(yte)), "paper_auroc": pa, "paper_f1": pf})
+            emit(progress, "row", **{k: v for k, v in rows[-1].items() if k != "per_organ"})
+
+    paper_linear = {r: (a, PAPER_TABLE_II["NEMESIS (linear)"][1] if r == 1.0 else None) for r, a in PAPER_TABLE_III.items()}
+    linear_rows("NEMESIS", model, paper_linear)
+    if random_baseline:
+        torch.manual_seed(opts.seed + 1)
+        random_model = NemesisMAE(model.cfg)  # same config, fresh random weights
+        linear_rows("Random ViT", random_model, {1.0: PAPER_TABLE_II["Random ViT (fine-tune)"]})
+    if finetune_model:
+        emit(progress, "stage", name="fine-tune")
+        ft_opts = ProbeOptions(**{**opts.__dict__, "mode": "finetune", "epochs": finetune_epochs, "lr": None})
+        net = finetune(copy.deepcopy(model), cache, full_train, ft_opts, device, progress, cancel)
+        xte, yte, _ = extract_features(net.encoder, cache, test_ids, opts.batch, device, opts.bf16, progress, cancel,
+                                       "fine-tuned test features")
+        m = presence_metrics(yte, head_probabilities(net.head.cpu(), xte), ORGAN_NAMES, opts.threshold)
+        pa, pf = PAPER_TABLE_II["NEMESIS (fine-tune)"]
+        rows.append({"method": "NEMESIS", "protocol": "finetune", "label_ratio": 1.0, "auroc_mean": m["auroc_mean"],
+                     "f1_macro": m["f1_macro"], "per_organ": m["per_organ"],
+                     "n_train_superpatches": cache.n_superpatches(full_train), "n_test_superpatches": int(len(yte)),
+                     "paper_auroc": pa, "paper_f1": pf})
+    result: dict[str, Any] = {"rows": rows, "train_cases": full_train, "test_cases": test_ids,
+                              "paper_table_ii": PAPER_TABLE_II, "paper_table_iii": PAPER_TABLE_III}
+    if reconstruction:
+        result["reconstruction"] = evaluate_reconstruction(cache, model, test_ids, device=device, seed=recon_seed,
+                                                           progress=progress, cancel=cancel)
+    return result
+
+
+def evaluate_reconstruction(
+    cache,
+    model: NemesisMAE,
+    case_ids: list[str],
+    strategies=("random", "plane", "axis", "dual"),
+    ratio: float = 0.75,
+    noise: float = 0.0,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    batch: int = 2,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> list[dict[str, Any]]:
+    """Table IV: PSNR / SSIM of each masking strategy at ``ratio`` over every grid superpatch of ``case_ids``."""
+    from .inference import ReconMetrics, reconstruct_superpatches
+
+    device = torch.device(device)
+    rows = []
+    s = model.cfg.superpatch
+    for strategy in strategies:
+        metrics = ReconMetrics()
+        for cid in case_ids:
+            grid = cache.grid(cid, s)
+            items = [(i, p) for _, i, p, _ in cache.superpatches([cid], s)]
+            for i, _, _, recon, vox in reconstruct_superpatches(model, items, strategy, ratio, noise, seed, device,
+                                                                 batch, cancel=cancel):
+                box = grid.box(i, clip=True)
+                metrics.add(items[i][1], recon, vox, tuple(slice(0, d) for d in box.shape))
+        paper = PAPER_TABLE_IV.get(strategy, (None, None))
+        rows.append({"strategy": strategy, "ratio": ratio, **metrics.result(), "paper_psnr": paper[0],
+                     "paper_ssim": paper[1]})
+        emit(progress, "row", **rows[-1])
+    return rows
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The evaluation as a plain-text table beside the paper's numbers."""
+    def f(v, nd=4):
+        return "-" if v is None else f"{v:.{nd}f}"
+
+    lines = [f"{'method':<12}{'protocol':<10}{'labels':>7}{'AUROC':>9}{'F1':>8}{'paper AUROC':>13}{'paper F1':>10}{'train SP':>10}"]
+    for r in result["rows"]:
+        lines.append(f"{r['method']:<12}{r['protocol']:<10}{int(r['label_ratio'] * 100):>6}%{f(r['auroc_mean']):>9}"
+                     f"{f(r['f1_macro'], 3):>8}{f(r['paper_auroc']):>13}{f(r['paper_f1'], 3):>10}{r['n_train_superpatches']:>10}")
+    if "reconstruction" in result:
+        lines.append("")
+        lines.append(f"{'mask @0.75':<12}{'PSNR masked':>12}{'SSIM masked':>12}{'PSNR all':>10}{'SSIM all':>10}{'paper PSNR':>12}{'paper SSIM':>12}")
+        for r in result["reconstruction"]:
+            lines.append(f"{r['strategy']:<12}{f(r['psnr_masked'], 2):>12}{f(r['ssim_masked'], 3):>12}{f(r['psnr_all'], 2):>10}"
+                         f"{f(r['ssim_all'], 3):>10}{f(r['paper_psnr'], 2):>12}{f(r['paper_ssim'], 3):>12}")
+    lines.append("Paper rows for other methods (Table II): " + "; ".join(
+        f"{k} {a:.4f}/{b:.3f}" for k, (a, b) in PAPER_TABLE_II.items() if not k.startswith("NEMESIS")))
+    return "\n".join(lines)

@@ -1,0 +1,254 @@
+"""Self-supervised NEMESIS pretraining: the method notes' recipe, resumable, on 1..N devices.
+
+Every random choice is a function of (seed, step, rank): the crops of step s are dataset items
+s*B*W + r*B + j, each drawn from its own seeded generator, and the mask/noise generator of step s
+is seeded from (seed, s, r). So the seed and the step are the data and mask RNG state; the optimizer
+moments and torch's global RNG are saved beside the weights. Resuming continues exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import NemesisCancelled, NemesisInputError
+from ..model import NemesisMAE, build_model
+from .events import CancelFn, ProgressFn, check_cancel, emit
+from .runtime import autocast, default_bf16, init_distributed, resolve_device, weights_digest
+from .state import load_train_state, read_train_state, save_train_state
+
+
+@dataclass
+class PretrainOptions:
+    preset: str = "small"
+    steps: int = 1000
+    batch: int = 4
+    lr: float = 1e-4
+    min_lr: float = 1e-6
+    warmup: int | None = None  # default: 5 % of the steps
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    clip: float = 1.0
+    mask_strategy: str = "dual"
+    mask_ratio: float = 0.75
+    noise: bool = True  # noise-enhanced reconstruction (sigma from the config's set)
+    checkpoint_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool | None = None  # None: on for CUDA, off for CPU/MPS
+    num_workers: int = 0
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def warmup_steps(self) -> int:
+        return self.warmup if self.warmup is not None else max(1, int(0.05 * self.steps))
+
+
+def learning_rate(step: int, opts: PretrainOptions) -> float:
+    """Linear warm-up, then cosine decay from ``lr`` to ``min_lr`` at ``steps``."""
+    w = opts.warmup_steps()
+    if step < w:
+        return opts.lr * (step + 1) / w
+    t = (step - w) / max(1, opts.steps - w)
+    return opts.min_lr + 0.5 * (opts.lr - opts.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def make_optimizer(model: NemesisMAE, opts: PretrainOptions) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases, norms, gate, tokens and embeddings (1-D or token params)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name.endswith(("mask_token", "nemesis_tokens", "slice_pos", "alpha")):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=opts.lr, betas=tuple(opts.betas))
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Item i is a random superpatch drawn with ``numpy.random.default_rng([seed, i])``."""
+
+    def __init__(self, cache, seed: int, length: int) -> None:
+        self.cache, self.seed, self.length = cache, seed, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        patch = self.cache.sample(np.random.default_rng([self.seed, int(i)]))
+        return torch.from_numpy(np.ascontiguousarray(patch, dtype=np.float32))[None]
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """Dataset indices for steps [start, steps) of one rank: the distributed sampler of this loop."""
+
+    def __init__(self, start: int, steps: int, batch: int, rank: int, world: int) -> None:
+        self.start, self.steps, self.batch, self.rank, self.world = start, steps, batch, rank, world
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start) * self.batch
+
+    def __iter__(self):
+        for s in range(self.start, self.steps):
+            base = (s * self.world + self.rank) * self.batch
+            yield from range(base, base + self.batch)
+
+
+def _step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device if device.type in ("cuda", "cpu") else "cpu")
+    g.manual_seed(int(np.random.SeedSequence([seed, step, rank, 7]).generate_state(1)[0]))
+    return g
+
+
+def pretrain(
+    data,
+    out_dir: str | Path,
+    opts: PretrainOptions | None = None,
+    resume: bool = False,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> dict[str, Any]:
+    """Pretrain a NEMESIS MAE on ``data`` (a SuperpatchCache, a cache folder or a raw data folder).
+
+    Writes ``out_dir/last.safetensors`` (+ ``last.state.*``) every ``checkpoint_every`` steps and at
+    the end, and returns a summary dict. On ``cancel()`` or Ctrl-C, the current step is saved first
+    (atomically), then NemesisCancelled / KeyboardInterrupt is raised.
+    """
+    from ..data import open_dataset
+
+    opts = opts or PretrainOptions()
+    out_dir = Path(out_dir)
+    device = resolve_device(opts.device)
+    bf16 = default_bf16(device) if opts.bf16 is None else bool(opts.bf16)
+    dist = init_distributed(device)
+    try:
+        return _pretrain(data, out_dir, opts, resume, progress if dist.is_main else None, cancel, device, bf16, dist,
+                         open_dataset)
+    finally:
+        dist.close()
+
+
+def _pretrain(data, out_dir, opts, resume, progress, cancel, device, bf16, dist, open_dataset) -> dict[str, Any]:
+    # ---- model, optimizer, start step --------------------------------------------------------
+    start = 0
+    if resume and (out_dir / "last.state.json").is_file():
+        doc = read_train_state(out_dir)
+        if doc.get("options", {}).get("seed") not in (None, opts.seed):
+            raise NemesisInputError(f"{out_dir}: --resume with another --seed than the run's ({doc['options']['seed']})")
+        model, opt, doc = load_train_state(out_dir, lambda m: make_optimizer(m, opts), map_location=device)
+        start = int(doc["step"])
+    elif resume:
+        raise NemesisInputError(f"{out_dir}: --resume given but there is no last.state.json to resume from")
+    else:
+        torch.manual_seed(opts.seed)
+        model = build_model(opts.preset, **opts.model_overrides).to(device)
+        opt = make_optimizer(model, opts)
+    cfg = model.cfg
+    # ---- data ---------------------------------------------------------------------------------
+    if dist.is_main:
+        cache = open_dataset(data, superpatch=cfg.superpatch, include_unlabelled=True)
+    dist.barrier()
+    if not dist.is_main:
+        cache = open_dataset(data, superpatch=cfg.superpatch, include_unlabelled=True)
+    if not cache.case_ids:
+        raise NemesisInputError(f"{data}: no scans to pretrain on")
+    total_items = opts.steps * opts.batch * dist.world
+    loader = torch.utils.data.DataLoader(
+        CropDataset(cache, opts.seed, total_items),
+        batch_size=opts.batch,
+        sampler=StepSampler(start, opts.steps, opts.batch, dist.rank, dist.world),
+        num_workers=opts.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    train_model: torch.nn.Module = model
+    if dist.world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    model.train()
+    info = {
+        "options": asdict(opts),
+        "data": str(getattr(cache, "path", data)),
+        "world_size": dist.world,
+        "device": str(device),
+        "bf16": bf16,
+    }
+    emit(progress, "start", step=start, total=opts.steps, preset=cfg.name, device=str(device), world_size=dist.world,
+         bf16=bf16, cases=len(cache.case_ids))
+
+    def save(step: int) -> Path | None:
+        if dist.is_main:
+            path = save_train_state(out_dir, model, opt, step, {**info, "extra": {"gate": model.gate}})
+            emit(progress, "checkpoint", step=step, path=str(path))
+            return path
+        return None
+
+    step = start
+    losses: list[float] = []
+    t_window, n_window = time.perf_counter(), 0
+    t_start = time.perf_counter()
+    try:
+        for batch in loader:
+            check_cancel(cancel, "pretraining")
+            lr = learning_rate(step, opts)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x = batch.to(device, non_blocking=True)
+            gen = _step_generator(opts.seed, step, dist.rank, device)
+            with autocast(device, bf16):
+                out = train_model(x, mask_strategy=opts.mask_strategy, mask_ratio=opts.mask_ratio,
+                                  noise_sigma=None if opts.noise else 0.0, generator=gen)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip)
+            opt.step()
+            step += 1
+            n_window += x.shape[0] * dist.world
+            if step % opts.log_every == 0 or step == opts.steps or step == start + 1:
+                loss = float(out.loss.detach())
+                losses.append(loss)
+                now = time.perf_counter()
+                emit(progress, "step", step=step, total=opts.steps, loss=loss, lr=lr, gate=model.gate,
+                     grad_norm=float(grad_norm), superpatches_per_s=n_window / max(now - t_window, 1e-9))
+                t_window, n_window = now, 0
+            if step % opts.checkpoint_every == 0 and step < opts.steps:
+                save(step)
+    except (KeyboardInterrupt, NemesisCancelled):
+        save(step)
+        emit(progress, "interrupted", step=step, total=opts.steps)
+        raise
+    elapsed = time.perf_counter() - t_start
+    path = save(step)
+    digests = [weights_digest(model)]
+    if dist.world > 1:
+        gathered: list[Any] = [None] * dist.world
+        torch.distributed.all_gather_object(gathered, digests[0])
+        digests = gathered
+    done_steps = step - start
+    result = {
+        "checkpoint": str(path) if path else None,
+        "steps": step,
+        "steps_this_run": done_steps,
+        "resumed_from": start,
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        "gate": model.gate,
+        "seconds": elapsed,
+        "superpatches_per_s": done_steps * opts.batch * dist.world / max(elapsed, 1e-9),
+        "world_size": dist.world,
+        "rank_weight_digests": digests,
+        "device": str(device),
+        "bf16": bf16,
+        "preset": cfg.name,
+    }
+    emit(progress, "end", **result)
+    return result

@@ -1,0 +1,102 @@
+"""Devices, mixed precision and torchrun/DDP set-up, shared by every training loop."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import NemesisInputError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; an explicit device that is absent is an error."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", _local_rank() if dist_env() else torch.cuda.current_device())
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise NemesisInputError("--device cuda: no CUDA device is available on this machine")
+        if name == "cuda" and dist_env():
+            return torch.device("cuda", _local_rank())
+        return torch.device(name)
+    if name == "mps":
+        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise NemesisInputError("--device mps: Apple MPS is not available on this machine")
+        return torch.device("mps")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise NemesisInputError(f"--device {name}: choose auto, cpu, cuda or mps")
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on the given device, or a no-op context."""
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def default_bf16(device: torch.device) -> bool:
+    """bf16 by default on CUDA cards that support it; off on CPU/MPS unless asked for."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def dist_env() -> bool:
+    """True when launched by torchrun with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    initialised_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.initialised_here and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the torchrun process group (nccl on CUDA, gloo otherwise); a no-op for one process."""
+    if not dist_env():
+        return DistInfo()
+    import torch.distributed as dist
+
+    here = False
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+        here = True
+    return DistInfo(dist.get_rank(), dist.get_world_size(), _local_rank(), here)
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of every parameter and buffer, in state-dict order (compares replicas bit for bit)."""
+    h = hashlib.sha256()
+    for k, v in module.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

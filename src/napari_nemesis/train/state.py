@@ -1,0 +1,120 @@
+"""Resumable training state as a safetensors + JSON pair (never a pickle).
+
+``<stem>.safetensors``        model weights and config (a normal NEMESIS checkpoint)
+``<stem>.state.safetensors``  optimizer moments and the RNG state, as tensors
+``<stem>.state.json``         step, options, optimizer hyper-parameters, what the run has seen
+
+Each file is written to a temporary name and renamed; the JSON is renamed last and names the step
+both tensor files must carry, so a run stopped half-way through a save is detected, not trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import NemesisCheckpointError
+from ..model import NemesisMAE, load_checkpoint, save_checkpoint
+from ..model.checkpoint import checkpoint_extra, read_metadata
+
+STATE_FORMAT = "napari-nemesis/train-state"
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for name, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"opt.{idx}.{name}"] = val.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[name] = val
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def save_train_state(
+    run_dir: str | os.PathLike,
+    model: NemesisMAE,
+    opt: torch.optim.Optimizer,
+    step: int,
+    info: dict[str, Any],
+    stem: str = "last",
+) -> Path:
+    """Save model + optimizer + RNG for ``step`` into ``run_dir/<stem>.*``. Returns the model path."""
+    from safetensors.torch import save_file
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tensors, opt_json = _optimizer_tensors(opt)
+    tensors["rng.torch_cpu"] = torch.get_rng_state()
+    state_path = run_dir / f"{stem}.state.safetensors"
+    tmp = state_path.with_name(state_path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": STATE_FORMAT, "step": str(step)})
+    os.replace(tmp, state_path)
+    model_path = save_checkpoint(model, run_dir / f"{stem}.safetensors", extra={**info.get("extra", {}), "step": step})
+    doc = {"format": STATE_FORMAT, "step": step, "optimizer": opt_json, **{k: v for k, v in info.items() if k != "extra"}}
+    jpath = run_dir / f"{stem}.state.json"
+    jtmp = jpath.with_name(jpath.name + ".tmp")
+    jtmp.write_text(json.dumps(doc, indent=1, default=str))
+    os.replace(jtmp, jpath)
+    return model_path
+
+
+def read_train_state(run_dir: str | os.PathLike, stem: str = "last") -> dict[str, Any]:
+    """The JSON of a saved state, checked against its two tensor files."""
+    run_dir = Path(run_dir)
+    jpath = run_dir / f"{stem}.state.json"
+    if not jpath.is_file():
+        raise NemesisCheckpointError(f"{jpath}: no training state to resume from")
+    try:
+        doc = json.loads(jpath.read_text())
+    except json.JSONDecodeError as exc:
+        raise NemesisCheckpointError(f"{jpath}: corrupt training state ({exc})") from None
+    if doc.get("format") != STATE_FORMAT:
+        raise NemesisCheckpointError(f"{jpath}: not a napari-nemesis training state")
+    step = doc["step"]
+    model_step = checkpoint_extra(run_dir / f"{stem}.safetensors").get("step")
+    state_step = read_metadata(run_dir / f"{stem}.state.safetensors").get("step")
+    if model_step != step or str(state_step) != str(step):
+        raise NemesisCheckpointError(
+            f"{run_dir}: checkpoint files disagree (json step {step}, model step {model_step}, "
+            f"optimizer step {state_step}); the run was stopped while saving"
+        )
+    return doc
+
+
+def load_train_state(
+    run_dir: str | os.PathLike, opt_factory, map_location: str | torch.device = "cpu", stem: str = "last"
+) -> tuple[NemesisMAE, torch.optim.Optimizer, dict[str, Any]]:
+    """Rebuild model and optimizer (``opt_factory(model) -> optimizer``) at the saved step."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    doc = read_train_state(run_dir, stem)
+    model = load_checkpoint(run_dir / f"{stem}.safetensors", map_location=map_location)
+    opt = opt_factory(model)
+    tensors = load_file(str(run_dir / f"{stem}.state.safetensors"))
+    state: dict[int, dict[str, Any]] = {}
+    for key, val in tensors.items():
+        if key.startswith("opt."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = val
+    for idx, sc in doc["optimizer"].get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(sc)
+    try:
+        opt.load_state_dict({"state": state, "param_groups": doc["optimizer"]["param_groups"]})
+    except (ValueError, KeyError) as exc:
+        raise NemesisCheckpointError(f"{run_dir}: optimizer state does not fit the model ({exc})") from None
+    # moments onto the model's device
+    for st in opt.state.values():
+        for k, v in st.items():
+            if torch.is_tensor(v) and k != "step":
+                st[k] = v.to(map_location)
+    if "rng.torch_cpu" in tensors:
+        torch.set_rng_state(tensors["rng.torch_cpu"])
+    return model, opt, doc
