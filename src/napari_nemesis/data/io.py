@@ -327,13 +327,16 @@ def _read_nifti(path: Path):
         raise NemesisInputError(f"{path}: not a NIfTI image ({type(img).__name__})")
     hdr = img.header
     shape = _check_shape(path, img.shape)
-    zooms = hdr.get_zooms()[:3]
-    if any(float(z) <= 0 for z in zooms):
-        raise NemesisInputError(
-            f"{path}: non-positive voxel spacing {tuple(float(z) for z in zooms)} in the header"
-        )
-    slope, inter = hdr.get_slope_inter()
-    rescaled = slope is not None and (slope != 1 or (inter or 0) != 0)
+    raw_hdr = _raw_nifti_header(path, type(hdr))
+    if raw_hdr is not None and int(raw_hdr["sform_code"]) == 0:
+        # nibabel quietly turns zero pixdims into 1; without an sform they define the spacing
+        pix = [float(v) for v in raw_hdr["pixdim"][1:4]]
+        if any(not v > 0 for v in pix):
+            raise NemesisInputError(f"{path}: non-positive voxel spacing {tuple(pix)} in the header")
+    # the array proxy holds the header's scl_slope / scl_inter (the image header is reset)
+    slope = float(getattr(img.dataobj, "slope", 1.0))
+    inter = float(getattr(img.dataobj, "inter", 0.0))
+    rescaled = slope != 1.0 or inter != 0.0
     try:
         data = img.get_fdata(dtype=np.float32) if rescaled or hdr.get_data_dtype().kind == "f" \
             else np.asanyarray(img.dataobj)
@@ -346,11 +349,22 @@ def _read_nifti(path: Path):
         "format": "nifti",
         "stored_dtype": str(hdr.get_data_dtype()),
         "rescaled": bool(rescaled),
-        "rescale": [float(slope), float(inter or 0)] if rescaled else None,
+        "rescale": [slope, inter] if rescaled else None,
         "qform_code": int(hdr["qform_code"]),
         "sform_code": int(hdr["sform_code"]),
     }
     return data, np.asarray(img.affine, dtype=np.float64), meta
+
+
+def _raw_nifti_header(path: Path, header_class):
+    """The header as stored (nibabel's loaded header has some fields repaired), or None."""
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(str(path)) as fobj:
+            return header_class.from_fileobj(fobj, check=False)
+    except Exception:  # pragma: no cover - the image itself loaded, so this is a nicety
+        return None
 
 
 def _itk_affine(image) -> np.ndarray:
