@@ -1,0 +1,202 @@
+"""Cases, splits, label ratios, the superpatch cache and its reuse."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_nemesis.data import (
+    BTCV_TEST_IDS,
+    Case,
+    NemesisCancelled,
+    NemesisInputError,
+    SuperpatchGrid,
+    find_cases,
+    label_ratio_subset,
+    open_cache,
+    open_dataset,
+    prepare_cache,
+    presence_labels,
+    split_cases,
+    write_phantom_dataset,
+)
+from napari_nemesis.data.bench_sampling import measure_sampling_rate
+
+SHAPE = (20, 28, 28)  # tiny phantoms: every organ, a few ms each
+SPACING = (16.0, 14.0, 14.0)
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("phantoms")
+    write_phantom_dataset(out, cases=5, seed=3, shape=SHAPE)
+    return out
+
+
+def _fake(ids) -> list[Case]:
+    return [Case(i, Path(f"/x/img{i}.nii.gz"), Path(f"/x/label{i}.nii.gz")) for i in ids]
+
+
+def test_standard_split_and_fallback():
+    cases = _fake(
+        ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0021",
+         "0022", "0023", "0024", "0025", "0026", "0027", "0028", "0029", "0030", "0031", "0032",
+         "0033", "0034", "0035", "0036", "0037", "0038", "0039", "0040"])
+    train, test = split_cases(cases[::-1])
+    assert len(train) == 18 and len(test) == 12
+    assert [c.case_id for c in test] == list(BTCV_TEST_IDS)
+    assert not {c.case_id for c in train} & set(BTCV_TEST_IDS)
+    other = _fake([f"p{i:02d}" for i in range(10)])
+    tr, te = split_cases(other)
+    assert len(te) == 4 and len(tr) == 6
+    assert [c.case_id for c in te] == ["p01", "p03", "p06", "p08"]
+    assert split_cases(list(reversed(other))) == (tr, te)
+
+
+def test_label_ratio_subsets_are_nested_and_seeded():
+    train = _fake([f"{i:04d}" for i in range(100, 118)])  # 18 cases
+    subsets = [label_ratio_subset(train, r, seed=4) for r in (10, 25, 50, 100)]
+    assert [len(s) for s in subsets] == [2, 5, 9, 18]
+    for small, big in zip(subsets, subsets[1:]):
+        assert {c.case_id for c in small} <= {c.case_id for c in big}
+    assert label_ratio_subset(train, 0.25, seed=4) == subsets[1]
+    assert label_ratio_subset(list(reversed(train)), 0.25, seed=4) == subsets[1]
+    assert any(label_ratio_subset(train, 0.25, seed=s) != subsets[1] for s in range(5, 10))
+    with pytest.raises(NemesisInputError):
+        label_ratio_subset(train, 0)
+
+
+def test_find_cases_btcv_and_json_list(phantoms, tmp_path):
+    cases = find_cases(phantoms)
+    assert [c.case_id for c in cases] == ["0001", "0002", "0003", "0004", "0005"]
+    assert all(c.label is not None and c.label.exists() for c in cases)
+    # any folder with a JSON list of image/label pairs
+    other = tmp_path / "mine"
+    other.mkdir()
+    entries = []
+    for c in cases[:3]:
+        img = other / f"scan_{c.case_id}_ct.nii.gz"
+        lab = other / f"seg_{c.case_id}.nii.gz"
+        img.write_bytes(c.image.read_bytes())
+        lab.write_bytes(c.label.read_bytes())
+        entries.append({"image": img.name, "label": lab.name})
+    (other / "cases.json").write_text(json.dumps(entries))
+    found = find_cases(other)
+    assert [c.case_id for c in found] == ["0001", "0002", "0003"]
+    (other / "cases.json").write_text(json.dumps({"training": entries[:2]}))
+    assert len(find_cases(other)) == 2
+    with pytest.raises(NemesisInputError, match="no cases found"):
+        find_cases(tmp_path / "mine" / "..")
+
+
+def test_prepare_cache_reuse_and_superpatch_change(phantoms, tmp_path):
+    cache_dir = tmp_path / "cache"
+    idx = prepare_cache(phantoms, cache_dir, SPACING, superpatch=8)
+    assert idx.prepared == ["0001", "0002", "0003", "0004", "0005"] and idx.skipped == []
+    doc = json.loads((cache_dir / "index.json").read_text())
+    assert doc["spacing"] == list(SPACING) and doc["superpatch"] == 8
+    entry = doc["cases"]["0002"]
+    assert entry["split"] == "test" and doc["cases"]["0005"]["split"] == "train"
+    assert len(entry["sources"]["image"]["sha256"]) == 64
+    stamp = {c: (cache_dir / "cases" / c / "image.npy").stat().st_mtime_ns for c in idx.cases}
+
+    again = prepare_cache(phantoms, cache_dir, SPACING, superpatch=8)
+    assert again.prepared == [] and len(again.skipped) == 5
+    assert stamp == {c: (cache_dir / "cases" / c / "image.npy").stat().st_mtime_ns for c in idx.cases}
+
+    # same bytes, new mtime: hash says unchanged
+    img3 = phantoms / "imagesTr" / "img0003.nii.gz"
+    os.utime(img3, ns=(img3.stat().st_atime_ns, img3.stat().st_mtime_ns + 10**9))
+    assert prepare_cache(phantoms, cache_dir, SPACING, superpatch=8).prepared == []
+
+    # a changed label map: only that case is redone
+    lab4 = phantoms / "labelsTr" / "label0004.nii.gz"
+    original = lab4.read_bytes()
+    try:
+        write_phantom_dataset(tmp_path / "other", cases=1, seed=99, shape=SHAPE)
+        other_img = tmp_path / "other" / "imagesTr" / "img0001.nii.gz"
+        other_lab = tmp_path / "other" / "labelsTr" / "label0001.nii.gz"
+        img4 = phantoms / "imagesTr" / "img0004.nii.gz"
+        img4_bytes = img4.read_bytes()
+        img4.write_bytes(other_img.read_bytes())
+        lab4.write_bytes(other_lab.read_bytes())
+        redo = prepare_cache(phantoms, cache_dir, SPACING, superpatch=8)
+        assert redo.prepared == ["0004"] and len(redo.skipped) == 4
+    finally:
+        lab4.write_bytes(original)
+        img4.write_bytes(img4_bytes)
+
+    # another superpatch size: nothing re-read, presence recomputed from the cached labels
+    bigger = prepare_cache(phantoms, cache_dir, SPACING, superpatch=16)
+    assert bigger.prepared == ["0004"] or bigger.prepared == []
+    cache = open_cache(cache_dir)
+    assert cache.superpatch == 16
+    for cid in cache.case_ids:
+        lab = np.asarray(cache.labels(cid))
+        grid = SuperpatchGrid(lab.shape, 16)
+        np.testing.assert_array_equal(cache.presence(cid), presence_labels(lab, grid))
+        np.testing.assert_array_equal(cache.presence(cid, 8),
+                                      presence_labels(lab, SuperpatchGrid(lab.shape, 8)))
+
+
+def test_cancel_leaves_no_half_written_entry(phantoms, tmp_path):
+    calls = {"n": 0}
+
+    def cancel():
+        calls["n"] += 1
+        return calls["n"] == 4  # after case 0002 is computed, before it is renamed into place
+
+    cache_dir = tmp_path / "c"
+    with pytest.raises(NemesisCancelled):
+        prepare_cache(phantoms, cache_dir, SPACING, superpatch=8, cancel=cancel)
+    doc = json.loads((cache_dir / "index.json").read_text())
+    assert list(doc["cases"]) == ["0001"]
+    assert sorted(p.name for p in (cache_dir / "cases").iterdir()) == ["0001"]
+    done = prepare_cache(phantoms, cache_dir, SPACING, superpatch=8)
+    assert done.skipped == ["0001"] and len(done.prepared) == 4
+
+
+def test_cache_sampling_iteration_and_pickling(phantoms, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEMESIS_CACHE_DIR", str(tmp_path / "usercache"))
+    cache = open_dataset(phantoms, superpatch=8, spacing_zyx=SPACING)
+    assert str(cache.path).startswith(str(tmp_path / "usercache"))
+    assert not any(p.suffix == ".npy" for p in phantoms.rglob("*"))  # data dir untouched
+    assert cache.train_ids == ["0005"] and cache.test_ids == ["0001", "0002", "0003", "0004"]
+    img = cache.image("0001")
+    assert isinstance(img, np.memmap) and img.dtype == np.float16
+    a = cache.sample(np.random.default_rng(7), return_info=True)
+    b = cache.sample(np.random.default_rng(7), return_info=True)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert a[0].shape == (8, 8, 8) and a[0].dtype == np.float32 and a[0].mean() >= 0.05
+    patch, cid, origin = a
+    crop = np.zeros((8, 8, 8), np.float32)
+    region = np.asarray(cache.image(cid)[tuple(slice(o, o + 8) for o in origin)], np.float32)
+    crop[tuple(slice(0, s) for s in region.shape)] = region
+    np.testing.assert_array_equal(patch, crop)
+    only = {cache.sample(np.random.default_rng(k), case_ids=["0003"], return_info=True)[1]
+            for k in range(10)}
+    assert only == {"0003"}
+    items = list(cache.superpatches(["0002", "0005"]))
+    assert len(items) == cache.n_superpatches(["0002", "0005"])
+    for cid, i, p, lab in items[:20]:
+        assert p.shape == (8, 8, 8) and lab.shape == (8,) and lab.dtype == np.uint8
+        np.testing.assert_array_equal(lab, cache.presence(cid)[i])
+        np.testing.assert_array_equal(p, cache.grid(cid).superpatch_of(cache.image(cid), i).astype(np.float32))
+    clone = pickle.loads(pickle.dumps(cache))
+    np.testing.assert_array_equal(clone.sample(np.random.default_rng(7)), a[0])
+    # the grid knows the original scan: boxes partition it
+    grid = cache.grid("0001")
+    cover = np.zeros(grid.mapping.source_shape_zyx, np.int32)
+    for i in range(grid.n):
+        cover[grid.box_original(i).slices] += 1
+    assert (cover == 1).all()
+    # an explicit, different spacing is refused for an existing cache
+    with pytest.raises(NemesisInputError, match="spacing"):
+        open_dataset(cache.path, superpatch=8, spacing_zyx=(2.0, 1.5, 1.5))
+    rate = measure_sampling_rate(cache, seconds=0.05, repeats=3)
+    assert rate["median_per_s"] > 0 and len(rate["rates_per_s"]) == 3
