@@ -90,3 +90,13 @@ def test_default_size_is_realistic_and_fast():
     assert image.shape[0] * spacing[0] >= 300
     assert set(np.unique(labels)) - {0} == {o.btcv_id for o in ORGANS}
     assert elapsed < 20  # a few seconds on one core; generous for a busy CI machine
+
+
+def test_thirty_phantoms_get_the_standard_btcv_split():
+    from napari_nemesis.data import BTCV_TEST_IDS, Case, phantom_case_id, split_cases
+
+    ids = [phantom_case_id(k) for k in range(30)]
+    assert len(set(ids)) == 30 and ids[:3] == ["0001", "0002", "0003"] and ids[10] == "0021"
+    train, test = split_cases([Case(i, None, None) for i in ids])
+    assert len(train) == 18 and [c.case_id for c in test] == list(BTCV_TEST_IDS)
+    assert phantom_case_id(30) == "0041"

@@ -7,6 +7,7 @@ Axes are (z, y, x) everywhere in the Python API; see ``docs/data.md``.
 
 from ..errors import NemesisCancelled, NemesisInputError
 from .datasets import (
+    BTCV_CASE_IDS,
     BTCV_TEST_IDS,
     Case,
     CacheIndex,
@@ -45,7 +46,7 @@ from .organs import (
     organ_voxel_counts,
     presence_labels,
 )
-from .phantom import PHANTOM_SIZES, make_phantom, write_phantom_dataset
+from .phantom import PHANTOM_SIZES, make_phantom, phantom_case_id, write_phantom_dataset
 from .preprocess import (
     DEFAULT_SPACING_ZYX,
     HU_WINDOW,
@@ -66,9 +67,9 @@ __all__ = [
     "crop_superpatch",
     "Organ", "ORGANS", "ORGAN_NAMES", "ORGAN_IDS", "PRESENCE_THRESHOLD", "organ_voxel_counts",
     "presence_labels",
-    "BTCV_TEST_IDS", "Case", "CacheIndex", "SuperpatchCache", "default_cache_dir", "find_cases",
+    "BTCV_TEST_IDS", "BTCV_CASE_IDS", "Case", "CacheIndex", "SuperpatchCache", "default_cache_dir", "find_cases",
     "split_cases", "label_ratio_subset", "prepare_cache", "open_cache", "open_dataset",
-    "PHANTOM_SIZES", "make_phantom", "write_phantom_dataset",
+    "PHANTOM_SIZES", "make_phantom", "phantom_case_id", "write_phantom_dataset",
     "measure_sampling_rate",
 ]
 

@@ -37,6 +37,7 @@ from .preprocess import DEFAULT_SPACING_ZYX, HU_WINDOW, Preprocessed, preprocess
 
 __all__ = [
     "BTCV_TEST_IDS",
+    "BTCV_CASE_IDS",
     "Case",
     "CacheIndex",
     "SuperpatchCache",
@@ -55,6 +56,8 @@ __all__ = [
 BTCV_TEST_IDS: tuple[str, ...] = (
     "0001", "0002", "0003", "0004", "0008", "0022", "0025", "0029", "0032", "0035", "0036", "0038",
 )
+#: The 30 labelled BTCV training-set case ids (0001-0010, 0021-0040), the 12 above among them.
+BTCV_CASE_IDS: tuple[str, ...] = tuple(f"{i:04d}" for i in list(range(1, 11)) + list(range(21, 41)))
 CACHE_FORMAT = "napari-nemesis-superpatch-cache"
 CACHE_VERSION = 1
 #: Cached windowed volumes are float16 (values in [0, 1], step <= 2**-11, about 0.2 HU).

@@ -32,10 +32,11 @@ from typing import Callable
 import numpy as np
 
 from ..errors import NemesisCancelled, NemesisInputError
+from .datasets import BTCV_CASE_IDS
 from .io import volume_from_array, write_volume
 from .organs import ORGANS
 
-__all__ = ["PHANTOM_SIZES", "make_phantom", "write_phantom_dataset"]
+__all__ = ["PHANTOM_SIZES", "make_phantom", "phantom_case_id", "write_phantom_dataset"]
 
 #: Named phantom sizes: in-plane matrix and slice thickness choices.
 PHANTOM_SIZES = {
@@ -578,6 +579,14 @@ def make_phantom(seed: int = 0, case_index: int = 0, shape=None, size: str = "de
     return image, labels, spacing, affine
 
 
+def phantom_case_id(k: int) -> str:
+    """Case id of the k-th phantom (0-based): the 30 BTCV ids 0001-0010, 0021-0040, then 0041...
+
+    Using BTCV's own ids makes the standard 18/12 split apply to a 30-case phantom set.
+    """
+    return BTCV_CASE_IDS[k] if k < len(BTCV_CASE_IDS) else f"{k + 11:04d}"
+
+
 def write_phantom_dataset(
     out_dir: str | os.PathLike,
     cases: int = 30,
@@ -589,7 +598,8 @@ def write_phantom_dataset(
 ) -> list[Path]:
     """Write ``cases`` phantoms in BTCV layout: ``imagesTr/img0001.nii.gz``, ``labelsTr/label0001.nii.gz``.
 
-    Case ids are 0001..NNNN so the standard BTCV split applies. Images are int16 HU, labels
+    Case ids are BTCV's (0001-0010, 0021-0040, then 0041...; see :func:`phantom_case_id`), so the
+    standard 18/12 BTCV split applies to 30 cases. Images are int16 HU, labels
     uint8 BTCV ids, both NIfTI stored in RAS voxel order. Also writes ``phantom.json`` (seed,
     size and each case's spacing, shape, contrast phase, noise) and ``README.md``. Existing
     files of the same cases are overwritten (each file is written to a temporary name first).
@@ -606,7 +616,7 @@ def write_phantom_dataset(
     for k in range(int(cases)):
         if cancel is not None and cancel():
             raise NemesisCancelled("phantom: cancelled")
-        cid = f"{k + 1:04d}"
+        cid = phantom_case_id(k)
         if progress is not None:
             progress(k, int(cases), f"case {cid}")
         image, labels, spacing, affine, info = _make_phantom(seed, k, shape, size)
