@@ -28,14 +28,15 @@ def _sniff(path: Path) -> None:
         head = fh.read(16)
     if len(head) < 8:
         raise NemesisCheckpointError(f"{path}: file is empty or truncated ({len(head)} bytes), not a safetensors checkpoint")
-    if head[:2] == b"PK":
-        raise NemesisCheckpointError(f"{path}: is a zip archive (torch.save pickle?); only safetensors checkpoints are loaded, never pickles")
-    if head[:1] == b"\x80":
-        raise NemesisCheckpointError(f"{path}: is a Python pickle; only safetensors checkpoints are loaded, never pickles")
     (header_len,) = struct.unpack("<Q", head[:8])
     size = path.stat().st_size
-    if header_len <= 0 or 8 + header_len > size or head[8:9] != b"{":
-        raise NemesisCheckpointError(f"{path}: not a safetensors file (bad header) or truncated")
+    if 0 < header_len and 8 + header_len <= size and head[8:9] == b"{":
+        return  # looks like safetensors; the library checks the rest
+    if head[:2] == b"PK":
+        raise NemesisCheckpointError(f"{path}: is a zip archive (torch.save pickle?); only safetensors checkpoints are loaded, never pickles")
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise NemesisCheckpointError(f"{path}: is a Python pickle; only safetensors checkpoints are loaded, never pickles")
+    raise NemesisCheckpointError(f"{path}: not a safetensors file (bad header) or truncated")
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -234,6 +234,7 @@ def run_probe(
     checkpoint_name: str | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
+    keep_predictions: bool = False,
 ) -> dict[str, Any]:
     """Train a probe (linear or fine-tune) on the training split and report on the test split.
 
@@ -277,6 +278,9 @@ def run_probe(
         test_cases=test_ids,
         options=asdict(opts),
     )
+    if keep_predictions:
+        result["y_true"] = yte.tolist()
+        result["y_prob"] = prob.tolist()
     if out_dir is not None:
         out_dir = Path(out_dir)
         meta = {"organs": list(ORGAN_NAMES), "threshold": opts.threshold, "mode": opts.mode,
