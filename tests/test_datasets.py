@@ -200,3 +200,20 @@ def test_cache_sampling_iteration_and_pickling(phantoms, tmp_path, monkeypatch):
         open_dataset(cache.path, superpatch=8, spacing_zyx=(2.0, 1.5, 1.5))
     rate = measure_sampling_rate(cache, seconds=0.05, repeats=3)
     assert rate["median_per_s"] > 0 and len(rate["rates_per_s"]) == 3
+
+
+def test_torch_datasets_with_workers(phantoms, tmp_path):
+    torch = pytest.importorskip("torch")
+    from napari_nemesis.data.torch_dataset import GridSuperpatchDataset, RandomSuperpatchDataset
+
+    prepare_cache(phantoms, tmp_path / "c", SPACING, superpatch=8)
+    ds = RandomSuperpatchDataset(tmp_path / "c", length=12, seed=3)
+    single = torch.stack([ds[i] for i in range(12)])
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2)
+    multi = torch.cat(list(loader))
+    assert multi.shape == (12, 1, 8, 8, 8)
+    assert torch.equal(single, multi)
+    grid = GridSuperpatchDataset(tmp_path / "c", ["0001"])
+    patch, labels = grid[0]
+    assert patch.shape == (1, 8, 8, 8) and labels.shape == (8,)
+    assert len(grid) == open_cache(tmp_path / "c").grid("0001").n
