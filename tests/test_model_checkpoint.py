@@ -119,3 +119,15 @@ def test_header_length_starting_with_0x80_is_not_mistaken_for_a_pickle(tmp_path)
     else:  # pragma: no cover
         pytest.skip("could not produce a 0x80 header length")
     assert load_checkpoint(p).cfg == model.cfg
+
+
+def test_float16_checkpoint_loads_into_float32_model(tmp_path):
+    model = build_model("tiny").eval()
+    p16 = save_checkpoint(model, tmp_path / "half.safetensors", dtype=torch.float16)
+    p32 = save_checkpoint(model, tmp_path / "full.safetensors")
+    assert p16.stat().st_size < 0.6 * p32.stat().st_size
+    loaded = load_checkpoint(p16).eval()
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    x = torch.rand(1, 1, 64, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded.encode(x), model.encode(x), atol=2e-2)

@@ -54,13 +54,24 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise NemesisCheckpointError(f"{path}: corrupt safetensors file ({str(exc).splitlines()[0]})") from None
 
 
-def save_checkpoint(model: NemesisMAE, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-    """Write weights + config atomically (temporary file, then rename). ``extra`` is stored as JSON."""
+def save_checkpoint(
+    model: NemesisMAE,
+    path: str | os.PathLike,
+    extra: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write weights + config atomically (temporary file, then rename). ``extra`` is stored as JSON.
+
+    ``dtype=torch.float16`` halves the file (used for the bundled weights); loading casts back to
+    the model's float32 parameters.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
