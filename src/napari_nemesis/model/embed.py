@@ -9,6 +9,7 @@ tokens, runs one self-attention block, and concatenates the k token outputs. A l
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import NemesisConfig
@@ -40,11 +41,34 @@ class AdaptivePatchEmbed(nn.Module):
         lead = patches.shape[:-1]
         flat = patches.reshape(-1, patches.shape[-1])
         h_lp = self.linear(flat)
-        # axial slices: (M, C, p, p, p) -> (M, p, C * p * p)
-        slices = flat.reshape(-1, self.in_chans, self.patch, self.patch * self.patch).transpose(1, 2)
-        s = self.slice_proj(slices.reshape(flat.shape[0], self.patch, -1)) + self.slice_pos
-        nt = self.nemesis_tokens.expand(flat.shape[0], -1, -1)
-        out = self.sab(torch.cat([s, nt], dim=1))[:, self.patch :]
-        h_se = out.reshape(flat.shape[0], -1)
+        h_se = self._superpatch_embedder(flat)
         a = self.gate.to(h_lp.dtype)
-        return (a * h_lp + (1 - a) * h_se).view(*lead, -1)
+        return torch.lerp(h_se, h_lp, a).view(*lead, -1)
+
+    def _superpatch_embedder(self, flat: torch.Tensor) -> torch.Tensor:
+        """h_SE of (M, C * p^3) patches -> (M, E): ``sab`` over [slices; NT], NT outputs concatenated.
+
+        Computes exactly ``self.sab(cat([slices, NT]))[:, p:]``, but only what those k outputs need:
+        the block's rows are independent except inside attention, so the slices need only keys and
+        values, and the NEMESIS tokens (the same learnable input for every patch) get their q, k, v
+        once instead of once per patch. Attention, output projection and MLP run on the k tokens.
+        """
+        m, p = flat.shape[0], self.patch
+        sab, attn = self.sab, self.sab.attn
+        d = self.nemesis_tokens.shape[-1]
+        k = self.nemesis_tokens.shape[1]
+        heads = attn.num_heads
+        # axial slices: (M, C, p, p, p) -> (M, p, C * p * p)
+        slices = flat.reshape(m, self.in_chans, p, p * p).transpose(1, 2).reshape(m, p, -1)
+        s = self.slice_proj(slices) + self.slice_pos
+        w, b = attn.qkv.weight, attn.qkv.bias
+        kv_s = F.linear(sab.norm1(s), w[d:], None if b is None else b[d:])  # (M, p, 2d): slices' k, v
+        nt = self.nemesis_tokens.to(kv_s.dtype)
+        q_nt, kv_nt = attn.qkv(sab.norm1(nt)).to(kv_s.dtype).split([d, 2 * d], dim=-1)  # (1, k, d), (1, k, 2d)
+        kv = torch.cat([kv_s, kv_nt.expand(m, -1, -1)], dim=1).view(m, p + k, 2, heads, d // heads)
+        key, val = kv.permute(2, 0, 3, 1, 4)  # (M, heads, p + k, d / heads) each
+        q = q_nt.view(1, k, heads, d // heads).transpose(1, 2).expand(m, -1, -1, -1)
+        out = F.scaled_dot_product_attention(q, key, val)  # (M, heads, k, d / heads)
+        h = nt + attn.proj(out.transpose(1, 2).reshape(m, k, d))
+        h = h + sab.mlp(sab.norm2(h))
+        return h.reshape(m, k * d)

@@ -91,6 +91,13 @@ class NemesisMAE(nn.Module):
             raise NemesisInputError("mask hides every token; at least one must stay visible")
         return (~mask).nonzero()[:, 1].view(mask.shape[0], -1)
 
+    def _all_visible(self, vis_idx: torch.Tensor) -> bool:
+        """True when ``vis_idx`` lists every token in raster order."""
+        n = self.cfg.num_patches
+        if vis_idx.shape[-1] != n:
+            return False
+        return bool((vis_idx == torch.arange(n, device=vis_idx.device)).all())
+
     def _full_groups(self, batch: int, device: torch.device) -> tuple[TokenGroups, TokenGroups]:
         idx = torch.arange(self.cfg.num_patches, device=device).expand(batch, -1)
         return grid_groups(idx, self.grid)
@@ -99,9 +106,12 @@ class NemesisMAE(nn.Module):
     def forward_encoder(self, patches: torch.Tensor, vis_idx: torch.Tensor) -> torch.Tensor:
         """Embed only the visible patches (B, L) and run the MATB encoder -> (B, L, E)."""
         e = self.cfg.embed_dim
-        visible = patches.gather(1, vis_idx[..., None].expand(-1, -1, patches.shape[-1]))
-        x = self.patch_embed(visible)
-        x = x + self.pos_embed.expand(x.shape[0], -1, -1).gather(1, vis_idx[..., None].expand(-1, -1, e))
+        if self._all_visible(vis_idx):  # every token, in order (inference): no gathers needed
+            x = self.patch_embed(patches) + self.pos_embed
+        else:
+            visible = patches.gather(1, vis_idx[..., None].expand(-1, -1, patches.shape[-1]))
+            x = self.patch_embed(visible)
+            x = x + self.pos_embed.expand(x.shape[0], -1, -1).gather(1, vis_idx[..., None].expand(-1, -1, e))
         plane, axis = grid_groups(vis_idx, self.grid)
         for blk in self.blocks:
             x = blk(x, plane, axis)
