@@ -43,7 +43,7 @@ class AdaptivePatchEmbed(nn.Module):
         h_lp = self.linear(flat)
         h_se = self._superpatch_embedder(flat)
         a = self.gate.to(h_lp.dtype)
-        return torch.lerp(h_se, h_lp, a).view(*lead, -1)
+        return (a * h_lp + (1 - a) * h_se).view(*lead, -1)
 
     def _superpatch_embedder(self, flat: torch.Tensor) -> torch.Tensor:
         """h_SE of (M, C * p^3) patches -> (M, E): ``sab`` over [slices; NT], NT outputs concatenated.
@@ -63,11 +63,11 @@ class AdaptivePatchEmbed(nn.Module):
         s = self.slice_proj(slices) + self.slice_pos
         w, b = attn.qkv.weight, attn.qkv.bias
         kv_s = F.linear(sab.norm1(s), w[d:], None if b is None else b[d:])  # (M, p, 2d): slices' k, v
-        nt = self.nemesis_tokens.to(kv_s.dtype)
-        q_nt, kv_nt = attn.qkv(sab.norm1(nt)).to(kv_s.dtype).split([d, 2 * d], dim=-1)  # (1, k, d), (1, k, 2d)
-        kv = torch.cat([kv_s, kv_nt.expand(m, -1, -1)], dim=1).view(m, p + k, 2, heads, d // heads)
+        nt = self.nemesis_tokens
+        q_nt, kv_nt = attn.qkv(sab.norm1(nt)).split([d, 2 * d], dim=-1)  # (1, k, d), (1, k, 2d)
+        kv = torch.cat([kv_s, kv_nt.to(kv_s.dtype).expand(m, -1, -1)], dim=1).view(m, p + k, 2, heads, d // heads)
         key, val = kv.permute(2, 0, 3, 1, 4)  # (M, heads, p + k, d / heads) each
-        q = q_nt.view(1, k, heads, d // heads).transpose(1, 2).expand(m, -1, -1, -1)
+        q = q_nt.to(kv.dtype).view(1, k, heads, d // heads).transpose(1, 2).expand(m, -1, -1, -1)
         out = F.scaled_dot_product_attention(q, key, val)  # (M, heads, k, d / heads)
         h = nt + attn.proj(out.transpose(1, 2).reshape(m, k, d))
         h = h + sab.mlp(sab.norm2(h))

@@ -149,11 +149,16 @@ class MATB(nn.Module):
         qkv_plane, qkv_axis = (qkv, qkv) if self.shared_qkv else qkv.chunk(2, dim=-1)
         h_plane = self._stream(qkv_plane, plane)
         h_axis = self._stream(qkv_axis, axis)
-        # x + FC([h_axis; h_plane]) without materialising the concatenation
-        c = x.shape[-1]
         w = self.fuse.weight
-        x = self._add_projected(None, x, h_axis, axis, w[:, :c])
-        x = self._add_projected(x, x, h_plane, plane, w[:, c:])
-        if self.fuse.bias is not None:
-            x = x.add_(self.fuse.bias)
+        if torch.is_autocast_enabled(x.device.type) or not (h_axis.dtype == h_plane.dtype == x.dtype == w.dtype):
+            # mixed precision: the plain formulation, so autocast treats the FC as one linear
+            h = torch.cat([axis.scatter(h_axis, x.shape[0]), plane.scatter(h_plane, x.shape[0])], dim=-1)
+            x = x + self.fuse(h)
+        else:
+            # x + FC([h_axis; h_plane]) without materialising the concatenation
+            c = x.shape[-1]
+            x = self._add_projected(None, x, h_axis, axis, w[:, :c])
+            x = self._add_projected(x, x, h_plane, plane, w[:, c:])
+            if self.fuse.bias is not None:
+                x = x.add_(self.fuse.bias)
         return x + self.mlp(self.norm2(x))
