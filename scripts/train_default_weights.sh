@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Reproduces the bundled default weights (docs/model-card.md): a `small` NEMESIS model pretrained,
+# self-supervised (no labels), on 60 phantom scans plus the real CT, and an organ-presence probe
+# head trained on the labels of a separate 30-case phantom set (its 18 training scans only).
+#
+#   scripts/train_default_weights.sh WORK_DIR            (defaults below; override with env vars)
+#   STEPS=6000 BATCH=32 DEVICE=cuda WORKERS=12 scripts/train_default_weights.sh runs/defaults
+#
+# Writes WORK_DIR/{pretrain,probe,eval}/ and WORK_DIR/bundle/{nemesis_small,probe_small}.safetensors
+set -euo pipefail
+W=${1:-runs/default-weights}
+CT=${CT:-../shared/data/ct/abdomen_ct.nii.gz}
+STEPS=${STEPS:-3000}
+BATCH=${BATCH:-8}
+DEVICE=${DEVICE:-auto}
+WORKERS=${WORKERS:-2}
+LR=${LR:-3e-4}
+SEED=${SEED:-0}
+NEMESIS=${NEMESIS:-nemesis}
+PY=${PY:-python3}
+mkdir -p "$W"
+
+echo "== phantoms"
+[ -f "$W/pretrain_phantoms/phantom.json" ] || $NEMESIS phantom "$W/pretrain_phantoms" --cases 60 --seed 1 --size small
+[ -f "$W/probe_phantoms/phantom.json" ] || $NEMESIS phantom "$W/probe_phantoms" --cases 30 --seed 0 --size small
+
+echo "== pretraining set: phantom images (no labels) + the real CT"
+$PY - "$W" "$CT" <<'PYEOF'
+import json, sys
+from pathlib import Path
+w, ct = Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve()
+images = sorted((w / "pretrain_phantoms" / "imagesTr").glob("img*.nii.gz"))
+entries = [{"image": str(p), "id": "ph" + p.name[3:7]} for p in images]
+if ct.is_file():
+    entries.append({"image": str(ct), "id": "realct"})
+(w / "pretrain.json").write_text(json.dumps({"training": [], "test": entries}, indent=1))
+print(f"{len(entries)} scans ({'with' if ct.is_file() else 'WITHOUT'} the real CT)")
+PYEOF
+$NEMESIS prepare "$W/pretrain.json" --out "$W/cache_pretrain" --include-unlabelled
+
+if [ -n "${BUDGET_S:-}" ]; then
+    # Fit the run to a time budget: measure throughput on a short run, then size STEPS from it.
+    echo "== calibrating steps for a ${BUDGET_S}s budget"
+    $NEMESIS pretrain "$W/cache_pretrain" --out "$W/calib" --preset small --steps 60 --batch "$BATCH" \
+        --workers "$WORKERS" --device "$DEVICE" --checkpoint-every 1000 --log-every 20 --json | tail -n 1 > "$W/calib.json"
+    STEPS=$($PY -c "import json,sys; r=json.load(open(sys.argv[1])); print(max(100, int(float(sys.argv[2]) * r['superpatches_per_s'] / int(sys.argv[3]) / 100) * 100))" "$W/calib.json" "$BUDGET_S" "$BATCH")
+    echo "   -> STEPS=$STEPS"
+fi
+
+echo "== pretrain"
+$NEMESIS pretrain "$W/cache_pretrain" --out "$W/pretrain" --preset small --steps "$STEPS" --batch "$BATCH" \
+    --lr "$LR" --workers "$WORKERS" --device "$DEVICE" --seed "$SEED" --checkpoint-every 500 --log-every 50 --json \
+    | tail -n 1 > "$W/pretrain_result.json"
+
+echo "== probe head (phantom labels, training split only)"
+$NEMESIS prepare "$W/probe_phantoms" --out "$W/cache_probe"
+$NEMESIS probe "$W/cache_probe" --checkpoint "$W/pretrain/last.safetensors" --out "$W/probe" --device "$DEVICE" \
+    --batch 16 --json | tail -n 1 > "$W/probe_result.json"
+
+echo "== evaluate (Tables II-III on the 30-case probe phantom set)"
+$NEMESIS evaluate "$W/cache_probe" --checkpoint "$W/pretrain/last.safetensors" --device "$DEVICE" --batch 16 \
+    --out "$W/eval" --json | tail -n 1 > "$W/evaluate_result.json" || echo "evaluate failed (weights are still bundled)"
+
+echo "== bundle (float16 model + probe head)"
+mkdir -p "$W/bundle"
+$PY - "$W" <<'PYEOF'
+import sys, shutil, torch
+from pathlib import Path
+from napari_nemesis.model import load_checkpoint, save_checkpoint
+from napari_nemesis.model.checkpoint import checkpoint_extra
+w = Path(sys.argv[1])
+model = load_checkpoint(w / "pretrain" / "last.safetensors")
+extra = checkpoint_extra(w / "pretrain" / "last.safetensors")
+extra.update({"trained_on": "60 phantom scans (seed 1, size small) + TotalSegmentator example CT (CC BY 4.0)",
+              "recipe": "scripts/train_default_weights.sh"})
+save_checkpoint(model, w / "bundle" / "nemesis_small.safetensors", extra=extra, dtype=torch.float16)
+shutil.copy(w / "probe" / "probe.safetensors", w / "bundle" / "probe_small.safetensors")
+for p in sorted((w / "bundle").iterdir()):
+    print(p, p.stat().st_size)
+PYEOF
+echo "done: $W/bundle"
