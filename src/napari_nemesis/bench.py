@@ -4,7 +4,7 @@
 ``nemesis bench``) prints a table and, with ``--json``, one JSON object as its last line.
 
 Every comparison is measured in the same run, the contenders alternating inside each repeat,
-median of the repeats after one warm-up call. It measures (see ``docs/performance.md``):
+median of the repeats after two untimed warm-up rounds. It measures (see ``docs/performance.md``):
 
 1. FLOPs: GMACs of one pretraining forward pass per preset (the ``flops`` command's counting)
    beside the paper's 31.0 G, and the GFLOP/s each achieves;
@@ -62,9 +62,10 @@ def _sync(device: torch.device) -> None:
 
 
 def time_alternating(
-    fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device, warmup: int = 1
+    fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device, warmup: int = 2
 ) -> dict[str, dict[str, Any]]:
-    """Median wall time of each contender; within every repeat each contender runs once, in turn.
+    """Median wall time of each contender; within every repeat each contender runs once, in turn
+    (forwards in even repeats, backwards in odd ones), after ``warmup`` untimed rounds.
 
     Returns ``{name: {"median_s", "times_s"}}``.
     """
@@ -325,7 +326,9 @@ def train_section(
     its dual mask and noise) against the peer MAE(s) of equal sizes."""
     from .model import build_model
 
-    dt = "bf16" if device.type == "cuda" and bf16_supported(device) else "fp32"
+    # fp32 for every contender: MONAI 1.6's MaskedAutoEncoderViT fails under bf16 autocast (its
+    # index_put of bf16 encoder outputs into fp32 mask tokens), so a bf16 step is not comparable.
+    dt = "fp32"
     out: dict[str, Any] = {}
     for preset in presets:
         log(f"train step: {preset}")
@@ -447,6 +450,14 @@ def write_synthetic_scan(path: Path, size_xyz: tuple[int, int, int], seed: int =
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident memory. On Linux VmHWM (the peak of this program's own memory:
+    ru_maxrss would also carry the parent's size at fork, kept across exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     try:
         import resource
 
