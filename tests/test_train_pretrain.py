@@ -111,7 +111,7 @@ def test_two_process_gloo_run_ends_with_identical_weights(phantoms, tmp_path):
            "-m", "napari_nemesis.cli", "pretrain", str(phantoms.path), "--out", str(out), "--preset", "tiny",
            "--superpatch", "32", "--steps", "6", "--batch", "1", "--device", "cpu", "--checkpoint-every", "3", "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["world_size"] == 2

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import NemesisConfig
-from .layers import Block, trunc_normal_
+from .layers import Block, attention, trunc_normal_
 
 
 class AdaptivePatchEmbed(nn.Module):
@@ -68,7 +68,7 @@ class AdaptivePatchEmbed(nn.Module):
         kv = torch.cat([kv_s, kv_nt.to(kv_s.dtype).expand(m, -1, -1)], dim=1).view(m, p + k, 2, heads, d // heads)
         key, val = kv.permute(2, 0, 3, 1, 4)  # (M, heads, p + k, d / heads) each
         q = q_nt.to(kv.dtype).view(1, k, heads, d // heads).transpose(1, 2).expand(m, -1, -1, -1)
-        out = F.scaled_dot_product_attention(q, key, val)  # (M, heads, k, d / heads)
+        out = attention(q, key, val)  # (M, heads, k, d / heads)
         h = nt + attn.proj(out.transpose(1, 2).reshape(m, k, d))
         h = h + sab.mlp(sab.norm2(h))
         return h.reshape(m, k * d)

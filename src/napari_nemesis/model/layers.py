@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+#: On CPU, SDPA's fused kernel pays a fixed cost per call that dominates for short sequences (a
+#: MATB's slices and columns, the embedder's slices + NEMESIS tokens): up to this many keys the
+#: explicit softmax(q k^T / sqrt(d)) v is 1.2-5x faster there (docs/performance.md). GPUs always
+#: take SDPA (flash / memory-efficient kernels).
+CPU_SHORT_SEQUENCE = 128
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled dot-product attention over (..., L, d) tensors; ``attn_mask`` True = may attend."""
+    if q.device.type != "cpu" or k.shape[-2] > CPU_SHORT_SEQUENCE:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    return scores.softmax(-1).to(v.dtype) @ v
 
 
 class Mlp(nn.Module):
@@ -22,7 +37,7 @@ class Mlp(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over the second-to-last axis, via SDPA."""
+    """Multi-head self-attention over the second-to-last axis (SDPA; see ``attention``)."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
         super().__init__()
@@ -33,7 +48,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .layers import Mlp
+from .layers import Mlp, attention
 
 
 @dataclass
@@ -120,45 +119,14 @@ class MATB(nn.Module):
         g = groups.gather(qkv)  # (B*G, M, 3C)
         bg, m, _ = g.shape
         q, k, v = g.view(bg, m, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=groups.attn_mask)
+        out = attention(q, k, v, groups.attn_mask)
         return out.transpose(1, 2).reshape(bg, m, c)
 
-    @staticmethod
-    def _add_projected(
-        acc: torch.Tensor | None, x: torch.Tensor, h: torch.Tensor, groups: TokenGroups, weight: torch.Tensor
-    ) -> torch.Tensor:
-        """``x + scatter(h) @ weight^T``, accumulated in place into ``acc`` when given.
-
-        One half of the fusion FC applied to one stream: FC(concat(a, p)) = a W_a^T + p W_p^T + b,
-        which spares the concatenated (B, L, 2C) copy. A stream already in token order (a plain
-        reshape) goes straight into the GEMM's accumulator; otherwise it is projected in grouped
-        order and the (B, L, C) result is scattered back.
-        """
-        b, n, c = x.shape
-        if groups.index is None:
-            h2 = h.reshape(b * n, h.shape[-1])
-            if acc is None:
-                return torch.addmm(x.reshape(b * n, c), h2, weight.t()).view(b, n, c)
-            acc.view(b * n, c).addmm_(h2, weight.t())
-            return acc
-        y = groups.scatter(F.linear(h, weight), b)
-        return x + y if acc is None else acc.add_(y)
-
     def forward(self, x: torch.Tensor, plane: TokenGroups, axis: TokenGroups) -> torch.Tensor:
+        b = x.shape[0]
         qkv = self.qkv(self.norm1(x))
         qkv_plane, qkv_axis = (qkv, qkv) if self.shared_qkv else qkv.chunk(2, dim=-1)
-        h_plane = self._stream(qkv_plane, plane)
-        h_axis = self._stream(qkv_axis, axis)
-        w = self.fuse.weight
-        if torch.is_autocast_enabled(x.device.type) or not (h_axis.dtype == h_plane.dtype == x.dtype == w.dtype):
-            # mixed precision: the plain formulation, so autocast treats the FC as one linear
-            h = torch.cat([axis.scatter(h_axis, x.shape[0]), plane.scatter(h_plane, x.shape[0])], dim=-1)
-            x = x + self.fuse(h)
-        else:
-            # x + FC([h_axis; h_plane]) without materialising the concatenation
-            c = x.shape[-1]
-            x = self._add_projected(None, x, h_axis, axis, w[:, :c])
-            x = self._add_projected(x, x, h_plane, plane, w[:, c:])
-            if self.fuse.bias is not None:
-                x = x.add_(self.fuse.bias)
+        h_plane = plane.scatter(self._stream(qkv_plane, plane), b)
+        h_axis = axis.scatter(self._stream(qkv_axis, axis), b)
+        x = x + self.fuse(torch.cat([h_axis, h_plane], dim=-1))
         return x + self.mlp(self.norm2(x))
