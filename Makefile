@@ -29,7 +29,9 @@ test-fast: venv
 demo: venv
 	$(BIN)/nemesis demo
 
+# The benchmark against MONAI's ViT needs the bench extra (MONAI, einops, psutil).
 bench: venv
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[bench]"
 	$(BIN)/nemesis bench
 
 clean:

@@ -119,3 +119,20 @@ def test_two_process_gloo_run_ends_with_identical_weights(phantoms, tmp_path):
     assert len(digests) == 2 and digests[0] == digests[1]
     assert (out / "last.safetensors").is_file() and (out / "log.jsonl").is_file()
     assert Path(out / "pretrain.json").is_file()
+
+
+def test_ctrl_c_saves_the_step_reached_and_leaves_loadable_files(phantoms, tmp_path):
+    run = tmp_path / "run"
+    steps = []
+
+    def interrupt():
+        if len(steps) >= 5:
+            raise KeyboardInterrupt
+        return False
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(phantoms, run, _opts(steps=20, checkpoint_every=3),
+                 progress=lambda e: steps.append(e) if e["event"] == "step" else None, cancel=interrupt)
+    assert read_train_state(run)["step"] == 5
+    assert load_checkpoint(run / "last.safetensors").cfg.depth == 1
+    assert not list(run.glob(".*tmp*")) and not list(run.glob("*.tmp"))

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
+from ..atomic import write_json_atomic
 from ._common import TqdmProgress, add_json_flag, print_json
 
 
@@ -66,7 +66,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         if log is not None:
             log.close()
     if main_rank:
-        (out / "pretrain.json").write_text(json.dumps(result, indent=1))
+        write_json_atomic(out / "pretrain.json", result)
         if args.json:
             print_json(result)
         else:
@@ -118,7 +118,7 @@ def register_downstream(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--finetune-epochs", type=int, default=None)
     e.add_argument("--reconstruction", action="store_true", help="also Table IV: PSNR/SSIM per mask strategy at 0.75")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--out", default=None, help="write evaluate.json here")
+    e.add_argument("--out", default="evaluate_out", help="folder for evaluate.json (default evaluate_out/)")
     _device_args(e)
     add_json_flag(e)
     e.set_defaults(func=cmd_evaluate)
@@ -157,7 +157,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         result = run_probe(args.data, model, opts, out_dir=out, checkpoint_name=ckpt, progress=bar)
     finally:
         bar.close()
-    (out / "probe.json").write_text(json.dumps(result, indent=1))
+    write_json_atomic(out / "probe.json", result)
     if args.json:
         print_json(result)
     else:
@@ -187,9 +187,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     result["checkpoint"] = ckpt
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "evaluate.json").write_text(json.dumps(result, indent=1))
+    write_json_atomic(Path(args.out) / "evaluate.json", result)
     if args.json:
         print_json(result)
     else:
@@ -222,6 +220,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
                "organs": res.organs, "max_probability": {o: float(res.probabilities[:, k].max()) for k, o in enumerate(res.organs)},
                "present_superpatches": {o: int((res.probabilities[:, k] >= res.threshold).sum()) for k, o in enumerate(res.organs)},
                **files}
+    write_json_atomic(out / "infer.json", summary)
     if args.json:
         print_json(summary)
     else:
@@ -243,6 +242,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     res["checkpoint"] = ckpt
+    write_json_atomic(Path(args.out) / "reconstruct.json", res)
     if args.json:
         print_json(res)
     else:

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from ..atomic import write_json_atomic
 from ..errors import NemesisCancelled, NemesisInputError
 from .grid import MIN_MEAN, SuperpatchGrid, crop_superpatch, sample_superpatch_origin
 from .io import NemesisDataWarning, read_labels, read_volume
@@ -350,9 +351,7 @@ class CacheIndex:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    write_json_atomic(path, obj)
 
 
 def _load_index(out_dir: Path) -> dict[str, Any] | None:

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_path
 from ..errors import NemesisInputError
 
 __all__ = [
@@ -583,15 +584,9 @@ def write_volume(
     img.set_sform(reference.affine, code=code_s)
     img.header.set_xyzt_units("mm")
     img.header.set_slope_inter(1.0, 0.0)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{suffix}")
-    try:
+    with atomic_path(path, suffix) as tmp:
         nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -23,7 +23,6 @@ forces a grid (spacing then follows from the drawn field of view).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..atomic import write_json_atomic
 from ..errors import NemesisCancelled, NemesisInputError
 from .datasets import BTCV_CASE_IDS
 from .io import volume_from_array, write_volume
@@ -640,9 +640,7 @@ def write_phantom_dataset(
         "labels": {str(o.btcv_id): o.name for o in ORGANS},
         "orientation_on_disk": "RAS", "cases": records,
     }
-    tmp = out / f".phantom.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, out / "phantom.json")
+    write_json_atomic(out / "phantom.json", doc)
     (out / "README.md").write_text(
         "# Synthetic abdominal CT phantoms (napari-nemesis)\n\n"
         f"{int(cases)} cases made by `nemesis phantom` (seed {int(seed)}, size {size}). "

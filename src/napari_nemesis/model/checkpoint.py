@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..atomic import atomic_path
 from ..errors import NemesisCheckpointError
 from .config import NemesisConfig
 from .mae import NemesisMAE
@@ -79,9 +80,8 @@ def save_checkpoint(
         "gate": f"{model.gate:.6f}",
         "extra": json.dumps(extra or {}, sort_keys=True),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
     return path
 
 

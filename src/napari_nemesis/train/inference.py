@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import atomic_path
 from ..errors import NemesisInputError
 from ..model import NemesisMAE, make_mask
 from .events import CancelFn, ProgressFn, check_cancel, emit
@@ -127,12 +128,10 @@ def write_infer_outputs(result: InferResult, out_dir: str | os.PathLike, stem: s
     stem = stem or _stem(result.volume.source)
     rows = result.rows()
     csv_path = out_dir / f"{stem}_organs.csv"
-    tmp = csv_path.with_name(csv_path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0].keys()) if rows else ["superpatch"])
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, csv_path)
     maps = {}
     for k, organ in enumerate(result.organs):
         path = out_dir / f"{stem}_prob_{organ.replace(' ', '_')}.nii.gz"

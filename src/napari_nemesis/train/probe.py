@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import atomic_path
 from ..errors import NemesisCheckpointError, NemesisInputError
 from ..model import NemesisMAE
 from .events import CancelFn, ProgressFn, check_cancel, emit
@@ -185,11 +186,9 @@ def save_probe(head: ProbeHead, path: str | os.PathLike, meta: dict[str, Any]) -
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    save_file(state, str(tmp), metadata={"format": PROBE_FORMAT, "meta": json.dumps(meta, default=str)})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": PROBE_FORMAT, "meta": json.dumps(meta, default=str)})
     return path
 
 

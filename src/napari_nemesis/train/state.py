@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..atomic import atomic_path, write_json_atomic
 from ..errors import NemesisCheckpointError
 from ..model import NemesisMAE, load_checkpoint, save_checkpoint
 from ..model.checkpoint import checkpoint_extra, read_metadata
@@ -52,16 +53,11 @@ def save_train_state(
     run_dir.mkdir(parents=True, exist_ok=True)
     tensors, opt_json = _optimizer_tensors(opt)
     tensors["rng.torch_cpu"] = torch.get_rng_state()
-    state_path = run_dir / f"{stem}.state.safetensors"
-    tmp = state_path.with_name(state_path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": STATE_FORMAT, "step": str(step)})
-    os.replace(tmp, state_path)
+    with atomic_path(run_dir / f"{stem}.state.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": STATE_FORMAT, "step": str(step)})
     model_path = save_checkpoint(model, run_dir / f"{stem}.safetensors", extra={**info.get("extra", {}), "step": step})
     doc = {"format": STATE_FORMAT, "step": step, "optimizer": opt_json, **{k: v for k, v in info.items() if k != "extra"}}
-    jpath = run_dir / f"{stem}.state.json"
-    jtmp = jpath.with_name(jpath.name + ".tmp")
-    jtmp.write_text(json.dumps(doc, indent=1, default=str))
-    os.replace(jtmp, jpath)
+    write_json_atomic(run_dir / f"{stem}.state.json", doc)
     return model_path
 
 
