@@ -8,6 +8,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CT = REPO.parent / "shared" / "data" / "ct"
+# The real CT beside the checkout (../shared/data/ct); tests that need it skip without it.
+CT_DIR = SHARED_CT
+CT = CT_DIR / "abdomen_ct.nii.gz"
+CT_LABELS = CT_DIR / "abdomen_label_btcv.nii.gz"
+needs_ct = pytest.mark.skipif(not CT.exists(), reason="real CT in ../shared/data/ct not present")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -25,10 +24,7 @@ from napari_nemesis.data import (
     window_hu,
 )
 
-CT_DIR = Path(__file__).parents[1].parent / "shared/data/ct"
-CT = CT_DIR / "abdomen_ct.nii.gz"
-CT_LABELS = CT_DIR / "abdomen_label_btcv.nii.gz"
-needs_ct = pytest.mark.skipif(not CT.exists(), reason="real CT in ../shared/data/ct not present")
+from conftest import CT, CT_LABELS, needs_ct  # noqa: E402
 
 
 def test_data_package_imports_no_torch_or_qt():

@@ -20,10 +20,7 @@ from napari_nemesis.data import (
     write_volume,
 )
 
-CT_DIR = Path(__file__).parents[1].parent / "shared/data/ct"
-CT = CT_DIR / "abdomen_ct.nii.gz"
-CT_LABELS = CT_DIR / "abdomen_label_btcv.nii.gz"
-needs_ct = pytest.mark.skipif(not CT.exists(), reason="real CT in ../shared/data/ct not present")
+from conftest import CT, CT_LABELS, needs_ct  # noqa: E402
 
 
 def _test_array(shape=(12, 20, 16), seed=0) -> np.ndarray:

@@ -4,24 +4,20 @@ import sys
 from napari_nemesis.cli import main
 
 
-def test_import_is_cheap_and_qt_free():
-    code = (
-        "import sys, napari_nemesis, napari_nemesis.errors;"
-        "bad = [m for m in ('torch', 'napari', 'qtpy', 'PyQt6') if m in sys.modules];"
-        "print(','.join(bad))"
-    )
+def _modules_loaded_by(imports: str, watched: tuple[str, ...]) -> list[str]:
+    """Which of ``watched`` a fresh interpreter has loaded after ``import <imports>``."""
+    code = f"import sys, {imports}; print(','.join(m for m in {watched!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == ""
+    return [m for m in out.strip().split(",") if m]
+
+
+def test_import_is_cheap_and_qt_free():
+    assert _modules_loaded_by("napari_nemesis, napari_nemesis.errors", ("torch", "napari", "qtpy", "PyQt6")) == []
 
 
 def test_core_packages_import_no_qt():
-    code = (
-        "import sys, napari_nemesis.model, napari_nemesis.cli;"
-        "bad = [m for m in ('napari', 'qtpy', 'PyQt6', 'magicgui') if m in sys.modules];"
-        "print(','.join(bad))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == ""
+    core = "napari_nemesis.model, napari_nemesis.data, napari_nemesis.train, napari_nemesis.cli"
+    assert _modules_loaded_by(core, ("napari", "qtpy", "PyQt6", "magicgui")) == []
 
 
 def test_manifest_validates():

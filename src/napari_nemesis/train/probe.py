@@ -176,7 +176,7 @@ def finetune(
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             opt.step()
             step += 1
-            emit(progress, "step", stage="finetune", step=step, total=epochs * n_batches, loss=float(loss), epoch=epoch)
+            emit(progress, "step", stage="finetune", step=step, total=epochs * n_batches, loss=float(loss.detach()), epoch=epoch)
     return net.eval()
 
 
