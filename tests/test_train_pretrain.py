@@ -136,3 +136,16 @@ def test_ctrl_c_saves_the_step_reached_and_leaves_loadable_files(phantoms, tmp_p
     assert read_train_state(run)["step"] == 5
     assert load_checkpoint(run / "last.safetensors").cfg.depth == 1
     assert not list(run.glob(".*tmp*")) and not list(run.glob("*.tmp"))
+
+
+def test_init_starts_from_given_weights(phantoms, tmp_path):
+    from napari_nemesis.model import build_model, save_checkpoint
+
+    torch.manual_seed(123)
+    start = build_model("tiny", superpatch=32, patch=8, depth=1)
+    ckpt = save_checkpoint(start, tmp_path / "start.safetensors")
+    # lr 0: the step changes nothing, so the result must be exactly the initial weights
+    res = pretrain(phantoms, tmp_path / "run", _opts(steps=1, lr=0.0, min_lr=0.0, init_checkpoint=str(ckpt)))
+    assert res["rank_weight_digests"][0] == weights_digest(start)
+    fresh = pretrain(phantoms, tmp_path / "fresh", _opts(steps=1, lr=0.0, min_lr=0.0))
+    assert fresh["rank_weight_digests"][0] != weights_digest(start)

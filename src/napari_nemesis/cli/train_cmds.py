@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--superpatch", type=int, default=None, help="override the preset's superpatch size")
     p.add_argument("--resume", action="store_true", help="continue OUT/last.* exactly where it stopped")
+    p.add_argument("--init", default=None, metavar="CKPT",
+                   help="start from these weights with a fresh optimizer and schedule (the model config comes from CKPT)")
     add_json_flag(p)
     p.set_defaults(func=cmd_pretrain)
     register_downstream(sub)
@@ -54,6 +56,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, clip=args.clip, mask_strategy=args.mask, mask_ratio=args.mask_ratio,
         noise=not args.no_noise, checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed,
         device=args.device, bf16=args.bf16, num_workers=args.workers, model_overrides=overrides,
+        init_checkpoint=args.init,
     )
     out = Path(args.out)
     main_rank = int(os.environ.get("RANK", "0")) == 0

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import NemesisCancelled, NemesisInputError
-from ..model import NemesisMAE, build_model
+from ..model import NemesisMAE, build_model, load_checkpoint
 from .events import CancelFn, ProgressFn, check_cancel, emit
 from .runtime import autocast, default_bf16, init_distributed, resolve_device, weights_digest
 from .state import load_train_state, read_train_state, save_train_state
@@ -45,6 +45,7 @@ class PretrainOptions:
     bf16: bool | None = None  # None: on for CUDA, off for CPU/MPS
     num_workers: int = 0
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    init_checkpoint: str | None = None  # start from these weights (fresh optimizer); config from the file
 
     def warmup_steps(self) -> int:
         return self.warmup if self.warmup is not None else max(1, int(0.05 * self.steps))
@@ -149,7 +150,10 @@ def _pretrain(data, out_dir, opts, resume, progress, cancel, device, bf16, dist,
         raise NemesisInputError(f"{out_dir}: --resume given but there is no last.state.json to resume from")
     else:
         torch.manual_seed(opts.seed)
-        model = build_model(opts.preset, **opts.model_overrides).to(device)
+        if opts.init_checkpoint:
+            model = load_checkpoint(opts.init_checkpoint).to(device)
+        else:
+            model = build_model(opts.preset, **opts.model_overrides).to(device)
         opt = make_optimizer(model, opts)
     cfg = model.cfg
     # ---- data ---------------------------------------------------------------------------------
