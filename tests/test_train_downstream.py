@@ -147,3 +147,13 @@ def test_real_ct_end_to_end(real_ct_dir, setup, tmp_path, capsys):
     assert json.loads((tmp_path / "reconstruct.json").read_text())["strategy"] == "axis"
     assert main(["reconstruct", str(tmp_path / "missing.nii.gz"), "--checkpoint", str(ckpt), "--out", str(tmp_path)]) == 2
     assert "missing.nii.gz" in capsys.readouterr().err
+
+
+def test_infer_refuses_a_head_of_another_width(setup):
+    from napari_nemesis.errors import NemesisCheckpointError
+    from napari_nemesis.train.probe import ProbeHead
+
+    root, cache, ckpt = setup
+    model = load_checkpoint(ckpt)
+    with pytest.raises(NemesisCheckpointError, match="expects 7-wide features"):
+        infer_scan(root / "data" / "imagesTr" / "img0005.nii.gz", model, ProbeHead(7, 8), list(ORGAN_NAMES))

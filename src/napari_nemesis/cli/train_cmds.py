@@ -205,11 +205,6 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
     model, ckpt = _load_model(args.checkpoint)
     head, meta = load_probe(args.probe or default_probe_path())
-    if head.norm.normalized_shape[0] != model.cfg.embed_dim:
-        from ..errors import NemesisCheckpointError
-
-        raise NemesisCheckpointError(f"{args.probe or default_probe_path()}: probe head expects {head.norm.normalized_shape[0]}-wide "
-                                     f"features but {ckpt} gives {model.cfg.embed_dim}")
     spacing = meta.get("spacing_zyx")
     bar = TqdmProgress("infer", disable=args.json)
     try:

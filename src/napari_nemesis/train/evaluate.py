@@ -8,6 +8,7 @@ the label-ratio sweep costs one pass over the data per encoder.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from ..model import NemesisMAE
 from .events import CancelFn, ProgressFn, emit
 from .metrics import presence_metrics
-from .probe import ProbeOptions, _subset_ids, extract_features, finetune, head_probabilities, train_linear_head
+from .probe import ProbeOptions, training_case_ids, extract_features, finetune, head_probabilities, train_linear_head
 from .runtime import resolve_device
 
 LABEL_RATIOS = (0.1, 0.25, 0.5, 1.0)
@@ -55,7 +56,7 @@ def evaluate(
     device = resolve_device(opts.device)
     cache = open_dataset(data, superpatch=model.cfg.superpatch)
     test_ids = [c for c in cache.test_ids if c in cache.labelled_ids]
-    full_train = _subset_ids(cache, 1.0, opts.seed)
+    full_train = training_case_ids(cache, 1.0, opts.seed)
     rows: list[dict[str, Any]] = []
 
     def linear_rows(name: str, encoder: NemesisMAE, paper: dict[float, tuple[float | None, float | None]]):
@@ -66,9 +67,9 @@ def evaluate(
                                        f"{name} test features")
         case_of = np.array([c for c, _ in where])
         for r in ratios:
-            ids = set(_subset_ids(cache, r, opts.seed))
+            ids = set(training_case_ids(cache, r, opts.seed))
             sel = np.isin(case_of, list(ids))
-            head = train_linear_head(xtr[sel], ytr[sel], ProbeOptions(**{**opts.__dict__, "mode": "linear"}), cancel)
+            head = train_linear_head(xtr[sel], ytr[sel], dataclasses.replace(opts, mode="linear"), cancel)
             m = presence_metrics(yte, head_probabilities(head, xte), ORGAN_NAMES, opts.threshold)
             pa, pf = paper.get(r, (None, None))
             rows.append({"method": name, "protocol": "linear", "label_ratio": r, "auroc_mean": m["auroc_mean"],
@@ -84,7 +85,7 @@ def evaluate(
         linear_rows("Random ViT", random_model, {1.0: PAPER_TABLE_II["Random ViT (fine-tune)"]})
     if finetune_model:
         emit(progress, "stage", name="fine-tune")
-        ft_opts = ProbeOptions(**{**opts.__dict__, "mode": "finetune", "epochs": finetune_epochs, "lr": None})
+        ft_opts = dataclasses.replace(opts, mode="finetune", epochs=finetune_epochs, lr=None)
         net = finetune(copy.deepcopy(model), cache, full_train, ft_opts, device, progress, cancel)
         xte, yte, _ = extract_features(net.encoder, cache, test_ids, opts.batch, device, opts.bf16, progress, cancel,
                                        "fine-tuned test features")

@@ -96,6 +96,12 @@ def infer_scan(
     """Per-superpatch organ probabilities for a whole scan (path or ``data.Volume``)."""
     from ..data import DEFAULT_SPACING_ZYX, SuperpatchGrid, preprocess
 
+    from ..errors import NemesisCheckpointError
+
+    width = head.norm.normalized_shape[0]
+    if width != model.cfg.embed_dim:
+        raise NemesisCheckpointError(f"probe head expects {width}-wide features but the model gives {model.cfg.embed_dim}; "
+                                     "use the head trained for this checkpoint")
     dev = resolve_device(device)
     vol = _load_scan(scan)
     emit(progress, "stage", name="preprocess")

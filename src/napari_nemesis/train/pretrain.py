@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data import open_dataset
 from ..errors import NemesisCancelled, NemesisInputError
 from ..model import NemesisMAE, build_model, load_checkpoint
 from .events import CancelFn, ProgressFn, check_cancel, emit
@@ -123,21 +124,18 @@ def pretrain(
     the end, and returns a summary dict. On ``cancel()`` or Ctrl-C, the current step is saved first
     (atomically), then NemesisCancelled / KeyboardInterrupt is raised.
     """
-    from ..data import open_dataset
-
     opts = opts or PretrainOptions()
     out_dir = Path(out_dir)
     device = resolve_device(opts.device)
     bf16 = default_bf16(device) if opts.bf16 is None else bool(opts.bf16)
     dist = init_distributed(device)
     try:
-        return _pretrain(data, out_dir, opts, resume, progress if dist.is_main else None, cancel, device, bf16, dist,
-                         open_dataset)
+        return _pretrain(data, out_dir, opts, resume, progress if dist.is_main else None, cancel, device, bf16, dist)
     finally:
         dist.close()
 
 
-def _pretrain(data, out_dir, opts, resume, progress, cancel, device, bf16, dist, open_dataset) -> dict[str, Any]:
+def _pretrain(data, out_dir, opts, resume, progress, cancel, device, bf16, dist) -> dict[str, Any]:
     # ---- model, optimizer, start step --------------------------------------------------------
     start = 0
     if resume and (out_dir / "last.state.json").is_file():

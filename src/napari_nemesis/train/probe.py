@@ -216,7 +216,8 @@ def load_probe(path: str | os.PathLike) -> tuple[ProbeHead, dict[str, Any]]:
 
 
 # ---- the probe command's core ------------------------------------------------------------
-def _subset_ids(cache, ratio: float, seed: int) -> list[str]:
+def training_case_ids(cache, ratio: float = 1.0, seed: int = 0) -> list[str]:
+    """Labelled training-split cases of ``cache``; ``ratio`` < 1 takes the nested seeded subset."""
     from ..data import label_ratio_subset
 
     train_cases = [c for c in cache.cases() if cache.split_of(c.case_id) == "train" and c.case_id in cache.labelled_ids]
@@ -250,7 +251,7 @@ def run_probe(
         raise NemesisInputError(f"--label-ratio {opts.label_ratio} must be in (0, 1]")
     device = resolve_device(opts.device)
     cache = open_dataset(data, superpatch=model.cfg.superpatch)
-    train_ids = _subset_ids(cache, opts.label_ratio, opts.seed)
+    train_ids = training_case_ids(cache, opts.label_ratio, opts.seed)
     test_ids = [c for c in cache.test_ids if c in cache.labelled_ids]
     if not test_ids:
         raise NemesisInputError(f"{cache.path}: no labelled test scans to report on")
