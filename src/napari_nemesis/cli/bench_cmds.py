@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from ._common import add_json_flag
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The benchmark's options (shared with ``python -m napari_nemesis.bench``)."""
     p.add_argument("--quick", action="store_true", help="fewer repeats, small preset for heavy parts, smaller scans")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line of standard output")
+    add_json_flag(p)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--out", default=None, help="folder for bench.json, bench.txt and scaling.png")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default 5; quick 3)")

@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from ..errors import NemesisInputError
-from ._common import print_json
+from ._common import add_json_flag, print_json
 
 
 class _Bar:
@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "labels stored in the index (default 128)")
     p.add_argument("--include-unlabelled", action="store_true",
                    help="also cache images without labels (imagesTs), e.g. for pretraining")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    add_json_flag(p)
     p.set_defaults(func=cmd_prepare)
 
     ph = sub.add_parser(
@@ -88,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="default: 512x512 at 0.7-0.9 mm, 2.5-5 mm slices; small: 128x128 at ~3 mm")
     ph.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
                     help="force the voxel grid (z y x); spacing follows from the field of view")
-    ph.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    add_json_flag(ph)
     ph.set_defaults(func=cmd_phantom)
 
     i = sub.add_parser(
@@ -104,7 +104,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="model spacing x y z in mm (default 1.5 1.5 2.0), or 'none' for native")
     i.add_argument("--superpatch", type=int, default=128, help="superpatch size (default 128)")
     i.add_argument("--series-uid", default=None, help="DICOM series to read from a directory")
-    i.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    add_json_flag(i)
     i.set_defaults(func=cmd_info)
 
 

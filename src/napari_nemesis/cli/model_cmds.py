@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import print_json
+from ._common import add_json_flag, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mask-ratio", type=float, default=0.75, help="mask ratio of the counted pass (default 0.75)")
     p.add_argument("--mask", default="dual", choices=["random", "plane", "axis", "dual"], help="mask strategy")
     p.add_argument("--no-scaling", action="store_true", help="skip the whole-volume scaling table")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    add_json_flag(p)
     p.set_defaults(func=cmd_flops)
 
     d = sub.add_parser("demo", help="the main job: the bundled model on a real CT (organ probabilities, reconstruction)")

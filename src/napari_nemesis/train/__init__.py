@@ -7,7 +7,7 @@ The CLI and the napari widgets call these same functions; each takes a ``progres
 from .evaluate import evaluate, evaluate_reconstruction, format_table
 from .events import JsonlLog, check_cancel, emit, fan_out
 from .inference import InferResult, ReconMetrics, infer_scan, reconstruct_scan, write_infer_outputs
-from .metrics import presence_metrics, psnr, ssim3d
+from .metrics import presence_metrics
 from .pretrain import PretrainOptions, learning_rate, pretrain
 from .probe import ProbeHead, ProbeModel, ProbeOptions, extract_features, load_probe, run_probe, save_probe
 
@@ -16,6 +16,6 @@ __all__ = [
     "ProbeOptions", "ProbeHead", "ProbeModel", "run_probe", "extract_features", "save_probe", "load_probe",
     "evaluate", "evaluate_reconstruction", "format_table",
     "infer_scan", "write_infer_outputs", "reconstruct_scan", "InferResult", "ReconMetrics",
-    "presence_metrics", "psnr", "ssim3d",
+    "presence_metrics",
     "JsonlLog", "emit", "check_cancel", "fan_out",
 ]

@@ -126,11 +126,11 @@ def evaluate_reconstruction(
         metrics = ReconMetrics()
         for cid in case_ids:
             grid = cache.grid(cid, s)
-            items = [(i, p) for _, i, p, _ in cache.superpatches([cid], s)]
-            for i, _, _, recon, vox in reconstruct_superpatches(model, items, strategy, ratio, noise, seed, device,
-                                                                 batch, cancel=cancel):
+            items = ((i, p) for _, i, p, _ in cache.superpatches([cid], s))
+            for i, clean, _, _, recon, vox in reconstruct_superpatches(model, items, strategy, ratio, noise, seed,
+                                                                        device, batch, cancel=cancel):
                 box = grid.box(i, clip=True)
-                metrics.add(items[i][1], recon, vox, tuple(slice(0, d) for d in box.shape))
+                metrics.add(clean, recon, vox, tuple(slice(0, d) for d in box.shape))
         paper = PAPER_TABLE_IV.get(strategy, (None, None))
         rows.append({"strategy": strategy, "ratio": ratio, **metrics.result(), "paper_psnr": paper[0],
                      "paper_ssim": paper[1]})

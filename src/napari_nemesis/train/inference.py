@@ -20,6 +20,7 @@ from ..atomic import atomic_path
 from ..errors import NemesisInputError
 from ..model import NemesisMAE, make_mask
 from .events import CancelFn, ProgressFn, check_cancel, emit
+from .probe import ProbeModel
 from .runtime import autocast, resolve_device
 
 HU_LO, HU_HI = -175.0, 250.0
@@ -107,8 +108,7 @@ def infer_scan(
     emit(progress, "stage", name="preprocess")
     pre = preprocess(vol, DEFAULT_SPACING_ZYX if spacing_zyx is None else spacing_zyx)
     grid = SuperpatchGrid.for_preprocessed(pre, model.cfg.superpatch)
-    model = model.to(dev).eval()
-    head = head.to(dev).eval()
+    net = ProbeModel(model, head).to(dev).eval()
     probs = np.zeros((grid.n, len(organs)), dtype=np.float32)
     emit(progress, "start", step=0, total=grid.n)
     with torch.inference_mode():
@@ -116,7 +116,7 @@ def infer_scan(
             check_cancel(cancel, "inference")
             x = torch.from_numpy(np.stack([p for _, _, p in chunk]))[:, None].to(dev)
             with autocast(dev, bf16):
-                logits = head(model.encode(x).mean(1))
+                logits = net(x)
             idx = [i for i, _, _ in chunk]
             probs[idx] = torch.sigmoid(logits.float()).cpu().numpy()
             emit(progress, "step", step=idx[-1] + 1, total=grid.n)
@@ -202,7 +202,7 @@ def reconstruct_superpatches(
     bf16: bool = False,
     cancel: CancelFn | None = None,
 ):
-    """For each ``(index, clean (S,S,S))``, yield ``(index, noisy, masked_input, recon, masked_voxels)``.
+    """For each ``(index, clean (S,S,S))``, yield ``(index, clean, noisy, masked_input, recon, masked_voxels)``.
 
     Superpatch i's noise and mask come from a generator seeded with (seed, i): reproducible and
     independent of batching.
@@ -229,7 +229,7 @@ def reconstruct_superpatches(
             vox = mask.view(-1, g, g, g).numpy().repeat(p, 1).repeat(p, 2).repeat(p, 3)
             for j, (i, _) in enumerate(chunk):
                 masked_input = np.where(vox[j], 0.0, noisy[j]).astype(np.float32)
-                yield i, noisy[j], masked_input, rec[j], vox[j]
+                yield i, clean[j], noisy[j], masked_input, rec[j], vox[j]
 
 
 def reconstruct_scan(
@@ -264,11 +264,10 @@ def reconstruct_scan(
     metrics = ReconMetrics()
     emit(progress, "start", step=0, total=grid.n)
     items = ((i, patch) for i, _, patch in grid.iter_superpatches(pre.array))
-    for i, noisy, masked, recon, vox in reconstruct_superpatches(model, items, strategy, ratio, noise, seed, dev,
-                                                                  batch, bf16, cancel):
+    for i, clean, noisy, masked, recon, vox in reconstruct_superpatches(model, items, strategy, ratio, noise, seed,
+                                                                         dev, batch, bf16, cancel):
         box = grid.box(i, clip=True)
         inner = tuple(slice(0, d) for d in box.shape)
-        clean = grid.superpatch_of(pre.array, i)
         metrics.add(clean, recon, vox, inner)
         outs["noisy"][box.slices] = noisy[inner]
         outs["masked"][box.slices] = masked[inner]

@@ -1,8 +1,7 @@
-"""Scores: organ-presence metrics (scikit-learn) and reconstruction quality (scikit-image)."""
+"""Organ-presence metrics (scikit-learn). Reconstruction quality: ``inference.ReconMetrics``."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,25 +38,3 @@ def presence_metrics(
         "per_organ": per_organ,
         "threshold": threshold,
     }
-
-
-def psnr(reference: np.ndarray, test: np.ndarray, where: np.ndarray | None = None, data_range: float = 1.0) -> float:
-    """Peak signal-to-noise ratio in dB (data range 1 after windowing), optionally over a voxel mask."""
-    ref = np.asarray(reference, dtype=np.float64)
-    tst = np.asarray(test, dtype=np.float64)
-    diff = (ref - tst) ** 2
-    mse = float(diff[where].mean()) if where is not None else float(diff.mean())
-    if mse == 0:
-        return math.inf
-    return float(10 * np.log10(data_range**2 / mse))
-
-
-def ssim3d(reference: np.ndarray, test: np.ndarray, where: np.ndarray | None = None, data_range: float = 1.0) -> float:
-    """3D SSIM with scikit-image's definition (7^3 uniform window, K1=0.01, K2=0.03), averaged over
-    the whole volume or over the voxels in ``where``."""
-    from skimage.metrics import structural_similarity
-
-    ref = np.asarray(reference, dtype=np.float64)
-    tst = np.asarray(test, dtype=np.float64)
-    _, smap = structural_similarity(ref, tst, data_range=data_range, full=True)
-    return float(smap[where].mean()) if where is not None else float(smap.mean())

@@ -22,7 +22,7 @@ from ..errors import NemesisCancelled, NemesisInputError
 from ..model import NemesisMAE, build_model, load_checkpoint
 from .events import CancelFn, ProgressFn, check_cancel, emit
 from .runtime import autocast, default_bf16, init_distributed, resolve_device, weights_digest
-from .state import load_train_state, read_train_state, save_train_state
+from .state import load_train_state, save_train_state
 
 
 @dataclass
@@ -139,10 +139,9 @@ def _pretrain(data, out_dir, opts, resume, progress, cancel, device, bf16, dist)
     # ---- model, optimizer, start step --------------------------------------------------------
     start = 0
     if resume and (out_dir / "last.state.json").is_file():
-        doc = read_train_state(out_dir)
+        model, opt, doc = load_train_state(out_dir, lambda m: make_optimizer(m, opts), map_location=device)
         if doc.get("options", {}).get("seed") not in (None, opts.seed):
             raise NemesisInputError(f"{out_dir}: --resume with another --seed than the run's ({doc['options']['seed']})")
-        model, opt, doc = load_train_state(out_dir, lambda m: make_optimizer(m, opts), map_location=device)
         start = int(doc["step"])
     elif resume:
         raise NemesisInputError(f"{out_dir}: --resume given but there is no last.state.json to resume from")
