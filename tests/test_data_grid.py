@@ -20,6 +20,7 @@ from napari_nemesis.data import (
     resample,
     sample_superpatch,
     sample_superpatch_origin,
+    inside_fraction,
     volume_from_array,
     window_hu,
 )
@@ -131,8 +132,10 @@ def test_sampling_is_seeded_uniform_and_bounded():
     vol[:20] = 0.5  # the lower half is "body"
     rng = np.random.default_rng(0)
     origins = np.array([sample_superpatch_origin(vol.shape, 16, rng) for _ in range(2000)])
-    assert origins.min() == 0 and origins.max() == 48 - 16  # padded 48
-    assert abs(origins.mean() - 16) < 1.0
+    # the crop stays inside the 40-voxel scan: origins 0..24, never into the padding (up to 48)
+    assert origins.min() == 0 and origins.max() == 40 - 16
+    assert abs(origins.mean() - 12) < 1.0
+    assert all(inside_fraction(vol.shape, o, 16) == 1.0 for o in origins)
     a = sample_superpatch(vol, 16, np.random.default_rng(5))
     b = sample_superpatch(vol, 16, np.random.default_rng(5))
     np.testing.assert_array_equal(a[0], b[0])
@@ -205,3 +208,32 @@ def test_real_ct_superpatch_labels_against_an_independent_count():
     expected = (counts >= 100).astype(np.uint8)
     np.testing.assert_array_equal(ours, expected)
     assert expected.sum() > 10  # the test means something: several organs in several patches
+
+
+def test_crops_leave_the_scan_only_along_axes_shorter_than_a_superpatch():
+    # z shorter than the superpatch, y exactly one, x longer
+    shape = (10, 16, 37)
+    rng = np.random.default_rng(1)
+    origins = np.array([sample_superpatch_origin(shape, 16, rng) for _ in range(500)])
+    assert set(origins[:, 0]) == {0} and set(origins[:, 1]) == {0}
+    assert origins[:, 2].min() == 0 and origins[:, 2].max() == 37 - 16
+    # only the short z axis contributes padding: 10 of 16 slices are scan
+    assert {inside_fraction(shape, o, 16) for o in origins} == {10 / 16}
+    assert inside_fraction((40, 40, 40), (30, 0, 0), 16) == 10 / 16
+
+
+@needs_ct
+def test_pretraining_crops_of_the_real_ct_are_scan_not_padding(tmp_path):
+    """Every axis of the real CT at 2 x 1.5 x 1.5 mm is longer than 128: crops hold no padding
+    (uniform origins over the padded volume gave a mean inside fraction of 0.68 here)."""
+    from napari_nemesis.data import open_dataset
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "list.json").write_text('[{"image": "%s", "id": "ct"}]' % CT)
+    cache = open_dataset(data, cache_dir=tmp_path / "cache", include_unlabelled=True)
+    fractions = []
+    for k in range(40):
+        _, cid, origin = cache.sample(np.random.default_rng([0, k]), return_info=True)
+        fractions.append(inside_fraction(cache.image(cid).shape, origin, 128))
+    assert min(fractions) == 1.0

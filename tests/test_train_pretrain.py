@@ -58,6 +58,10 @@ def test_pretraining_reduces_the_loss_on_fixed_data(phantoms, tmp_path):
     kinds = {e["event"] for e in events}
     assert {"start", "step", "checkpoint", "end"} <= kinds
     assert res["steps"] == 40 and res["superpatches_per_s"] > 0
+    # the log says how much of each batch was scan rather than padding
+    steps = [e for e in events if e["event"] == "step"]
+    assert all(0.0 < e["inside_fraction"] <= 1.0 for e in steps)
+    assert 0.0 < res["inside_fraction_mean"] <= 1.0
     doc = read_train_state(tmp_path / "run")
     assert doc["step"] == 40
 

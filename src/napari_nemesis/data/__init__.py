@@ -25,6 +25,7 @@ from .grid import (
     Box,
     SuperpatchGrid,
     crop_superpatch,
+    inside_fraction,
     sample_superpatch,
     sample_superpatch_origin,
 )
@@ -64,7 +65,7 @@ __all__ = [
     "DEFAULT_SPACING_ZYX", "HU_WINDOW", "Preprocessed", "window_hu", "resample", "preprocess",
     "preprocess_labels",
     "Box", "SuperpatchGrid", "MIN_MEAN", "sample_superpatch_origin", "sample_superpatch",
-    "crop_superpatch",
+    "crop_superpatch", "inside_fraction",
     "Organ", "ORGANS", "ORGAN_NAMES", "ORGAN_IDS", "PRESENCE_THRESHOLD", "organ_voxel_counts",
     "presence_labels",
     "BTCV_TEST_IDS", "BTCV_CASE_IDS", "Case", "CacheIndex", "SuperpatchCache", "default_cache_dir", "find_cases",

@@ -670,8 +670,9 @@ class SuperpatchCache:
     ):
         """A random (S, S, S) float32 superpatch for pretraining.
 
-        A case is drawn uniformly (from ``case_ids`` if given), then an origin uniformly inside
-        its padded volume; crops with mean < ``min_mean`` are redrawn (new case and origin), at
+        A case is drawn uniformly (from ``case_ids`` if given), then an origin with
+        :func:`~.grid.sample_superpatch_origin` (the crop stays inside the scan along every axis
+        at least one superpatch long); crops with mean < ``min_mean`` are redrawn (new case and origin), at
         most ``max_tries`` times, after which the crop with the highest mean is returned.
         ``return_info=True`` returns ``(patch, case_id, origin_zyx)``.
         """

@@ -27,6 +27,7 @@ __all__ = [
     "sample_superpatch_origin",
     "sample_superpatch",
     "crop_superpatch",
+    "inside_fraction",
 ]
 
 #: Random pretraining crops whose mean (after windowing) is below this are mostly air: skipped.
@@ -214,10 +215,25 @@ class SuperpatchGrid:
 
 
 def sample_superpatch_origin(shape_zyx, superpatch: int, rng: np.random.Generator) -> tuple[int, int, int]:
-    """A uniform random (z, y, x) origin such that the crop lies inside the padded volume."""
-    grid = SuperpatchGrid(shape_zyx, superpatch)
-    hi = [p - superpatch for p in grid.padded_shape]
+    """A uniform random (z, y, x) origin whose crop leaves the scan only where it must.
+
+    Along an axis at least ``superpatch`` long the crop lies wholly inside the scan (origin uniform
+    in ``[0, d - S]``); along a shorter axis the origin is 0, so the crop holds the whole axis and
+    the padding comes after it, as in the inference grid. Drawing over the padded volume instead
+    would make about a third of a BTCV-sized scan's crops padding the model learns to paint.
+    """
+    s = int(superpatch)
+    hi = [max(0, int(d) - s) for d in shape_zyx]
     return tuple(int(rng.integers(0, h + 1)) for h in hi)  # type: ignore[return-value]
+
+
+def inside_fraction(shape_zyx, origin_zyx, superpatch: int) -> float:
+    """Fraction of the ``S^3`` crop at ``origin_zyx`` that lies inside a volume of ``shape_zyx``."""
+    s = int(superpatch)
+    frac = 1.0
+    for o, d in zip(origin_zyx, shape_zyx):
+        frac *= max(0, min(int(o) + s, int(d)) - max(int(o), 0)) / s
+    return float(frac)
 
 
 def crop_superpatch(volume: np.ndarray, origin_zyx, superpatch: int, value: float = 0,
@@ -240,9 +256,9 @@ def sample_superpatch(
 ) -> tuple[np.ndarray, tuple[int, int, int]]:
     """A random (S, S, S) float32 crop of a windowed volume and its origin.
 
-    Origins are uniform inside the padded volume (see :func:`sample_superpatch_origin`); a crop
-    whose mean is below ``min_mean`` is drawn again, at most ``max_tries`` times in all, after
-    which the crop with the highest mean seen is returned (so this always ends).
+    Origins are drawn by :func:`sample_superpatch_origin` (inside the scan along every axis that is
+    long enough); a crop whose mean is below ``min_mean`` is drawn again, at most ``max_tries``
+    times in all, after which the crop with the highest mean seen is returned (so this always ends).
     """
     best = None
     for _ in range(max(1, int(max_tries))):

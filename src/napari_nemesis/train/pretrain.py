@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import open_dataset
+from ..data import inside_fraction, open_dataset
 from ..errors import NemesisCancelled, NemesisInputError
 from ..model import NemesisMAE, build_model, load_checkpoint
 from .events import CancelFn, ProgressFn, check_cancel, emit
@@ -76,7 +76,8 @@ def make_optimizer(model: NemesisMAE, opts: PretrainOptions) -> torch.optim.Adam
 
 
 class CropDataset(torch.utils.data.Dataset):
-    """Item i is a random superpatch drawn with ``numpy.random.default_rng([seed, i])``."""
+    """Item i is a random superpatch drawn with ``numpy.random.default_rng([seed, i])``, with the
+    fraction of it that lies inside its scan (the rest is padding), which the log reports."""
 
     def __init__(self, cache, seed: int, length: int) -> None:
         self.cache, self.seed, self.length = cache, seed, length
@@ -84,9 +85,10 @@ class CropDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        patch = self.cache.sample(np.random.default_rng([self.seed, int(i)]))
-        return torch.from_numpy(np.ascontiguousarray(patch, dtype=np.float32))[None]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, float]:
+        patch, cid, origin = self.cache.sample(np.random.default_rng([self.seed, int(i)]), return_info=True)
+        inside = inside_fraction(self.cache.image(cid).shape, origin, self.cache.superpatch)
+        return torch.from_numpy(np.ascontiguousarray(patch, dtype=np.float32))[None], inside
 
 
 class StepSampler(torch.utils.data.Sampler):
@@ -195,11 +197,15 @@ def _pretrain(data, out_dir, opts, resume, progress, cancel, device, bf16, dist)
 
     step = start
     losses: list[float] = []
+    inside_window: list[float] = []
+    inside_sum, inside_n = 0.0, 0
     t_window, n_window = time.perf_counter(), 0
     t_start = time.perf_counter()
     try:
-        for batch in loader:
+        for batch, inside in loader:
             check_cancel(cancel, "pretraining")
+            inside_window.append(float(inside.double().mean()))
+            inside_sum, inside_n = inside_sum + float(inside.double().sum()), inside_n + len(inside)
             lr = learning_rate(step, opts)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -218,9 +224,12 @@ def _pretrain(data, out_dir, opts, resume, progress, cancel, device, bf16, dist)
                 loss = float(out.loss.detach())
                 losses.append(loss)
                 now = time.perf_counter()
+                # inside_fraction: mean share of this window's batches that is scan, not padding
                 emit(progress, "step", step=step, total=opts.steps, loss=loss, lr=lr, gate=model.gate,
-                     grad_norm=float(grad_norm), superpatches_per_s=n_window / max(now - t_window, 1e-9))
+                     grad_norm=float(grad_norm), superpatches_per_s=n_window / max(now - t_window, 1e-9),
+                     inside_fraction=float(np.mean(inside_window)))
                 t_window, n_window = now, 0
+                inside_window.clear()
             if step % opts.checkpoint_every == 0 and step < opts.steps:
                 save(step)
     except (KeyboardInterrupt, NemesisCancelled):
@@ -240,6 +249,7 @@ def _pretrain(data, out_dir, opts, resume, progress, cancel, device, bf16, dist)
         "steps": step,
         "steps_this_run": done_steps,
         "resumed_from": start,
+        "inside_fraction_mean": inside_sum / inside_n if inside_n else None,
         "loss_first": losses[0] if losses else None,
         "loss_last": losses[-1] if losses else None,
         "gate": model.gate,
