@@ -48,9 +48,13 @@ if [ -n "${BUDGET_S:-}" ]; then
 fi
 
 echo "== pretrain"
+# A stopped recipe continues its run exactly where it was saved (every 250 steps and on Ctrl-C).
+RESUME=""
+[ -f "$W/pretrain/last.state.json" ] && RESUME="--resume"
 $NEMESIS pretrain "$W/cache_pretrain" --out "$W/pretrain" --preset small --steps "$STEPS" --batch "$BATCH" \
-    --lr "$LR" --workers "$WORKERS" --device "$DEVICE" --seed "$SEED" --checkpoint-every 500 --log-every 50 --json \
-    | tail -n 1 > "$W/pretrain_result.json"
+    --lr "$LR" --workers "$WORKERS" --device "$DEVICE" --seed "$SEED" --checkpoint-every 250 --log-every 50 --json \
+    $RESUME | tail -n 1 > "$W/pretrain_result.json"
+[ -n "${STOP_AFTER_PRETRAIN:-}" ] && { echo "stopped after pretraining (STOP_AFTER_PRETRAIN)"; exit 0; }
 
 echo "== probe head (phantom labels, training split only)"
 $NEMESIS prepare "$W/probe_phantoms" --out "$W/cache_probe"
