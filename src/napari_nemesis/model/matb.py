@@ -113,6 +113,11 @@ class MATB(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
+    def stream_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (B, L, 3C) q/k/v each stream reads: one tensor twice (shared) or the two halves."""
+        qkv = self.qkv(self.norm1(x))
+        return (qkv, qkv) if self.shared_qkv else qkv.chunk(2, dim=-1)
+
     def _stream(self, qkv: torch.Tensor, groups: TokenGroups) -> torch.Tensor:
         """Attention inside each group -> (B * G, M, C) in grouped order (padding slots included)."""
         c = qkv.shape[-1] // 3
@@ -122,11 +127,44 @@ class MATB(nn.Module):
         out = attention(q, k, v, groups.attn_mask)
         return out.transpose(1, 2).reshape(bg, m, c)
 
-    def forward(self, x: torch.Tensor, plane: TokenGroups, axis: TokenGroups) -> torch.Tensor:
+    def stream_outputs(self, x: torch.Tensor, plane: TokenGroups, axis: TokenGroups) -> tuple[torch.Tensor, torch.Tensor]:
+        """The plane and axis streams' attention outputs (B, L, C) each, before the fusing FC."""
         b = x.shape[0]
-        qkv = self.qkv(self.norm1(x))
-        qkv_plane, qkv_axis = (qkv, qkv) if self.shared_qkv else qkv.chunk(2, dim=-1)
-        h_plane = plane.scatter(self._stream(qkv_plane, plane), b)
-        h_axis = axis.scatter(self._stream(qkv_axis, axis), b)
+        qkv_plane, qkv_axis = self.stream_qkv(x)
+        return plane.scatter(self._stream(qkv_plane, plane), b), axis.scatter(self._stream(qkv_axis, axis), b)
+
+    def forward(self, x: torch.Tensor, plane: TokenGroups, axis: TokenGroups) -> torch.Tensor:
+        h_plane, h_axis = self.stream_outputs(x, plane, axis)
         x = x + self.fuse(torch.cat([h_axis, h_plane], dim=-1))
         return x + self.mlp(self.norm2(x))
+
+    def query_attention(
+        self, x: torch.Tensor, plane: TokenGroups, axis: TokenGroups, query: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention weights (B, H, L) of token ``query`` (a position in the L tokens) in each stream.
+
+        Only the query's row is computed, from the q/k/v the streams use, over the keys of its own
+        group; every other token gets exactly 0. Per head, ``weights @ v`` is the query's row of
+        :meth:`stream_outputs`. This is what makes the two streams visible (``train/attention.py``).
+        """
+        qkv_plane, qkv_axis = self.stream_qkv(x)
+        return self._query_row(qkv_plane, plane, query), self._query_row(qkv_axis, axis, query)
+
+    def _query_row(self, qkv: torch.Tensor, groups: TokenGroups, query: int) -> torch.Tensor:
+        b, n, c3 = qkv.shape
+        c, h = c3 // 3, self.num_heads
+        # the query's slot in the flattened groups, hence its group and the tokens of that group
+        slot = groups.inverse[:, query] if groups.inverse is not None else torch.full((b,), query, device=qkv.device)
+        group = slot // groups.size
+        members = group[:, None] * groups.size + torch.arange(groups.size, device=qkv.device)  # (B, M) slots
+        tokens = groups.index.gather(1, members) if groups.index is not None else members  # (B, M) token ids
+        q = qkv[torch.arange(b, device=qkv.device), query, :c].float().view(b, h, 1, c // h)
+        k = qkv.gather(1, tokens[..., None].expand(-1, -1, c3))[..., c : 2 * c].float()
+        k = k.view(b, groups.size, h, c // h).transpose(1, 2)  # (B, H, M, d)
+        scores = (q * (c // h) ** -0.5) @ k.transpose(-2, -1)  # (B, H, 1, M)
+        if groups.valid is not None:  # padding slots are no keys
+            valid = groups.valid.view(b, groups.n_groups, groups.size)[torch.arange(b, device=qkv.device), group]
+            scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+        weights = scores.softmax(-1)[:, :, 0]  # (B, H, M); padding slots are exactly 0
+        out = weights.new_zeros(b, h, n)
+        return out.scatter_add_(2, tokens[:, None, :].expand(-1, h, -1), weights)
