@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "napari_nemesis.cli.model_cmds",
     "napari_nemesis.cli.data_cmds",
     "napari_nemesis.cli.train_cmds",
+    "napari_nemesis.cli.explain_cmds",
     "napari_nemesis.cli.bench_cmds",
 ]
 
