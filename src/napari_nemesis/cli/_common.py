@@ -81,5 +81,12 @@ class TqdmProgress:
             self.bar = None
 
 
+def add_label_scheme_flag(p) -> None:
+    """``--label-scheme auto|btcv|totalsegmentator|amos``: how label maps' ids are read."""
+    p.add_argument("--label-scheme", default="auto", choices=["auto", "btcv", "totalsegmentator", "amos"],
+                   help="label-id scheme of the label maps (default auto: detected from the ids; an AMOS map "
+                   "without ids 14/15 reads as BTCV unless named)")
+
+
 def add_json_flag(p) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of standard output")

@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from ..errors import NemesisInputError
-from ._common import add_json_flag, print_json
+from ._common import add_json_flag, add_label_scheme_flag, print_json
 
 
 class _Bar:
@@ -72,6 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "labels stored in the index (default 128)")
     p.add_argument("--include-unlabelled", action="store_true",
                    help="also cache images without labels (imagesTs), e.g. for pretraining")
+    add_label_scheme_flag(p)
     add_json_flag(p)
     p.set_defaults(func=cmd_prepare)
 
@@ -99,7 +100,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "model's spacing; with --labels, the organ presence per superpatch.",
     )
     i.add_argument("scan", metavar="SCAN")
-    i.add_argument("--labels", metavar="LABELMAP", default=None, help="label map (BTCV ids)")
+    i.add_argument("--labels", metavar="LABELMAP", default=None,
+                   help="label map (BTCV, TotalSegmentator or AMOS ids: see --label-scheme)")
+    add_label_scheme_flag(i)
     i.add_argument("--spacing", nargs="+", metavar="MM", default=None,
                    help="model spacing x y z in mm (default 1.5 1.5 2.0), or 'none' for native")
     i.add_argument("--superpatch", type=int, default=128, help="superpatch size (default 128)")
@@ -115,7 +118,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     bar = _Bar("prepare")
     try:
         index = prepare_cache(args.data_dir, args.out, spacing, args.superpatch, progress=bar,
-                              include_unlabelled=args.include_unlabelled)
+                              include_unlabelled=args.include_unlabelled, label_scheme=args.label_scheme)
     finally:
         bar.close()
     summary = index.summary()
@@ -151,20 +154,24 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def info_report(scan, labels=None, spacing_zyx="default", superpatch: int = 128,
-                series_uid=None) -> dict[str, Any]:
-    """The ``nemesis info`` report as a dict (also used by tests and the viewer)."""
+                series_uid=None, label_scheme: str = "auto") -> dict[str, Any]:
+    """The ``nemesis info`` report as a dict (also used by tests and the viewer).
+
+    Labels are counted as BTCV organs after :func:`~napari_nemesis.data.to_btcv_labels`
+    (``label_scheme``: ``auto`` detects BTCV, TotalSegmentator or AMOS ids)."""
     import numpy as np
 
-    from ..data import (DEFAULT_SPACING_ZYX, ORGAN_NAMES, SuperpatchGrid, organ_voxel_counts,
-                        preprocess, read_labels, read_volume, resample)
+    from ..data import (DEFAULT_SPACING_ZYX, ORGAN_NAMES, SuperpatchGrid, check_label_scheme,
+                        organ_voxel_counts, preprocess, read_labels, read_volume, resample, to_btcv_labels)
 
     spacing_zyx = DEFAULT_SPACING_ZYX if spacing_zyx == "default" else spacing_zyx
+    check_label_scheme(label_scheme)
     vol = read_volume(scan, series_uid=series_uid)
     pre = preprocess(vol, spacing_zyx)
     grid = SuperpatchGrid.for_preprocessed(pre, superpatch)
-    counts = None
+    counts, scheme = None, None
     if labels is not None:
-        lab = read_labels(labels, vol)
+        lab, scheme = to_btcv_labels(read_labels(labels, vol), label_scheme, source=labels)
         lab_pre = resample(lab, vol.spacing, pre.spacing_zyx, order=0)
         counts = organ_voxel_counts(lab_pre, grid)
     from ..data import PRESENCE_THRESHOLD
@@ -204,6 +211,7 @@ def info_report(scan, labels=None, spacing_zyx="default", superpatch: int = 128,
             "n": grid.n,
         },
         "labels": str(labels) if labels is not None else None,
+        "label_scheme": scheme,
         "presence_threshold": PRESENCE_THRESHOLD if labels is not None else None,
         "superpatches": sps,
     }
@@ -215,7 +223,7 @@ _SHORT = {"aorta": "aorta", "gallbladder": "gallb", "spleen": "spleen", "left_ki
 
 def cmd_info(args: argparse.Namespace) -> int:
     rep = info_report(args.scan, args.labels, _spacing_arg(args.spacing), args.superpatch,
-                      args.series_uid)
+                      args.series_uid, args.label_scheme)
     if args.json:
         print_json(rep)
         return 0
@@ -234,8 +242,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     if rep["labels"]:
         from ..data import ORGAN_NAMES
 
-        lines.append(f"labels       {rep['labels']} (present = >= {rep['presence_threshold']} voxels "
-                     "at the model's spacing; voxel counts shown)")
+        lines.append(f"labels       {rep['labels']} ({rep['label_scheme']} ids; present = >= "
+                     f"{rep['presence_threshold']} voxels at the model's spacing; voxel counts shown)")
         head = f"{'sp':>4} {'grid zyx':>9} {'fg':>5} " + " ".join(f"{_SHORT[n]:>7}" for n in ORGAN_NAMES)
         lines.append(head)
         for sp in rep["superpatches"]:

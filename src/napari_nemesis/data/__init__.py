@@ -38,6 +38,14 @@ from .io import (
     volume_from_array,
     write_volume,
 )
+from .label_schemes import (
+    LABEL_SCHEMES,
+    btcv_id_map,
+    check_label_scheme,
+    detect_label_scheme,
+    label_names,
+    to_btcv_labels,
+)
 from .organs import (
     ORGAN_IDS,
     ORGAN_NAMES,
@@ -68,6 +76,8 @@ __all__ = [
     "crop_superpatch", "inside_fraction",
     "Organ", "ORGANS", "ORGAN_NAMES", "ORGAN_IDS", "PRESENCE_THRESHOLD", "organ_voxel_counts",
     "presence_labels",
+    "LABEL_SCHEMES", "detect_label_scheme", "to_btcv_labels", "label_names", "btcv_id_map",
+    "check_label_scheme",
     "BTCV_TEST_IDS", "BTCV_CASE_IDS", "Case", "CacheIndex", "SuperpatchCache", "default_cache_dir", "find_cases",
     "split_cases", "label_ratio_subset", "prepare_cache", "open_cache", "open_dataset",
     "PHANTOM_SIZES", "make_phantom", "phantom_case_id", "write_phantom_dataset",

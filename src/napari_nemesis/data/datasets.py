@@ -33,6 +33,7 @@ from ..atomic import write_json_atomic
 from ..errors import NemesisCancelled, NemesisInputError
 from .grid import MIN_MEAN, SuperpatchGrid, crop_superpatch, sample_superpatch_origin
 from .io import NemesisDataWarning, read_labels, read_volume
+from .label_schemes import check_label_scheme, to_btcv_labels
 from .organs import ORGAN_IDS, ORGAN_NAMES, PRESENCE_THRESHOLD, organ_voxel_counts
 from .preprocess import DEFAULT_SPACING_ZYX, HU_WINDOW, Preprocessed, preprocess, resample
 
@@ -60,7 +61,8 @@ BTCV_TEST_IDS: tuple[str, ...] = (
 #: The 30 labelled BTCV training-set case ids (0001-0010, 0021-0040), the 12 above among them.
 BTCV_CASE_IDS: tuple[str, ...] = tuple(f"{i:04d}" for i in list(range(1, 11)) + list(range(21, 41)))
 CACHE_FORMAT = "napari-nemesis-superpatch-cache"
-CACHE_VERSION = 1
+#: 2: labels are stored re-coded to BTCV ids, with the scheme they came in recorded per case.
+CACHE_VERSION = 2
 #: Cached windowed volumes are float16 (values in [0, 1], step <= 2**-11, about 0.2 HU).
 CACHE_IMAGE_DTYPE = "float16"
 
@@ -372,9 +374,12 @@ def _check(cancel: Cancel | None, what: str) -> None:
         raise NemesisCancelled(f"{what}: cancelled")
 
 
-def _prepare_one(case: Case, case_dir_tmp: Path, spacing_zyx, superpatch: int) -> dict[str, Any]:
+def _prepare_one(case: Case, case_dir_tmp: Path, spacing_zyx, superpatch: int,
+                 label_scheme: str = "auto") -> dict[str, Any]:
     vol = read_volume(case.image)
-    labels = read_labels(case.label, vol) if case.label is not None else None
+    labels, scheme = None, None
+    if case.label is not None:
+        labels, scheme = to_btcv_labels(read_labels(case.label, vol), label_scheme, source=case.label)
     pre = preprocess(vol, spacing_zyx)
     np.save(case_dir_tmp / "image.npy", pre.array.astype(CACHE_IMAGE_DTYPE))
     entry: dict[str, Any] = {
@@ -390,6 +395,7 @@ def _prepare_one(case: Case, case_dir_tmp: Path, spacing_zyx, superpatch: int) -
         "grid_shape": list(SuperpatchGrid(pre.shape, superpatch).grid_shape),
         "presence": None,
         "organ_voxels": None,
+        "label_scheme": scheme,
     }
     del vol
     if labels is not None:
@@ -410,6 +416,7 @@ def prepare_cache(
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     include_unlabelled: bool = False,
+    label_scheme: str = "auto",
 ) -> CacheIndex:
     """Preprocess every case of ``data_dir`` once into a superpatch cache at ``out_dir``.
 
@@ -420,7 +427,12 @@ def prepare_cache(
     never leaves a half-written entry. Re-running skips cases whose sources did not change
     (same size and mtime, or same SHA-256), recomputes only presence labels when just
     ``superpatch`` changed, and redoes everything when the spacing changed.
+
+    Label maps are re-coded to BTCV ids (:func:`~.label_schemes.to_btcv_labels`) from
+    ``label_scheme`` (``auto`` detects it per map); the scheme is recorded per case, and a case
+    cached under another scheme than a named ``label_scheme`` is prepared again.
     """
+    check_label_scheme(label_scheme)
     data_dir = Path(data_dir)
     out_dir = Path(out_dir)
     if data_dir.resolve() == out_dir.resolve():
@@ -482,7 +494,9 @@ def prepare_cache(
         if prev is not None and (case_dir / "image.npy").is_file():
             ok_img, rec_img = _source_unchanged(case.image, prev["sources"].get("image"))
             ok_lab, rec_lab = _source_unchanged(case.label, prev["sources"].get("label"))
-            if ok_img and ok_lab and (prev.get("labels") is None or (case_dir / "labels.npy").is_file()):
+            same_scheme = label_scheme == "auto" or prev.get("label_scheme") in (None, label_scheme)
+            if ok_img and ok_lab and same_scheme and \
+                    (prev.get("labels") is None or (case_dir / "labels.npy").is_file()):
                 reuse = True
                 entry = dict(prev)
                 entry["sources"] = {"image": rec_img, "label": rec_lab}
@@ -495,7 +509,7 @@ def prepare_cache(
         if not reuse:
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{case.case_id}-", dir=out_dir / "cases"))
             try:
-                entry = _prepare_one(case, tmp, spacing, superpatch)
+                entry = _prepare_one(case, tmp, spacing, superpatch, label_scheme)
                 entry["sources"] = {
                     "image": _source_record(case.image),
                     "label": _source_record(case.label) if case.label is not None else None,
@@ -544,7 +558,7 @@ class SuperpatchCache:
             raise NemesisInputError(f"{self.path}: not a napari-nemesis cache (no index.json)")
         if doc.get("version") != CACHE_VERSION:
             raise NemesisInputError(f"{self.path}: cache version {doc.get('version')} is not "
-                                    f"{CACHE_VERSION}; run nemesis prepare again")
+                                    f"{CACHE_VERSION} (made by an older napari-nemesis); run nemesis prepare again")
         self.index = doc
         self.superpatch = int(superpatch or doc["superpatch"])
         self._maps: dict[tuple[str, str], np.ndarray] = {}
@@ -584,6 +598,10 @@ class SuperpatchCache:
 
     def split_of(self, case_id: str) -> str:
         return self._entry(case_id)["split"]
+
+    def label_scheme(self, case_id: str) -> str | None:
+        """The label-id scheme the case's label map came in (``None`` when unlabelled)."""
+        return self._entry(case_id).get("label_scheme")
 
     def cases(self) -> list[Case]:
         """The cached cases as :class:`Case` (paths of their sources), e.g. for label ratios."""
@@ -717,8 +735,11 @@ def open_cache(path: str | os.PathLike, superpatch: int | None = None) -> Superp
     return SuperpatchCache(path, superpatch)
 
 
-def _default_cache_for(data_dir: Path, spacing) -> Path:
-    key = json.dumps([str(data_dir.resolve()), None if spacing is None else [float(s) for s in spacing]])
+def _default_cache_for(data_dir: Path, spacing, include_unlabelled: bool = False, label_scheme: str = "auto") -> Path:
+    """One cache per data folder *and* what it holds (spacing, unlabelled scans, label scheme),
+    so preparing it for pretraining never deletes the cases probing needs, and vice versa."""
+    key = json.dumps([str(data_dir.resolve()), None if spacing is None else [float(s) for s in spacing],
+                      bool(include_unlabelled), label_scheme])
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", data_dir.resolve().name) or "data"
     return default_cache_dir() / "datasets" / f"{name}-{digest}"
@@ -735,6 +756,7 @@ def open_dataset(
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     include_unlabelled: bool = False,
+    label_scheme: str = "auto",
 ) -> SuperpatchCache:
     """A :class:`SuperpatchCache` from a cache, a cache folder, or a raw dataset folder.
 
@@ -742,8 +764,11 @@ def open_dataset(
     into ``default_cache_dir()/datasets/<folder>-<hash of path and spacing>``; the data folder
     itself is never written to. Up-to-date cases are reused. ``spacing_zyx`` defaults to the
     cache's own spacing, or :data:`DEFAULT_SPACING_ZYX` for raw data; a cache prepared at
-    another spacing than an explicit ``spacing_zyx`` is an error.
+    another spacing than an explicit ``spacing_zyx`` is an error. ``label_scheme`` is how the
+    label maps are read (``auto`` detects it); a cache whose cases were read under another named
+    scheme is an error.
     """
+    check_label_scheme(label_scheme)
     if isinstance(path_or_cache, SuperpatchCache):
         cache = path_or_cache if path_or_cache.superpatch == superpatch else \
             SuperpatchCache(path_or_cache.path, superpatch)
@@ -753,10 +778,17 @@ def open_dataset(
             cache = SuperpatchCache(path, superpatch)
         else:
             spacing = DEFAULT_SPACING_ZYX if spacing_zyx is _UNSET else spacing_zyx
-            target = Path(cache_dir) if cache_dir is not None else _default_cache_for(path, spacing)
+            target = Path(cache_dir) if cache_dir is not None else \
+                _default_cache_for(path, spacing, include_unlabelled, label_scheme)
             prepare_cache(path, target, spacing, superpatch, progress=progress, cancel=cancel,
-                          include_unlabelled=include_unlabelled)
+                          include_unlabelled=include_unlabelled, label_scheme=label_scheme)
             return SuperpatchCache(target, superpatch)
+    if label_scheme != "auto":
+        for cid in cache.labelled_ids:
+            if cache.label_scheme(cid) != label_scheme:
+                raise NemesisInputError(f"{cache.path}: case {cid} was cached as label scheme "
+                                        f"{cache.label_scheme(cid)}, not {label_scheme}; prepare it again "
+                                        f"with --label-scheme {label_scheme}")
     if spacing_zyx is not _UNSET:
         want = None if spacing_zyx is None else tuple(float(s) for s in spacing_zyx)
         if want != cache.spacing_zyx:
