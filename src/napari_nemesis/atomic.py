@@ -32,8 +32,33 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             tmp.unlink()
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> Path:
-    """Write ``obj`` as JSON to ``path`` atomically."""
+def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 1, durable: bool = False) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically.
+
+    ``durable=True`` also flushes and fsyncs the file before the rename and the folder after it:
+    the rename alone survives a killed process, the fsyncs make the new state survive a power
+    cut too (user data such as superpatch labels).
+    """
+    text = json.dumps(obj, indent=indent, default=str)
+    if not durable:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+        return Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=indent, default=str))
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    fsync_folder(Path(path).parent)
     return Path(path)
+
+
+def fsync_folder(folder: str | os.PathLike) -> None:
+    """Make a rename inside ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "napari_nemesis.cli.train_cmds",
     "napari_nemesis.cli.explain_cmds",
     "napari_nemesis.cli.bench_cmds",
+    "napari_nemesis.cli.labels_cmds",
 ]
 
 

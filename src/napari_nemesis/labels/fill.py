@@ -1,0 +1,114 @@
+"""Fill a store from a segmentation, with exactly the core's organ-presence rule.
+
+The label map (BTCV, TotalSegmentator or AMOS ids) goes through ``data.to_btcv_labels``, then
+``data.preprocess_labels`` (nearest neighbour, to the spacing the model sees) and
+``data.presence_labels`` on the store's grid: a superpatch holds an organ when it has at least
+``threshold`` voxels of it at that spacing, the same rule the datasets and the probe use.
+Superpatches a person labelled or skipped are kept unless ``overwrite=True``; earlier fills are
+replaced. The whole fill is one save and one undo step.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import NemesisInputError
+from .store import LabelStore
+
+__all__ = ["FillResult", "fill_from_segmentation", "segmentation_presence"]
+
+
+@dataclass
+class FillResult:
+    """What a fill did: the scheme it read, the presence it computed, what it changed and kept."""
+
+    scheme: str
+    presence: np.ndarray  # (n, K) uint8 in the store's organ order
+    filled: list[int] = field(default_factory=list)  # superpatches written by this fill
+    changed: list[int] = field(default_factory=list)  # of those, the ones whose label changed
+    kept: list[int] = field(default_factory=list)  # labelled or skipped by hand, left alone
+    organs: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        return {"scheme": self.scheme, "filled": len(self.filled), "changed": len(self.changed),
+                "kept_by_hand": len(self.kept), "positives": dict(zip(self.organs, self.presence.sum(0).tolist()))}
+
+
+def _scan_volume(store: LabelStore):
+    if store.volume is not None:
+        return store.volume
+    from ..data import read_volume
+
+    from .sidecar import ScanFingerprint
+
+    volume = read_volume(store.scan_path)
+    if not ScanFingerprint.of_volume(volume).matches(store.scan):
+        raise NemesisInputError(f"{store.scan_path}: the scan changed since its labels were opened; reopen it")
+    store.volume = volume
+    return volume
+
+
+def segmentation_presence(store: LabelStore, labels_volume, threshold: int | None = None,
+                          scheme: str = "auto") -> tuple[np.ndarray, str]:
+    """Organ presence ``(n, K)`` (the store's organs) of a label map on the store's grid, and its scheme.
+
+    ``labels_volume``: a label file (read with ``data.read_labels``, checked against the scan) or an
+    array on the scan's canonical (z, y, x) grid (e.g. a napari Labels layer's data).
+    """
+    from ..data import (
+        ORGAN_NAMES,
+        PRESENCE_THRESHOLD,
+        SuperpatchGrid,
+        presence_labels,
+        preprocess_labels,
+        read_labels,
+        to_btcv_labels,
+    )
+
+    threshold = PRESENCE_THRESHOLD if threshold is None else int(threshold)
+    if threshold < 1:
+        raise NemesisInputError(f"--threshold {threshold}: must be at least 1 voxel")
+    missing = [o for o in store.organs if o not in ORGAN_NAMES]
+    if missing:
+        raise NemesisInputError(f"{store.path}: organ(s) {', '.join(missing)} have no label id in any segmentation "
+                                f"scheme (known: {', '.join(ORGAN_NAMES)}); label them by hand")
+    volume = _scan_volume(store)
+    if isinstance(labels_volume, (str, os.PathLike)):
+        source = Path(labels_volume)
+        labels = read_labels(source, volume)
+    else:
+        source = "label array"
+        labels = np.asarray(labels_volume)
+        if labels.shape != tuple(volume.shape):
+            raise NemesisInputError(f"{source}: shape {labels.shape} is not the scan's {tuple(volume.shape)} "
+                                    f"({store.scan_path})")
+    btcv, used = to_btcv_labels(labels, scheme=scheme, source=source)
+    at_model = preprocess_labels(btcv, volume, store.grid.spacing_zyx)
+    grid = SuperpatchGrid(at_model.shape, store.grid.superpatch)
+    if tuple(grid.grid_shape) != tuple(store.grid.grid_shape_zyx):  # pragma: no cover - same rule as GridSpec
+        raise NemesisInputError(f"{source}: grid {grid.grid_shape} is not the store's {store.grid.grid_shape_zyx}")
+    presence = presence_labels(at_model, grid, threshold)
+    columns = [ORGAN_NAMES.index(o) for o in store.organs]
+    return presence[:, columns], used
+
+
+def fill_from_segmentation(store: LabelStore, labels_volume, threshold: int = 100, overwrite: bool = False,
+                           scheme: str = "auto") -> FillResult:
+    """Label every superpatch of ``store`` from a segmentation (see the module docstring).
+
+    ``threshold``: voxels at the model's spacing (default 100, ``data.PRESENCE_THRESHOLD``).
+    ``scheme``: ``auto``, ``btcv``, ``totalsegmentator`` or ``amos``. Returns a :class:`FillResult`.
+    """
+    presence, used = segmentation_presence(store, labels_volume, threshold, scheme)
+    changes, kept = {}, []
+    for i, label in store.items():
+        if not overwrite and label.state != "unlabelled" and label.source != "segmentation":
+            kept.append(i)
+            continue
+        changes[i] = (presence[i], "labelled")
+    changed = store.set_many(changes, source="segmentation")
+    return FillResult(used, presence, sorted(changes), changed, kept, store.organs)

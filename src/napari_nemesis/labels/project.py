@@ -1,0 +1,248 @@
+"""A labelling project: a folder holding several scans' label sidecars and their shared settings.
+
+``PROJECT/nemesis-labels-project.json`` names the organ list, the superpatch size, the model
+spacing and the presence threshold every scan of the project is labelled with, and lists the
+scans (an id, the image path, the sidecar under ``PROJECT/labels/``). Images stay where they are;
+a path inside the project folder is stored relative to it, so the folder can be moved with them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..atomic import write_json_atomic
+from ..errors import NemesisInputError
+from .sidecar import SIDECAR_SUFFIX, GridSpec, read_sidecar, sidecar_path_beside
+from .store import LabelStore, _file_lock
+
+__all__ = ["PROJECT_FILE", "PROJECT_FORMAT", "PROJECT_VERSION", "ProjectScan", "LabelProject"]
+
+PROJECT_FILE = "nemesis-labels-project.json"
+PROJECT_FORMAT = "napari-nemesis/labelling-project"
+PROJECT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ProjectScan:
+    """One scan of a project: its id (unique in the project), image and label sidecar."""
+
+    scan_id: str
+    image: Path
+    labels: Path
+
+
+class LabelProject:
+    """Open with :meth:`open`; :meth:`store` gives a scan's :class:`LabelStore` (adding the scan)."""
+
+    def __init__(self, root: Path, doc: dict[str, Any]) -> None:
+        self.root = root
+        self._doc = doc
+
+    # ---- settings ---------------------------------------------------------------------------
+    @property
+    def file(self) -> Path:
+        return self.root / PROJECT_FILE
+
+    @property
+    def organs(self) -> tuple[str, ...]:
+        return tuple(self._doc["organs"])
+
+    @property
+    def superpatch(self) -> int:
+        return int(self._doc["superpatch"])
+
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        return tuple(float(s) for s in self._doc["spacing_zyx"])  # type: ignore[return-value]
+
+    @property
+    def threshold(self) -> int:
+        """Voxels (at the model's spacing) for a segmentation to mark an organ present."""
+        return int(self._doc["presence_threshold"])
+
+    def __repr__(self) -> str:
+        return f"LabelProject({str(self.root)!r}, scans={len(self.scans)}, organs={len(self.organs)})"
+
+    # ---- opening ----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, root: str | os.PathLike, create: bool = False, *, superpatch: int | None = None,
+             spacing_zyx=None, organs: Iterable[str] | None = None,
+             threshold: int | None = None) -> "LabelProject":
+        """Open the project in ``root``; ``create=True`` starts one there if there is none.
+
+        Settings given for an existing project must agree with it (a project has one grid and one
+        organ list); for a new one they default to 128, ``data.DEFAULT_SPACING_ZYX``, the 8 BTCV
+        organs and ``data.PRESENCE_THRESHOLD``.
+        """
+        from ..data import DEFAULT_SPACING_ZYX, ORGAN_NAMES, PRESENCE_THRESHOLD
+
+        root = Path(root)
+        asked = {
+            "superpatch": None if superpatch is None else int(superpatch),
+            "spacing_zyx": None if spacing_zyx is None else [float(s) for s in spacing_zyx],
+            "organs": None if organs is None else [str(o) for o in organs],
+            "presence_threshold": None if threshold is None else int(threshold),
+        }
+        if (root / PROJECT_FILE).is_file():
+            project = cls(root, cls._read(root / PROJECT_FILE))
+            for key, value in asked.items():
+                if value is not None and value != project._doc[key]:
+                    raise NemesisInputError(f"{project.file}: the project uses {key} {project._doc[key]}, "
+                                            f"not the requested {value}")
+            return project
+        if not create:
+            raise NemesisInputError(f"{root}: not a labelling project (no {PROJECT_FILE}); "
+                                    "'nemesis labels fill PROJECT SCAN SEG' starts one")
+        if root.exists() and not root.is_dir():
+            raise NemesisInputError(f"{root}: exists and is not a folder")
+        doc = {
+            "format": PROJECT_FORMAT,
+            "version": PROJECT_VERSION,
+            "organs": asked["organs"] or list(ORGAN_NAMES),
+            "superpatch": asked["superpatch"] or 128,
+            "spacing_zyx": asked["spacing_zyx"] or list(DEFAULT_SPACING_ZYX),
+            "presence_threshold": asked["presence_threshold"] or PRESENCE_THRESHOLD,
+            "scans": [],
+        }
+        organ_list = doc["organs"]
+        if not organ_list or len(set(organ_list)) != len(organ_list):
+            raise NemesisInputError(f"organ list {organ_list}: must be non-empty without repeats")
+        GridSpec.for_scan((1, 1, 1), (1.0, 1.0, 1.0), doc["superpatch"], doc["spacing_zyx"])  # validates
+        root.mkdir(parents=True, exist_ok=True)
+        with _file_lock(root / PROJECT_FILE):
+            if not (root / PROJECT_FILE).is_file():  # another process may have just made it
+                write_json_atomic(root / PROJECT_FILE, doc, durable=True)
+        return cls.open(root, superpatch=superpatch, spacing_zyx=spacing_zyx, organs=organs, threshold=threshold)
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, Any]:
+        import json
+
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise NemesisInputError(f"{path}: unreadable labelling project ({exc})") from None
+        if not isinstance(doc, dict) or doc.get("format") != PROJECT_FORMAT:
+            raise NemesisInputError(f"{path}: not a napari-nemesis labelling project")
+        version = doc.get("version")
+        if not isinstance(version, int) or version > PROJECT_VERSION:
+            raise NemesisInputError(f"{path}: written by a newer napari-nemesis (project format version {version}; "
+                                    f"this version reads up to {PROJECT_VERSION}); upgrade to open it")
+        for key in ("organs", "superpatch", "spacing_zyx", "presence_threshold", "scans"):
+            if key not in doc:
+                raise NemesisInputError(f"{path}: malformed labelling project (no {key!r})")
+        return doc
+
+    def _reload(self) -> None:
+        self._doc = self._read(self.file)
+
+    # ---- scans ------------------------------------------------------------------------------
+    @property
+    def scans(self) -> list[ProjectScan]:
+        return [ProjectScan(s["id"], self._abs(s["image"]), self._abs(s["labels"])) for s in self._doc["scans"]]
+
+    def _abs(self, p: str) -> Path:
+        path = Path(p)
+        return path if path.is_absolute() else (self.root / path)
+
+    def _rel(self, p: Path) -> str:
+        p = p.resolve()
+        try:
+            return str(p.relative_to(self.root.resolve()))
+        except ValueError:
+            return str(p)
+
+    def scan(self, key: str | os.PathLike) -> ProjectScan:
+        """A scan of the project by id or by image path."""
+        found = self.find(key)
+        if found is None:
+            raise NemesisInputError(f"{key}: not a scan of the labelling project {self.root} "
+                                    f"(scans: {', '.join(s.scan_id for s in self.scans) or 'none'})")
+        return found
+
+    def find(self, key: str | os.PathLike) -> ProjectScan | None:
+        for s in self.scans:
+            if s.scan_id == str(key):
+                return s
+        target = Path(key).resolve()
+        for s in self.scans:
+            if s.image.resolve() == target:
+                return s
+        return None
+
+    def add(self, scan_path: str | os.PathLike) -> ProjectScan:
+        """Add ``scan_path`` to the project (no-op if it is there already); returns its entry."""
+        scan_path = Path(scan_path)
+        if not scan_path.exists():
+            raise NemesisInputError(f"{scan_path}: no such scan")
+        with _file_lock(self.file):
+            self._reload()
+            found = self.find(scan_path)
+            if found is not None:
+                return found
+            base = re.sub(r"[^A-Za-z0-9_.-]", "_", sidecar_path_beside(scan_path).name[: -len(SIDECAR_SUFFIX)]) or "scan"
+            taken = {s.scan_id for s in self.scans}
+            scan_id, k = base, 2
+            while scan_id in taken:
+                scan_id, k = f"{base}-{k}", k + 1
+            entry = {"id": scan_id, "image": self._rel(scan_path), "labels": f"labels/{scan_id}{SIDECAR_SUFFIX}"}
+            doc = dict(self._doc)
+            doc["scans"] = list(self._doc["scans"]) + [entry]
+            write_json_atomic(self.file, doc, durable=True)
+            self._doc = doc
+        return self.find(scan_id)  # type: ignore[return-value]
+
+    def store(self, scan: str | os.PathLike | ProjectScan, volume=None, add: bool = True) -> LabelStore:
+        """The :class:`LabelStore` of a scan (id, path or entry); a new path is added when ``add``."""
+        if not isinstance(scan, ProjectScan):
+            found = self.find(scan)
+            if found is None:
+                if not add:
+                    self.scan(scan)  # raises the one-line error
+                found = self.add(scan)
+            scan = found
+        return LabelStore.open_sidecar(scan.labels, scan.image, volume=volume, superpatch=self.superpatch,
+                                       spacing_zyx=self.spacing_zyx, organs=self.organs)
+
+    # ---- status -----------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Per scan: labelled / skipped / unlabelled counts and positives per organ, plus totals.
+
+        Read from the sidecars alone (no image is opened, nothing is written).
+        """
+        rows = []
+        totals = {"superpatches": 0, "labelled": 0, "skipped": 0, "unlabelled": 0,
+                  "positives": {o: 0 for o in self.organs}}
+        for s in self.scans:
+            row: dict[str, Any] = {"id": s.scan_id, "image": str(s.image), "labels": str(s.labels)}
+            if s.labels.exists():
+                doc = read_sidecar(s.labels)
+                n = GridSpec.from_json(doc["grid"]).n
+                states = {"labelled": 0, "skipped": 0}
+                positives = {o: 0 for o in self.organs}
+                for e in doc["superpatches"]:
+                    if e["state"] in states:
+                        states[e["state"]] += 1
+                    if e["state"] == "labelled":
+                        for o in e.get("organs", []):
+                            if o in positives:
+                                positives[o] += 1
+            else:  # added, nothing labelled yet (the grid size needs the image)
+                n, states, positives = None, {"labelled": 0, "skipped": 0}, {o: 0 for o in self.organs}
+            row.update(superpatches=n, labelled=states["labelled"], skipped=states["skipped"],
+                       unlabelled=None if n is None else n - states["labelled"] - states["skipped"],
+                       positives=positives)
+            rows.append(row)
+            totals["superpatches"] += n or 0
+            totals["labelled"] += states["labelled"]
+            totals["skipped"] += states["skipped"]
+            totals["unlabelled"] += row["unlabelled"] or 0
+            for o, v in positives.items():
+                totals["positives"][o] += v
+        return {"project": str(self.root), "organs": list(self.organs), "superpatch": self.superpatch,
+                "spacing_zyx": list(self.spacing_zyx), "presence_threshold": self.threshold,
+                "scans": rows, "totals": totals}

@@ -1,0 +1,210 @@
+"""The label sidecar: one JSON file per scan, tied to the scan's voxels, its grid and an organ list.
+
+Labels are the project's most valuable user data, so the file says exactly what it belongs to and
+is refused, with one line naming both sides, when opened for anything else:
+
+* ``scan``: SHA-256 of the scan's canonical voxels (float32, shape first), its shape and spacing,
+  so a label set is never applied to another image, whatever its file name;
+* ``grid``: superpatch size and the spacing the model sees (z, y, x mm), plus the grid they give;
+* ``organs``: the organ names, in order;
+* ``version``: a file written by a newer format is refused, not half-read.
+
+The file is replaced atomically and durably on every change (see :mod:`napari_nemesis.atomic`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..atomic import write_json_atomic
+from ..errors import NemesisInputError
+
+__all__ = [
+    "SIDECAR_FORMAT",
+    "SIDECAR_VERSION",
+    "SIDECAR_SUFFIX",
+    "ScanFingerprint",
+    "GridSpec",
+    "sidecar_path_beside",
+    "read_sidecar",
+    "write_sidecar",
+    "check_sidecar",
+]
+
+SIDECAR_FORMAT = "napari-nemesis/superpatch-labels"
+#: The sidecar format this version writes; files of a newer version are refused.
+SIDECAR_VERSION = 1
+SIDECAR_SUFFIX = ".nemesis-labels.json"
+
+_SCAN_EXT = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm")
+
+
+def _mm(values) -> str:
+    return " x ".join(f"{float(v):g}" for v in values)
+
+
+@dataclass(frozen=True)
+class ScanFingerprint:
+    """What identifies a scan's content: a hash of its canonical voxels, its shape and spacing."""
+
+    voxel_sha256: str
+    shape_zyx: tuple[int, int, int]
+    spacing_zyx: tuple[float, float, float]
+
+    @classmethod
+    def of_volume(cls, volume) -> "ScanFingerprint":
+        """Hash ``volume.array`` as float32 in canonical (z, y, x) order, shape first.
+
+        The canonical array is the same for one scan stored as NIfTI, DICOM, NRRD or MHA, so the
+        labels follow the image, not the file.
+        """
+        arr = np.ascontiguousarray(volume.array, dtype=np.float32)
+        h = hashlib.sha256(("float32:" + "x".join(str(int(s)) for s in arr.shape) + ";").encode())
+        h.update(memoryview(arr).cast("B"))
+        return cls(h.hexdigest(), tuple(int(s) for s in arr.shape),  # type: ignore[arg-type]
+                   tuple(round(float(s), 6) for s in volume.spacing))  # type: ignore[arg-type]
+
+    def to_json(self, path: str | os.PathLike | None = None) -> dict[str, Any]:
+        doc: dict[str, Any] = {"voxel_sha256": self.voxel_sha256, "shape_zyx": list(self.shape_zyx),
+                               "spacing_zyx": list(self.spacing_zyx)}
+        if path is not None:
+            doc["path"] = str(path)
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "ScanFingerprint":
+        return cls(str(doc["voxel_sha256"]), tuple(int(v) for v in doc["shape_zyx"]),  # type: ignore[arg-type]
+                   tuple(float(v) for v in doc["spacing_zyx"]))  # type: ignore[arg-type]
+
+    def matches(self, other: "ScanFingerprint") -> bool:
+        return (self.voxel_sha256 == other.voxel_sha256 and self.shape_zyx == other.shape_zyx
+                and np.allclose(self.spacing_zyx, other.spacing_zyx, rtol=0, atol=1e-4))
+
+    def describe(self) -> str:
+        return (f"{'x'.join(map(str, self.shape_zyx))} voxels at {_mm(self.spacing_zyx)} mm, "
+                f"sha256 {self.voxel_sha256[:12]}")
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """The superpatch grid labels refer to: size, model spacing, and the grid they give a scan."""
+
+    superpatch: int
+    spacing_zyx: tuple[float, float, float]
+    grid_shape_zyx: tuple[int, int, int]
+
+    @property
+    def n(self) -> int:
+        """Number of superpatches."""
+        return int(np.prod(self.grid_shape_zyx))
+
+    @classmethod
+    def for_scan(cls, shape_zyx, source_spacing_zyx, superpatch: int, spacing_zyx) -> "GridSpec":
+        """The grid ``data.SuperpatchGrid.for_preprocessed`` would build, without resampling."""
+        from ..data.preprocess import resample_positions
+
+        if int(superpatch) < 1:
+            raise NemesisInputError(f"superpatch size {superpatch}: must be a positive integer")
+        spacing = tuple(float(s) for s in spacing_zyx)
+        if len(spacing) != 3 or min(spacing) <= 0:
+            raise NemesisInputError(f"spacing {spacing_zyx}: need three positive numbers (z, y, x mm)")
+        shape = []
+        for n, s, t in zip(shape_zyx, source_spacing_zyx, spacing):
+            # an axis whose spacing already matches is not resampled (data.resample)
+            shape.append(int(n) if abs(float(s) - t) <= 1e-9 * t else len(resample_positions(int(n), float(s), t)))
+        grid = tuple(-(-d // int(superpatch)) for d in shape)
+        return cls(int(superpatch), spacing, grid)  # type: ignore[arg-type]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"superpatch": self.superpatch, "spacing_zyx": list(self.spacing_zyx),
+                "grid_shape_zyx": list(self.grid_shape_zyx), "n": self.n}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "GridSpec":
+        return cls(int(doc["superpatch"]), tuple(float(v) for v in doc["spacing_zyx"]),  # type: ignore[arg-type]
+                   tuple(int(v) for v in doc["grid_shape_zyx"]))  # type: ignore[arg-type]
+
+    def same_parameters(self, other: "GridSpec") -> bool:
+        return (self.superpatch == other.superpatch
+                and np.allclose(self.spacing_zyx, other.spacing_zyx, rtol=0, atol=1e-6)
+                and self.grid_shape_zyx == other.grid_shape_zyx)
+
+    def describe(self) -> str:
+        g = "x".join(map(str, self.grid_shape_zyx))
+        return f"{self.superpatch}^3 superpatches at {_mm(self.spacing_zyx)} mm (z, y, x), grid {g}"
+
+
+def sidecar_path_beside(scan_path: str | os.PathLike) -> Path:
+    """``<folder>/<scan name without extension>.nemesis-labels.json`` (a DICOM folder: beside it)."""
+    scan = Path(scan_path)
+    name = scan.name
+    for ext in _SCAN_EXT:
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return scan.parent / f"{name}{SIDECAR_SUFFIX}"
+
+
+def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
+    """The sidecar's JSON after checking its format, version and structure (not its scan)."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NemesisInputError(f"{path}: label sidecar not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NemesisInputError(f"{path}: unreadable label sidecar ({exc}); it is left untouched") from None
+    if not isinstance(doc, dict) or doc.get("format") != SIDECAR_FORMAT:
+        raise NemesisInputError(f"{path}: not a napari-nemesis label sidecar")
+    version = doc.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise NemesisInputError(f"{path}: label sidecar has no valid format version ({version!r})")
+    if version > SIDECAR_VERSION:
+        raise NemesisInputError(f"{path}: written by a newer napari-nemesis (label format version {version}; "
+                                f"this version reads up to {SIDECAR_VERSION}); upgrade to open it")
+    try:
+        ScanFingerprint.from_json(doc["scan"])
+        GridSpec.from_json(doc["grid"])
+        organs = [str(o) for o in doc["organs"]]
+        entries = doc["superpatches"]
+        if not isinstance(entries, list):
+            raise TypeError("superpatches is not a list")
+        for e in entries:
+            int(e["index"]), str(e["state"]), list(e.get("organs", []))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise NemesisInputError(f"{path}: malformed label sidecar ({exc.__class__.__name__}: {exc})") from None
+    if len(set(organs)) != len(organs) or not organs:
+        raise NemesisInputError(f"{path}: label sidecar has an empty or repeated organ list")
+    return doc
+
+
+def check_sidecar(doc: dict[str, Any], path: str | os.PathLike, scan: ScanFingerprint, scan_path,
+                  grid: GridSpec, organs) -> None:
+    """Refuse, in one line naming both sides, a sidecar made for another scan, grid or organ list."""
+    theirs = ScanFingerprint.from_json(doc["scan"])
+    their_path = doc["scan"].get("path", "?")
+    if not theirs.matches(scan):
+        raise NemesisInputError(
+            f"{path}: these labels belong to scan {their_path} ({theirs.describe()}), not to {scan_path} "
+            f"({scan.describe()}); refusing to apply them")
+    their_grid = GridSpec.from_json(doc["grid"])
+    if not their_grid.same_parameters(grid):
+        raise NemesisInputError(
+            f"{path}: these labels were made on {their_grid.describe()}, not on the requested {grid.describe()}; "
+            "open them with the grid they were made on")
+    if list(doc["organs"]) != list(organs):
+        raise NemesisInputError(
+            f"{path}: these labels use the organ list [{', '.join(doc['organs'])}], not the requested "
+            f"[{', '.join(organs)}]")
+
+
+def write_sidecar(path: str | os.PathLike, doc: dict[str, Any]) -> Path:
+    """Replace the sidecar atomically and durably (temporary file, flush, fsync, rename, fsync folder)."""
+    return write_json_atomic(path, doc, indent=1, durable=True)

@@ -1,0 +1,510 @@
+"""Train the organ probe straight from a labelling project, with an honest estimate; stop and resume.
+
+The labelled superpatches of every scan in the project (a snapshot taken when the run starts, kept
+in ``OUT/labels.json``) train a head on the frozen encoder's mean token (``linear``) or the encoder
+and head together (``finetune``), exactly as ``nemesis probe`` does. The run is a list of fits:
+
+1. ``final``: every labelled superpatch; its head is saved first (``OUT/probe.safetensors``, and
+   ``OUT/finetuned.safetensors`` when fine-tuning), so a run stopped later still leaves a head;
+2. the cross-validation folds: whole scans held out when the labels come from several scans
+   (leave-one-scan-out up to ``folds`` scans, ``GroupKFold`` beyond), superpatches otherwise
+   (seeded ``KFold``). The pooled out-of-fold predictions give ``auroc_mean`` and ``f1_macro``
+   (``train.metrics.presence_metrics``); nothing is tuned on them.
+
+Every step reports a ``step`` event (global step, loss), every fold an ``eval`` event (the pooled
+held-out AUROC so far). ``cancel()`` is checked before each step: the fit in progress is saved
+(``OUT/state.safetensors`` with weights and AdamW moments, then ``OUT/state.json`` naming the same
+token, both atomic) and :class:`NemesisCancelled` is raised; ``resume=True`` continues at that step
+with the same data order, so a resumed run ends where an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..atomic import atomic_path, write_json_atomic
+from ..errors import NemesisCancelled, NemesisCheckpointError, NemesisInputError
+from ..train.events import CancelFn, ProgressFn, emit
+from ..train.probe import ProbeHead, ProbeModel, ProbeOptions
+from .project import LabelProject
+
+__all__ = ["TrainOptions", "train_from_labels", "plan_folds", "RUN_FILES"]
+
+STATE_FORMAT = "napari-nemesis/labels-train-state"
+STATE_VERSION = 1
+#: The files of a run folder (besides ``log.jsonl``, written by the caller).
+RUN_FILES = {
+    "options": "options.json",  # options, project, checkpoint (what the run is)
+    "labels": "labels.json",  # the label snapshot the run trains on
+    "features": "features.safetensors",  # linear: frozen features of every labelled superpatch
+    "state": "state.json",  # where the run is; resumable
+    "state_tensors": "state.safetensors",  # weights + AdamW moments of the fit in progress
+    "head": "probe.safetensors",
+    "finetuned": "finetuned.safetensors",
+    "result": "train.json",
+}
+
+
+@dataclass
+class TrainOptions(ProbeOptions):
+    """``nemesis probe``'s options, plus cross-validation folds and checkpoint/log intervals."""
+
+    folds: int = 5
+    checkpoint_every: int = 50  # steps between resumable saves within a fit (and always on stop)
+    log_every: int = 1  # steps between step events
+
+    def check(self) -> None:
+        if self.mode not in ("linear", "finetune"):
+            raise NemesisInputError(f"--mode {self.mode}: choose linear or finetune")
+        if self.label_ratio != 1.0:
+            raise NemesisInputError("label ratios do not apply to training from labels (every label is used)")
+        if self.folds < 2:
+            raise NemesisInputError(f"--folds {self.folds}: need at least 2 for a held-out estimate")
+        if self.resolved_epochs() < 1 or self.batch < 1 or self.log_every < 1 or self.checkpoint_every < 0:
+            raise NemesisInputError("--epochs, --batch and --log-every must be positive, --checkpoint-every >= 0")
+
+
+# ---- the label snapshot ---------------------------------------------------------------------
+def _snapshot(project: LabelProject) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every labelled superpatch of the project, and the scans' volumes (read and verified once)."""
+    status = {row["id"]: row for row in project.status()["scans"]}
+    scans, items, volumes = [], [], {}
+    for sc in project.scans:
+        if not status[sc.scan_id]["labelled"]:
+            continue
+        store = project.store(sc, add=False)
+        scans.append({"id": sc.scan_id, "image": str(sc.image.resolve()), "labels": str(sc.labels.resolve()),
+                      "voxel_sha256": store.scan.voxel_sha256, "revision": store.revision})
+        presence = store.presence()
+        for i in store.indices("labelled"):
+            items.append({"scan": sc.scan_id, "index": i, "presence": presence[i].tolist()})
+        volumes[sc.scan_id] = store.volume
+    if not items:
+        raise NemesisInputError(f"{project.root}: no labelled superpatches to train on; label some first")
+    doc = {"project": str(project.root.resolve()), "organs": list(project.organs), "superpatch": project.superpatch,
+           "spacing_zyx": list(project.spacing_zyx), "presence_threshold": project.threshold,
+           "scans": scans, "items": items}
+    return doc, volumes
+
+
+class _Patches:
+    """The (S, S, S) windowed superpatch of a snapshot item, each scan preprocessed once."""
+
+    def __init__(self, snapshot: dict[str, Any], volumes: dict[str, Any] | None = None) -> None:
+        self.snapshot = snapshot
+        self.volumes = dict(volumes or {})
+        self._pre: dict[str, Any] = {}
+
+    def _grid(self, scan_id: str):
+        from ..data import SuperpatchGrid, preprocess, read_volume
+
+        from .sidecar import ScanFingerprint
+
+        if scan_id not in self._pre:
+            volume = self.volumes.pop(scan_id, None)
+            if volume is None:
+                rec = next(s for s in self.snapshot["scans"] if s["id"] == scan_id)
+                volume = read_volume(rec["image"])
+                if ScanFingerprint.of_volume(volume).voxel_sha256 != rec["voxel_sha256"]:
+                    raise NemesisInputError(f"{rec['image']}: the scan changed since this run started; "
+                                            "start a new run instead of resuming")
+            pre = preprocess(volume, self.snapshot["spacing_zyx"])
+            self._pre[scan_id] = (pre.array, SuperpatchGrid(pre.shape, self.snapshot["superpatch"]))
+        return self._pre[scan_id]
+
+    def __call__(self, item: dict[str, Any]) -> np.ndarray:
+        array, grid = self._grid(item["scan"])
+        return grid.superpatch_of(array, item["index"])
+
+
+# ---- cross-validation -----------------------------------------------------------------------
+def plan_folds(groups: list[str], folds: int = 5, seed: int = 0) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
+    """Held-out folds ``[(train_idx, test_idx), ...]`` over items whose scan ids are ``groups``.
+
+    Several scans: whole scans held out (leave-one-scan-out when there are at most ``folds``,
+    else ``GroupKFold(folds)``). One scan: ``KFold(min(folds, n), shuffle, seed)`` over its
+    superpatches. Fewer than 2 items: no estimate. Returns the folds and a description.
+    """
+    from sklearn.model_selection import GroupKFold, KFold
+
+    n = len(groups)
+    scans = sorted(set(groups))
+    idx = np.arange(n)
+    if n < 2:
+        return [], {"estimate": "none (fewer than 2 labelled superpatches)", "cv_over": None, "cv_folds": 0}
+    if len(scans) >= 2:
+        k = min(folds, len(scans))
+        codes = np.asarray([scans.index(g) for g in groups])
+        splits = [(tr, te) for tr, te in GroupKFold(n_splits=k).split(idx, groups=codes)]
+        what = (f"leave-one-scan-out cross-validation ({len(scans)} scans)" if k == len(scans)
+                else f"{k}-fold cross-validation over scans ({len(scans)} scans)")
+        return splits, {"estimate": what, "cv_over": "scans", "cv_folds": k}
+    k = min(folds, n)
+    splits = [(tr, te) for tr, te in KFold(n_splits=k, shuffle=True, random_state=seed).split(idx)]
+    return splits, {"estimate": f"{k}-fold cross-validation over superpatches (1 scan)", "cv_over": "superpatches",
+                    "cv_folds": k}
+
+
+# ---- resumable state ------------------------------------------------------------------------
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for name, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"opt.{idx}.{name}"] = val.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[name] = val
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], doc: dict[str, Any],
+                       device: torch.device) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, val in tensors.items():
+        if key.startswith("opt."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = val if name == "step" else val.to(device)
+    for idx, sc in doc.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(sc)
+    opt.load_state_dict({"state": state, "param_groups": doc["param_groups"]})
+
+
+class _RunState:
+    """``state.json`` (+ ``state.safetensors`` while a fit is in progress), token-matched."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.doc: dict[str, Any] = {"format": STATE_FORMAT, "version": STATE_VERSION, "fit": 0, "step": 0,
+                                    "token": None, "features_done": 0, "folds_done": [], "oof": {}, "head": None}
+
+    @property
+    def json_path(self) -> Path:
+        return self.out / RUN_FILES["state"]
+
+    @property
+    def tensor_path(self) -> Path:
+        return self.out / RUN_FILES["state_tensors"]
+
+    def load(self) -> dict[str, torch.Tensor] | None:
+        from safetensors.torch import load_file
+
+        from ..model.checkpoint import read_metadata
+
+        try:
+            doc = json.loads(self.json_path.read_text())
+        except FileNotFoundError:
+            return None  # stopped before anything was saved: start from the beginning
+        except (OSError, json.JSONDecodeError) as exc:
+            raise NemesisCheckpointError(f"{self.json_path}: unreadable training state ({exc})") from None
+        if doc.get("format") != STATE_FORMAT or int(doc.get("version", 0)) > STATE_VERSION:
+            raise NemesisCheckpointError(f"{self.json_path}: not a labels training state this version can resume")
+        self.doc = doc
+        if doc.get("token") is None:
+            return None
+        token = read_metadata(self.tensor_path).get("token")
+        if token != doc["token"]:
+            raise NemesisCheckpointError(f"{self.out}: {RUN_FILES['state']} and {RUN_FILES['state_tensors']} disagree "
+                                         "(a save was cut short); start the run again")
+        return load_file(str(self.tensor_path))
+
+    def save(self, tensors: dict[str, torch.Tensor] | None = None, **fields: Any) -> None:
+        """Tensors first (if any), then the JSON naming them: a cut save is detected, not trusted."""
+        from safetensors.torch import save_file
+
+        self.doc.update(fields)
+        self.doc["token"] = None
+        if tensors is not None:
+            token = uuid.uuid4().hex
+            with atomic_path(self.tensor_path) as tmp:
+                save_file(tensors, str(tmp), metadata={"format": STATE_FORMAT, "token": token})
+            self.doc["token"] = token
+        self.doc["saved"] = time.time()
+        write_json_atomic(self.json_path, self.doc, durable=True)
+
+
+# ---- the run ----------------------------------------------------------------------------------
+def _steps_per_fit(opts: TrainOptions, n_train: int) -> int:
+    if opts.mode == "linear":
+        return opts.resolved_epochs()
+    return opts.resolved_epochs() * max(1, -(-n_train // opts.batch))
+
+
+def train_from_labels(
+    project: LabelProject | str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    checkpoint: str | os.PathLike | None = None,
+    opts: TrainOptions | None = None,
+    resume: bool = False,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> dict[str, Any]:
+    """Train a probe head (``linear``) or encoder + head (``finetune``) from a project's labels.
+
+    ``checkpoint``: the NEMESIS encoder (default: the bundled weights). ``resume=True`` continues
+    the run in ``out_dir`` with its own options, checkpoint and label snapshot (``project`` and
+    ``checkpoint`` may then be ``None``; ``opts`` only changes ``device`` and ``bf16``). Returns the
+    result dict (``auroc_mean``, ``f1_macro``, ``estimate``, ``n_labelled``, ``head``, ...), also
+    written to ``OUT/train.json``.
+    """
+    from ..model import load_checkpoint
+    from ..train.probe import encoder_digest
+    from ..train.runtime import resolve_device
+    from ..weights import default_checkpoint_path
+
+    out = Path(out_dir)
+    state = _RunState(out)
+    volumes: dict[str, Any] = {}
+    if resume:
+        try:
+            config = json.loads((out / RUN_FILES["options"]).read_text())
+            snapshot = json.loads((out / RUN_FILES["labels"]).read_text())
+        except FileNotFoundError:
+            raise NemesisInputError(f"{out}: no run to resume (no {RUN_FILES['options']}); start one without --resume") from None
+        saved = TrainOptions(**config["options"])
+        if opts is not None:
+            saved.device, saved.bf16 = opts.device, opts.bf16
+        opts = saved
+        checkpoint = config["checkpoint"]
+        resumed = state.load()
+    else:
+        if project is None:
+            raise NemesisInputError("train_from_labels: give a labelling project (or resume=True)")
+        opts = opts or TrainOptions()
+        opts.check()
+        if not isinstance(project, LabelProject):
+            project = LabelProject.open(project)
+        checkpoint = str(checkpoint or default_checkpoint_path())
+        snapshot, volumes = _snapshot(project)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("state", "state_tensors", "features", "result"):
+            (out / RUN_FILES[name]).unlink(missing_ok=True)
+        resumed = None
+    model = load_checkpoint(checkpoint)
+    digest = encoder_digest(model)
+    if resume and digest != config["encoder_sha256"]:
+        raise NemesisCheckpointError(f"{checkpoint}: the checkpoint changed since this run started (encoder "
+                                     f"{digest[:12]}, run {config['encoder_sha256'][:12]}); start a new run")
+    if model.cfg.superpatch != snapshot["superpatch"]:
+        raise NemesisCheckpointError(f"{checkpoint}: the model takes {model.cfg.superpatch}^3 superpatches but the "
+                                     f"project's labels are on {snapshot['superpatch']}^3; use a matching checkpoint")
+    if not resume:
+        write_json_atomic(out / RUN_FILES["labels"], snapshot, durable=True)
+        config = {"options": asdict(opts), "checkpoint": checkpoint, "encoder_sha256": digest,
+                  "project": snapshot["project"], "started": time.time()}
+        write_json_atomic(out / RUN_FILES["options"], config, durable=True)
+
+    device = resolve_device(opts.device)
+    items = snapshot["items"]
+    organs = snapshot["organs"]
+    y = np.asarray([it["presence"] for it in items], dtype=np.float32)
+    folds, estimate = plan_folds([it["scan"] for it in items], opts.folds, opts.seed)
+    fits: list[tuple[str, np.ndarray, np.ndarray | None]] = [("final", np.arange(len(items)), None)]
+    fits += [(f"fold {j + 1}/{len(folds)}", tr, te) for j, (tr, te) in enumerate(folds)]
+    steps = [_steps_per_fit(opts, len(tr)) for _, tr, _ in fits]
+    patches = _Patches(snapshot, volumes)
+    t0 = time.perf_counter()
+    emit(progress, "start", step=sum(steps[: state.doc["fit"]]) + state.doc["step"], total=sum(steps),
+         mode=opts.mode, n_labelled=len(items), scans=len(snapshot["scans"]), folds=len(folds),
+         estimate=estimate["estimate"], device=str(device), resumed=bool(resume))
+
+    def stop_requested() -> bool:
+        return cancel is not None and bool(cancel())
+
+    # ---- frozen features (linear) -----------------------------------------------------------
+    features = None
+    if opts.mode == "linear":
+        features = _features(model, items, patches, opts, device, out, state, resume, progress, stop_requested)
+
+    # ---- fits: final first, then the folds --------------------------------------------------
+    oof = {int(k): v for k, v in state.doc["oof"].items()}
+    result_head = state.doc.get("head")
+    for f in range(state.doc["fit"], len(fits)):
+        name, train_idx, test_idx = fits[f]
+        start = state.doc["step"] if f == state.doc["fit"] else 0
+        tensors = resumed if f == state.doc["fit"] else None
+        emit(progress, "stage", name=name, fit=f, fits=len(fits))
+        net = _fit(f, name, train_idx, start, tensors, model, checkpoint, features, y, patches, items, opts, device,
+                   state, sum(steps[:f]), sum(steps), progress, stop_requested)
+        if test_idx is None:
+            result_head = _save_final(net, model, opts, out, snapshot, checkpoint, estimate, len(items))
+            emit(progress, "checkpoint", what="head", path=result_head, step=sum(steps[: f + 1]))
+        else:
+            prob = _predict(net, test_idx, features, patches, items, opts, device)
+            for k, i in enumerate(test_idx):
+                oof[int(i)] = prob[k].tolist()
+            held = sorted(oof)
+            m = _metrics(y[held], np.asarray([oof[i] for i in held]), organs, opts.threshold)
+            emit(progress, "eval", step=sum(steps[: f + 1]), fold=f, folds=len(folds), auroc_mean=m["auroc_mean"],
+                 f1_macro=m["f1_macro"], n_held_out=len(held))
+        state.save(None, fit=f + 1, step=0, oof={str(k): v for k, v in oof.items()}, head=result_head,
+                   folds_done=state.doc["folds_done"] + ([f] if test_idx is not None else []))
+        resumed = None
+        del net
+
+    if folds:
+        held = sorted(oof)
+        metrics = _metrics(y[held], np.asarray([oof[i] for i in held]), organs, opts.threshold)
+    else:
+        metrics = {"auroc_mean": None, "f1_macro": None, "per_organ": None}
+    result = {
+        "auroc_mean": metrics["auroc_mean"],
+        "f1_macro": metrics["f1_macro"],
+        "estimate": estimate["estimate"],
+        "n_labelled": len(items),
+        "head": result_head,
+        "checkpoint": str(out / RUN_FILES["finetuned"]) if opts.mode == "finetune" else checkpoint,
+        "source_checkpoint": checkpoint,
+        "mode": opts.mode,
+        "cv_over": estimate["cv_over"],
+        "cv_folds": estimate["cv_folds"],
+        "per_organ": metrics["per_organ"],
+        "positives": dict(zip(organs, y.sum(0).astype(int).tolist())),
+        "n_scans": len(snapshot["scans"]),
+        "steps": sum(steps),
+        "seconds_this_run": time.perf_counter() - t0,
+        "resumed": bool(resume),
+        "out": str(out),
+        "options": asdict(opts),
+    }
+    write_json_atomic(out / RUN_FILES["result"], result)
+    emit(progress, "end", step=sum(steps), total=sum(steps), auroc_mean=result["auroc_mean"],
+         f1_macro=result["f1_macro"], head=result_head)
+    return result
+
+
+def _metrics(y_true, y_prob, organs, threshold) -> dict[str, Any]:
+    from ..train.metrics import presence_metrics
+
+    return presence_metrics(y_true, y_prob, organs, threshold)
+
+
+def _features(model, items, patches, opts, device, out, state, resume, progress, stop_requested) -> np.ndarray:
+    """Frozen features of every item, saved to ``features.safetensors``; a stop keeps the rows done."""
+    from safetensors.torch import load_file, save_file
+
+    from ..train.probe import encode_features
+
+    path = out / RUN_FILES["features"]
+    done = np.zeros((0, model.cfg.embed_dim), np.float32)
+    if resume and path.is_file():
+        done = load_file(str(path))["features"].numpy()
+    chunks = [done]
+    n = len(done)
+    while n < len(items):
+        if stop_requested():
+            _save_features(path, np.concatenate(chunks), save_file)
+            state.save(None, features_done=n)
+            emit(progress, "interrupted", stage="features", done=n, total=len(items))
+            raise NemesisCancelled("training from labels stopped while extracting features; --resume continues")
+        batch = items[n:n + opts.batch]
+        chunks.append(encode_features(model, (patches(it) for it in batch), opts.batch, device, opts.bf16))
+        n += len(batch)
+        emit(progress, "item", stage="features", done=n, total=len(items))
+    features = np.concatenate(chunks)
+    if len(done) < len(items):
+        _save_features(path, features, save_file)
+        state.save(None, features_done=len(items))
+    return features
+
+
+def _save_features(path: Path, features: np.ndarray, save_file) -> None:
+    with atomic_path(path) as tmp:
+        save_file({"features": torch.from_numpy(np.ascontiguousarray(features))}, str(tmp))
+
+
+def _fit(f, name, train_idx, start, tensors, model, checkpoint, features, y, patches, items, opts, device, state,
+         global_start, global_total, progress, stop_requested):
+    """One fit from ``start`` (its weights and moments in ``tensors`` when resuming); saves on stop."""
+    from ..model import load_checkpoint
+    from ..train.runtime import autocast
+
+    torch.manual_seed(opts.seed * 1000 + f)
+    k = y.shape[1]
+    if opts.mode == "linear":
+        net: nn.Module = ProbeHead(features.shape[1], k)
+        x_all = torch.from_numpy(features[train_idx]).float()
+        y_all = torch.from_numpy(y[train_idx])
+    else:
+        # the final fit trains the loaded model in place; every fold starts again from the checkpoint
+        encoder = model if f == 0 else load_checkpoint(checkpoint)
+        net = ProbeModel(encoder, ProbeHead(encoder.cfg.embed_dim, k)).to(device)
+    net.train()
+    opt = torch.optim.AdamW(net.parameters(), lr=opts.resolved_lr(), weight_decay=opts.weight_decay)
+    if tensors is not None:
+        net.load_state_dict({key[len("net."):]: v for key, v in tensors.items() if key.startswith("net.")})
+        _restore_optimizer(opt, tensors, state.doc["optimizer"], device)
+    loss_fn = nn.BCEWithLogitsLoss()
+    total = _steps_per_fit(opts, len(train_idx))
+    n_batches = max(1, -(-len(train_idx) // opts.batch))
+
+    def save(step: int) -> None:
+        opt_tensors, opt_doc = _optimizer_tensors(opt)
+        weights = {f"net.{key}": v.detach().cpu().contiguous() for key, v in net.state_dict().items()}
+        state.save({**weights, **opt_tensors}, fit=f, step=step, optimizer=opt_doc)
+        emit(progress, "checkpoint", what="state", step=global_start + step, path=str(state.json_path))
+
+    for step in range(start, total):
+        if stop_requested():
+            save(step)
+            emit(progress, "interrupted", step=global_start + step, total=global_total, stage=name)
+            raise NemesisCancelled(f"training from labels stopped at step {global_start + step}; --resume continues")
+        if opts.mode == "linear":
+            loss = loss_fn(net(x_all), y_all)
+        else:
+            epoch, b = divmod(step, n_batches)
+            order = np.random.default_rng([opts.seed, f, epoch]).permutation(len(train_idx))
+            sel = train_idx[order[b * opts.batch:(b + 1) * opts.batch]]
+            x = torch.from_numpy(np.stack([patches(items[j]) for j in sel]).astype(np.float32))[:, None].to(device)
+            with autocast(device, opts.bf16):
+                logits = net(x)
+            loss = loss_fn(logits.float(), torch.from_numpy(y[sel]).to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if opts.mode == "finetune":
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        done = step + 1
+        if done % opts.log_every == 0 or done == total:
+            emit(progress, "step", step=global_start + done, total=global_total, loss=float(loss.detach()),
+                 stage=name, fit=f)
+        if opts.checkpoint_every and done % opts.checkpoint_every == 0 and done < total:
+            save(done)
+    return net.eval()
+
+
+@torch.no_grad()
+def _predict(net, idx, features, patches, items, opts, device) -> np.ndarray:
+    from ..train.probe import encode_features, head_probabilities
+
+    if opts.mode == "linear":
+        return head_probabilities(net, features[idx])
+    x = encode_features(net.encoder, (patches(items[i]) for i in idx), opts.batch, device, opts.bf16)
+    return head_probabilities(net.head.cpu(), x)
+
+
+def _save_final(net, model, opts, out: Path, snapshot, checkpoint, estimate, n_labelled) -> str:
+    """The final fit's head (and fine-tuned encoder), with the metadata ``nemesis infer`` checks."""
+    from ..model import save_checkpoint
+    from ..train.probe import probe_metadata, save_probe
+
+    if opts.mode == "linear":
+        head, encoder, source = net, model, checkpoint
+    else:
+        head, encoder = net.head.cpu(), net.encoder.cpu()
+        source = str(save_checkpoint(encoder, out / RUN_FILES["finetuned"],
+                                     extra={"finetuned_from": checkpoint, "labels_project": snapshot["project"]}))
+    meta = probe_metadata(encoder, snapshot["spacing_zyx"], organs=snapshot["organs"], threshold=opts.threshold,
+                          checkpoint=source, mode=opts.mode, presence_threshold=snapshot["presence_threshold"],
+                          labels_project=snapshot["project"], n_labelled=n_labelled, estimate=estimate["estimate"])
+    return str(save_probe(head, out / RUN_FILES["head"], meta))
