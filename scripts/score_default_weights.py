@@ -1,10 +1,17 @@
-"""Scores the bundled default weights for the model card (docs/model-card.md); prints one JSON object.
+"""Scores a NEMESIS checkpoint + probe head for the model card (docs/model-card.md); prints one JSON object.
 
-  python scripts/score_default_weights.py PROBE_PHANTOM_CACHE [--ct ../shared/data/ct] [--recon-cases 4]
+  python scripts/score_default_weights.py PROBE_PHANTOM_CACHE [--checkpoint CKPT --probe HEAD]
+                                          [--ct ../shared/data/ct] [--recon-cases 12]
+
+Without --checkpoint/--probe it scores the bundled default weights. The same held-out data for every
+set of weights, so before/after figures compare like with like:
 
 - probe AUROC / F1 on the held-out (test-split) phantoms of the 30-case probe set;
 - probe AUROC / F1 on the real CT's superpatches (its labels are used only to score);
-- reconstruction PSNR / SSIM per masking strategy at ratio 0.75 on held-out phantoms and the real CT.
+- masked-patch reconstruction PSNR / SSIM per masking strategy at ratio 0.75 (no noise) on the
+  held-out phantoms and on the real CT, beside a baseline that fills every masked patch with the
+  mean of the visible patches of its superpatch (what a model that learned nothing about anatomy
+  would score). ``gain_db`` = model PSNR - baseline PSNR.
 """
 
 from __future__ import annotations
@@ -15,58 +22,111 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+
+STRATEGIES = ("random", "plane", "axis", "dual")
+
+
+class MaskedScore:
+    """Masked-voxel squared error of the model and of the mean-fill baseline, summed over superpatches."""
+
+    def __init__(self) -> None:
+        from napari_nemesis.train.inference import ReconMetrics
+
+        self.model = ReconMetrics()
+        self.base_sq, self.n = 0.0, 0
+
+    def add(self, clean: np.ndarray, recon: np.ndarray, masked: np.ndarray, valid: tuple[slice, ...]) -> None:
+        self.model.add(clean, recon, masked, valid)
+        inside = np.zeros(clean.shape, dtype=bool)
+        inside[valid] = True
+        visible, hidden = inside & ~masked, inside & masked
+        if not hidden.any():
+            return
+        fill = float(clean[visible].mean()) if visible.any() else 0.0
+        self.base_sq += float(((clean[hidden].astype(np.float64) - fill) ** 2).sum())
+        self.n += int(hidden.sum())
+
+    def result(self) -> dict:
+        out = self.model.result()
+        mse = self.base_sq / self.n if self.n else None
+        out["baseline_psnr_masked"] = float(10 * np.log10(1.0 / mse)) if mse else None
+        if out["psnr_masked"] is not None and out["baseline_psnr_masked"] is not None:
+            out["gain_db"] = out["psnr_masked"] - out["baseline_psnr_masked"]
+        return out
+
+
+def score_reconstruction(model, sources, device) -> list[dict]:
+    """``sources``: list of (grid, iterable factory of (index, clean superpatch))."""
+    from napari_nemesis.train.inference import reconstruct_superpatches
+
+    rows = []
+    for strategy in STRATEGIES:
+        score = MaskedScore()
+        for grid, items in sources:
+            for i, clean, _, _, recon, vox in reconstruct_superpatches(model, items(), strategy, 0.75, 0.0, 0, device):
+                box = grid.box(i, clip=True)
+                score.add(clean, recon, vox, tuple(slice(0, d) for d in box.shape))
+        rows.append({"strategy": strategy, "ratio": 0.75, **score.result()})
+    return rows
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("cache")
+    ap.add_argument("cache", help="cache of the 30-case probe phantom set (nemesis phantom --cases 30 --seed 0 --size small)")
+    ap.add_argument("--checkpoint", default=None, help="NEMESIS checkpoint (default: the bundled one)")
+    ap.add_argument("--probe", default=None, help="probe head trained on that checkpoint (default: the bundled one)")
     ap.add_argument("--ct", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"))
-    ap.add_argument("--recon-cases", type=int, default=4)
+    ap.add_argument("--recon-cases", type=int, default=12, help="held-out phantom cases to reconstruct (default all 12)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
 
     from napari_nemesis.data import (ORGAN_NAMES, SuperpatchGrid, open_dataset, preprocess, preprocess_labels,
                                      presence_labels, read_labels, read_volume)
-    from napari_nemesis.train.evaluate import evaluate_reconstruction
+    from napari_nemesis.model import load_checkpoint
     from napari_nemesis.train.inference import infer_scan
     from napari_nemesis.train.metrics import presence_metrics
-    from napari_nemesis.train.probe import extract_features, head_probabilities
-    from napari_nemesis.weights import load_default_model, load_default_probe
+    from napari_nemesis.train.probe import extract_features, head_probabilities, load_probe
+    from napari_nemesis.weights import default_checkpoint_path, default_probe_path
 
     t0 = time.time()
-    model = load_default_model().eval()
-    head, meta = load_default_probe()
+    ckpt = Path(args.checkpoint or default_checkpoint_path())
+    probe = Path(args.probe or default_probe_path())
+    model = load_checkpoint(ckpt).eval()
+    head, meta = load_probe(probe)
+    spacing = tuple(meta["spacing_zyx"])
+    device = torch.device("cpu")
     cache = open_dataset(args.cache, superpatch=model.cfg.superpatch)
     test_ids = [c for c in cache.test_ids if c in cache.labelled_ids]
     x, y, _ = extract_features(model, cache, test_ids, batch=4)
-    out = {"phantom_test_probe": presence_metrics(y, head_probabilities(head, x), ORGAN_NAMES),
+    out = {"checkpoint": str(ckpt), "probe": str(probe),
+           "phantom_test_probe": presence_metrics(y, head_probabilities(head, x), ORGAN_NAMES),
            "phantom_test_superpatches": int(len(y))}
+
+    recon_ids = test_ids[: args.recon_cases]
+
+    def phantom_items(cid):
+        return lambda: ((i, p) for _, i, p, _ in cache.superpatches([cid], model.cfg.superpatch))
+
+    sources = [(cache.grid(cid, model.cfg.superpatch), phantom_items(cid)) for cid in recon_ids]
+    out["phantom_reconstruction"] = score_reconstruction(model, sources, device)
+    out["phantom_reconstruction_cases"] = recon_ids
+    out["phantom_reconstruction_superpatches"] = sum(g.n for g, _ in sources)
 
     ct_dir = Path(args.ct)
     scan, lab = ct_dir / "abdomen_ct.nii.gz", ct_dir / "abdomen_label_btcv.nii.gz"
     if scan.is_file():
         vol = read_volume(scan)
-        res = infer_scan(vol, model, head, list(ORGAN_NAMES), spacing_zyx=meta.get("spacing_zyx"))
-        pre_labels = preprocess_labels(read_labels(lab, vol), vol, tuple(meta.get("spacing_zyx")))
+        res = infer_scan(vol, model, head, list(meta["organs"]), spacing_zyx=spacing)
+        pre_labels = preprocess_labels(read_labels(lab, vol), vol, spacing)
         truth = presence_labels(pre_labels, SuperpatchGrid(pre_labels.shape, model.cfg.superpatch))
         out["real_ct_probe"] = presence_metrics(truth, res.probabilities, ORGAN_NAMES)
         out["real_ct_superpatches"] = int(len(truth))
-        real = {"id": "realct"}
-        pre = preprocess(vol, tuple(meta.get("spacing_zyx")))
+        pre = preprocess(vol, spacing)
         grid = SuperpatchGrid.for_preprocessed(pre, model.cfg.superpatch)
-
-        class _One:  # the real CT as a one-case source for evaluate_reconstruction
-            def grid(self, cid, s):
-                return grid
-
-            def superpatches(self, ids, s):
-                for i, _, p in grid.iter_superpatches(pre.array):
-                    yield real["id"], i, p, None
-
-        out["real_ct_reconstruction"] = evaluate_reconstruction(_One(), model, ["realct"])
-    out["phantom_reconstruction"] = evaluate_reconstruction(cache, model, test_ids[: args.recon_cases])
-    out["phantom_reconstruction_cases"] = test_ids[: args.recon_cases]
+        items = lambda: ((i, p) for i, _, p in grid.iter_superpatches(pre.array))  # noqa: E731
+        out["real_ct_reconstruction"] = score_reconstruction(model, [(grid, items)], device)
     out["seconds"] = time.time() - t0
     print(json.dumps(out, default=float))
     return 0
