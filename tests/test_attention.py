@@ -13,7 +13,7 @@ from napari_nemesis.errors import NemesisInputError
 from napari_nemesis.model import build_model, make_mask, save_checkpoint
 from napari_nemesis.model.matb import grid_groups
 from napari_nemesis.train.attention import SuperpatchAttention, attention_maps, paint_tokens
-from napari_nemesis.train.scan import prepare_scan
+from napari_nemesis.train.scan import prepare_for_model, prepare_scan
 
 from conftest import CT, needs_ct
 
@@ -147,7 +147,8 @@ def test_attention_cli_writes_maps_aligned_with_the_scan(cli_setup, tmp_path, ca
     assert summary == json.loads((tmp_path / "attention.json").read_text())
     assert summary["superpatch"] == i and summary["token_zyx"] == list(token) and summary["block"] == 1
 
-    prepared = prepare_scan(scan, superpatch=32)
+    prepared = prepare_for_model(scan, model)  # what the CLI does: the checkpoint records no spacing -> default
+    assert summary["spacing_zyx"] == list(prepared.pre.spacing_zyx) and summary["spacing_source"] == "default"
     maps = attention_maps(model, prepared.superpatch(i), token)
     src = nib.load(str(scan))
     box = prepared.grid.box(i, clip=True)
@@ -186,6 +187,14 @@ def test_attention_cli_bad_superpatch_or_token_exits_non_zero_with_one_line(cli_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "token 0 9 0 is outside" in err[0]
     assert not (tmp_path / "attention.json").exists()
+
+
+def test_attention_cli_spacing_flag_is_x_y_z(cli_setup, tmp_path, capsys):
+    scan, ckpt, _ = cli_setup
+    assert main(["attention", str(scan), "--superpatch", "0", "--token", "0", "0", "0", "--checkpoint", str(ckpt),
+                 "--spacing", "3", "2", "4", "--out", str(tmp_path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["spacing_zyx"] == [4.0, 2.0, 3.0] and summary["spacing_source"] == "given"
 
 
 @pytest.mark.slow

@@ -8,7 +8,13 @@ from napari_nemesis.data import read_volume, volume_from_array, write_volume
 from napari_nemesis.errors import NemesisCancelled, NemesisInputError
 from napari_nemesis.model import build_model
 from napari_nemesis.train.inference import reconstruct_scan
-from napari_nemesis.train.scan import ScanReconstruction, iter_reconstruction, prepare_scan
+from napari_nemesis.train.scan import (
+    ScanReconstruction,
+    iter_reconstruction,
+    prepare_for_model,
+    prepare_scan,
+    reconstruct_selected,
+)
 
 from conftest import CT, needs_ct
 
@@ -36,6 +42,21 @@ def test_prepare_scan_reads_and_preprocesses_once(setup):
     np.testing.assert_array_equal(from_volume.pre.array, prepared.pre.array)
     np.testing.assert_array_equal(prepared.superpatch(7), prepared.grid.superpatch_of(prepared.pre.array, 7))
     assert prepared.name == "ball.nii.gz"
+
+
+def test_prepare_for_model_follows_the_checkpoints_spacing_and_superpatch(setup, tmp_path):
+    from napari_nemesis.data import DEFAULT_SPACING_ZYX
+    from napari_nemesis.model import load_checkpoint, save_checkpoint
+
+    scan, model, _ = setup
+    fresh = prepare_for_model(scan, model)
+    assert fresh.pre.spacing_zyx == DEFAULT_SPACING_ZYX and fresh.spacing_source == "default"
+    assert fresh.grid.superpatch == 32
+    trained = load_checkpoint(save_checkpoint(model, tmp_path / "m.safetensors", extra={"spacing_zyx": [5.0, 4.0, 4.0]}))
+    recorded = prepare_for_model(scan, trained)
+    assert recorded.pre.spacing_zyx == (5.0, 4.0, 4.0) and recorded.spacing_source == "checkpoint"
+    given = prepare_for_model(scan, trained, SPACING)
+    assert given.pre.spacing_zyx == SPACING and given.spacing_source == "given"
 
 
 def test_a_superpatch_alone_equals_the_same_superpatch_in_the_whole_scan(setup):
@@ -159,3 +180,24 @@ def test_the_viewer_core_modules_import_no_qt():
 
     modules = "napari_nemesis.train.scan, napari_nemesis.train.attention, napari_nemesis.cli.explain_cmds"
     assert _modules_loaded_by(modules, ("napari", "qtpy", "PyQt6", "magicgui")) == []
+
+
+def test_reconstruct_selected_writes_one_superpatch_as_the_whole_scan_run_does(setup, tmp_path):
+    scan, model, prepared = setup
+    kw = dict(strategy="dual", ratio=0.75, noise=0.02, seed=4, spacing_zyx=SPACING, device="cpu")
+    one = reconstruct_selected(scan, model, [0], out_dir=tmp_path / "one", **kw)
+    whole = reconstruct_scan(scan, model, out_dir=tmp_path / "whole", **kw)
+    assert one["indices"] == [0] and one["superpatches"] == 8 and one["device"] == "cpu"
+    assert one["spacing_zyx"] == list(SPACING) and one["spacing_source"] == "given"
+    (row,) = one["per_superpatch"]
+    assert row["superpatch"] == 0 and row["grid_zyx"] == [0, 0, 0] and row["psnr_masked"] == one["psnr_masked"]
+    assert set(one["files"]) == set(whole["files"])
+    # inside superpatch 0 (a margin away from where resampling mixes in its neighbours) the files agree
+    box = prepared.grid.box_original(0)
+    inner = tuple(slice(a + 2, b - 2) for a, b in zip(*box))
+    far = np.ones(prepared.volume.shape, dtype=bool)  # the other superpatches' voxels, 2 voxels away
+    far[tuple(slice(max(a - 2, 0), b + 2) for a, b in zip(*box))] = False
+    for key in one["files"]:
+        a, b = read_volume(one["files"][key]).array, read_volume(whole["files"][key]).array
+        np.testing.assert_allclose(a[inner], b[inner], atol=1e-3, err_msg=key)
+        np.testing.assert_allclose(a[far], 0.0 if key == "abs_error" else -175.0, atol=1e-3, err_msg=key)

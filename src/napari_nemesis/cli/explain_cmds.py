@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block", type=int, default=-1, help="encoder block, from 0; negative counts from the end (default -1: the last)")
     p.add_argument("--checkpoint", default=None, help="NEMESIS checkpoint (default: the bundled weights)")
     p.add_argument("--out", default=None, help="output folder (default: ./<scan>_nemesis)")
+    p.add_argument("--spacing", nargs="+", metavar="MM", default=None,
+                   help="spacing x y z in mm, or 'native' for the scan's own (default: the spacing the checkpoint "
+                   "was pretrained at, else 1.5 1.5 2.0)")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"], help="device (default cpu: one superpatch is quick)")
     add_json_flag(p)
     p.set_defaults(func=cmd_attention)
@@ -46,13 +49,14 @@ def cmd_attention(args: argparse.Namespace) -> int:
     from ..data import write_volume
     from ..model import load_checkpoint
     from ..train.attention import attention_maps, check_token
-    from ..train.scan import prepare_scan, scan_stem
+    from ..train.scan import prepare_for_model, scan_stem
     from ..weights import default_checkpoint_path
+    from ._common import parse_spacing
 
     ckpt = args.checkpoint or default_checkpoint_path()
     model = load_checkpoint(ckpt)
     token = check_token(model, args.token)  # fail before reading the scan
-    prepared = prepare_scan(args.scan, superpatch=model.cfg.superpatch)
+    prepared = prepare_for_model(args.scan, model, parse_spacing(args.spacing))
     i = prepared.check_index(args.superpatch)
     maps = attention_maps(model, prepared.superpatch(i), token, block=args.block, device=args.device)
 
@@ -73,6 +77,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
     summary = {
         "scan": str(args.scan), "checkpoint": str(ckpt), "superpatch": i,
         "superpatch_grid_zyx": list(prepared.grid.grid_index(i)), "token_zyx": list(token),
+        "spacing_zyx": list(prepared.pre.spacing_zyx), "spacing_source": prepared.spacing_source,
         "token_grid": list(model.grid), "block": maps.block, "depth": len(model.blocks),
         "heads": int(maps.plane_heads.shape[0]), "device": str(maps.device),
         "plane": {"self": float(maps.plane[token]), "top": _top(maps.plane)},

@@ -6,7 +6,8 @@ per superpatch (all of them, or the ones asked for), each cropped to the scan an
 own; superpatch i's noise and mask come from ``(seed, i)`` (``reconstruct_superpatches``), so a
 superpatch reconstructed alone equals the same superpatch inside a whole-scan run.
 ``ScanReconstruction`` assembles a stream into whole-scan arrays, the scan's PSNR/SSIM (the same
-numbers as ``reconstruct_scan``) and the per-superpatch masked-patch error (the error map).
+numbers as ``reconstruct_scan``) and the per-superpatch masked-patch error (the error map);
+``reconstruct_selected`` is ``reconstruct_scan`` for chosen superpatches (``reconstruct --superpatch``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class PreparedScan:
     volume: Volume
     pre: Preprocessed
     grid: SuperpatchGrid  # mapped to the scan (box_original, box_world work)
+    spacing_source: str = "given"  # or where prepare_for_model found it: probe, checkpoint, default
 
     @property
     def name(self) -> str:
@@ -62,16 +64,29 @@ class PreparedScan:
 
 
 def prepare_scan(scan, spacing_zyx=DEFAULT_SPACING_ZYX, superpatch: int = 128) -> PreparedScan:
-    """Read (``scan``: a path or a ``data.Volume``), resample to ``spacing_zyx`` (z, y, x mm; None
-    means the default, as in ``reconstruct_scan``; pass ``volume.spacing`` for native) and window
-    once; cut into ``superpatch``-sized superpatches."""
+    """Read (``scan``: a path or a ``data.Volume``), resample to ``spacing_zyx`` (z, y, x mm, as
+    ``data.preprocess`` takes it) and window once; cut into ``superpatch``-sized superpatches.
+    To follow a model's checkpoint (its pretraining spacing and superpatch) use
+    :func:`prepare_for_model`."""
     from ..data import preprocess, read_volume
 
     if int(superpatch) < 1:
         raise NemesisInputError(f"superpatch size {superpatch} must be positive")
     vol = scan if isinstance(scan, Volume) else read_volume(scan)
-    pre = preprocess(vol, DEFAULT_SPACING_ZYX if spacing_zyx is None else spacing_zyx)
+    pre = preprocess(vol, spacing_zyx)
     return PreparedScan(vol, pre, SuperpatchGrid.for_preprocessed(pre, int(superpatch)))
+
+
+def prepare_for_model(scan, model: NemesisMAE, spacing_zyx=None) -> PreparedScan:
+    """:func:`prepare_scan` for ``model``: its superpatch size, and ``spacing_zyx`` or, when None,
+    the spacing its checkpoint was pretrained at, else the default (the rule ``reconstruct_scan``
+    follows: ``inference.recorded_spacing``). ``spacing_source`` says which."""
+    from .inference import recorded_spacing
+
+    spacing, source = recorded_spacing(model) if spacing_zyx is None else (spacing_zyx, "given")
+    prepared = prepare_scan(scan, spacing, model.cfg.superpatch)
+    prepared.spacing_source = source
+    return prepared
 
 
 @dataclass
@@ -245,6 +260,48 @@ class ScanReconstruction:
         return files
 
 
+def reconstruct_selected(
+    scan,
+    model: NemesisMAE,
+    indices: Iterable[int] | None,
+    strategy: str = "dual",
+    ratio: float = 0.75,
+    noise: float = 0.0,
+    seed: int = 0,
+    spacing_zyx=None,
+    batch: int = 2,
+    device: str = "auto",
+    bf16: bool = False,
+    out_dir: str | os.PathLike | None = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> dict[str, Any]:
+    """``reconstruct_scan`` for the superpatches ``indices`` only (None: all), the CLI's
+    ``reconstruct --superpatch``: the same result keys and files (voxels of superpatches not
+    reconstructed hold 0, i.e. -175 HU, and error 0), plus ``indices``, ``device`` and
+    ``per_superpatch`` (index, grid position and metrics of each). ``scan``: a path, a
+    ``data.Volume`` (prepared by :func:`prepare_for_model` with ``spacing_zyx``) or a
+    :class:`PreparedScan` (used as it is)."""
+    prepared = scan if isinstance(scan, PreparedScan) else prepare_for_model(scan, model, spacing_zyx)
+    stream = iter_reconstruction(prepared, model, strategy, ratio, noise, seed, indices, batch, device, bf16, cancel,
+                                 progress)
+    assembled = ScanReconstruction(prepared).extend(stream)
+    grid = prepared.grid
+    result: dict[str, Any] = {
+        "strategy": strategy, "ratio": ratio, "noise": noise, "seed": seed,
+        "spacing_zyx": list(prepared.pre.spacing_zyx), "spacing_source": prepared.spacing_source, "superpatches": grid.n,
+        "grid": list(grid.grid_shape), **assembled.metrics(), "psnr_data_range": 1.0,
+        "ssim": "scikit-image structural_similarity, 7^3 window, per superpatch, averaged over voxels",
+        "indices": sorted(assembled.per_superpatch), "device": str(resolve_device(device)),
+        "per_superpatch": [{"superpatch": i, "grid_zyx": list(grid.grid_index(i)), **m}
+                           for i, m in sorted(assembled.per_superpatch.items())],
+    }
+    if out_dir is not None:
+        emit(progress, "stage", name="write")
+        result["files"] = assembled.write(out_dir)
+    return result
+
+
 def scan_stem(source) -> str:
     """A scan's file name without its image extension (``scan`` for arrays made in memory)."""
     name = Path(str(source)).name if source else "scan"
@@ -254,5 +311,5 @@ def scan_stem(source) -> str:
     return name
 
 
-__all__ = ["PreparedScan", "prepare_scan", "SuperpatchReconstruction", "iter_reconstruction", "ScanReconstruction",
-           "SCAN_ARRAYS", "scan_stem"]
+__all__ = ["PreparedScan", "prepare_scan", "prepare_for_model", "SuperpatchReconstruction", "iter_reconstruction", "ScanReconstruction",
+           "reconstruct_selected", "SCAN_ARRAYS", "scan_stem"]
