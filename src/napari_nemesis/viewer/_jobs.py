@@ -1,0 +1,137 @@
+"""The work behind each button, as functions a worker thread runs: core calls only, no Qt.
+
+Each job takes ``cancel`` (the core's cancel check) and ``report`` (the core's progress events)
+and returns or yields plain results; :mod:`._workers` runs it and hands the results to the GUI
+thread. The computations are the core functions the CLI calls: ``train.prepare_scan``,
+``train.infer_scan``, ``train.iter_reconstruction`` and ``train.attention``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import NemesisInputError
+from ._models import Geometry, ModelStore, WeightsChoice, weights_geometry
+
+
+@dataclass
+class Probabilities:
+    """Organ probabilities of every superpatch of a scan, and what produced them."""
+
+    values: np.ndarray  # (n, K)
+    organs: list[str]
+    threshold: float
+    device: str
+    weights: WeightsChoice
+
+
+@dataclass
+class ReconstructionPiece:
+    """One reconstructed superpatch for the layers: HU arrays cropped to its box (model spacing)."""
+
+    item: Any  # train.scan.SuperpatchReconstruction, its arrays dropped (scores and metrics kept)
+    hu: dict[str, np.ndarray] = field(default_factory=dict)  # noisy, masked, reconstruction, abs_error
+
+
+def _resolved(device: str) -> str:
+    from ..train.runtime import resolve_device
+
+    return str(resolve_device(device))
+
+
+def prepare_job(volume, weights: WeightsChoice, *, cancel, report) -> tuple[Any, Geometry]:
+    """Read the weights' geometry and preprocess the scan once (``train.prepare_scan``)."""
+    from ..train.scan import prepare_scan
+
+    report({"event": "stage", "name": "weights"})
+    geometry = weights_geometry(weights)
+    if cancel():
+        from ..errors import NemesisCancelled
+
+        raise NemesisCancelled("preparing the scan cancelled")
+    report({"event": "stage", "name": "resampling"})
+    prepared = prepare_scan(volume, geometry.spacing_zyx, geometry.superpatch)
+    return prepared, geometry
+
+
+def weights_job(weights: WeightsChoice, store: ModelStore, *, cancel, report) -> tuple[WeightsChoice, Geometry]:
+    """Load (and so check) a checkpoint and a probe head; their geometry."""
+    report({"event": "stage", "name": "loading weights"})
+    model = store.model(weights.checkpoint)
+    head, meta = store.probe(weights.probe)
+    width = head.norm.normalized_shape[0]
+    if width != model.cfg.embed_dim:
+        from ..errors import NemesisCheckpointError
+
+        raise NemesisCheckpointError(
+            f"{weights.probe or 'bundled probe head'}: probe head expects {width}-wide features but "
+            f"{weights.checkpoint or 'the bundled model'} gives {model.cfg.embed_dim}; pick the head trained "
+            "for this checkpoint")
+    return weights, weights_geometry(weights)
+
+
+def probabilities_job(prepared, store: ModelStore, weights: WeightsChoice, device: str, batch: int, *, cancel,
+                      report) -> Probabilities:
+    """Per-superpatch organ probabilities of the whole scan (``train.infer_scan``)."""
+    from ..train.inference import infer_scan
+
+    model = store.model(weights.checkpoint)
+    head, meta = store.probe(weights.probe)
+    used = _resolved(device)
+    report({"event": "stage", "name": "organ probabilities", "device": used})
+    result = infer_scan(prepared.volume, model, head, list(meta["organs"]), spacing_zyx=prepared.pre.spacing_zyx,
+                        threshold=float(meta.get("threshold", 0.5)), batch=int(batch), device=used,
+                        progress=report, cancel=cancel)
+    if tuple(result.grid.grid_shape) != tuple(prepared.grid.grid_shape):
+        raise NemesisInputError(
+            f"{prepared.name}: the probabilities came on a {result.grid.grid_shape} grid, the scan's is "
+            f"{prepared.grid.grid_shape}; re-open the scan")
+    return Probabilities(np.asarray(result.probabilities, dtype=np.float32), list(result.organs),
+                         float(result.threshold), used, weights)
+
+
+def reconstruction_job(prepared, store: ModelStore, checkpoint: str | None, strategy: str, ratio: float, noise: float,
+                       seed: int, indices, device: str, batch: int, *, cancel, report):
+    """Yield one :class:`ReconstructionPiece` per superpatch (``train.iter_reconstruction``), in HU."""
+    from ..data import HU_WINDOW
+    from ..train.inference import to_hu
+    from ..train.scan import iter_reconstruction
+
+    model = store.model(checkpoint)
+    used = _resolved(device)
+    report({"event": "stage", "name": "reconstruction", "device": used})
+    stream = iter_reconstruction(prepared, model, strategy, float(ratio), float(noise), int(seed), indices=indices,
+                                 batch=int(batch), device=used, cancel=cancel, progress=report)
+    width = HU_WINDOW[1] - HU_WINDOW[0]
+    for item in stream:
+        hu = {"noisy": to_hu(item.noisy), "masked": to_hu(item.masked), "reconstruction": to_hu(item.recon),
+              "abs_error": (item.error * np.float32(width)).astype(np.float32)}
+        item.clean = item.noisy = item.masked = item.recon = item.error = item.masked_voxels = None
+        yield ReconstructionPiece(item, hu)
+
+
+class AttentionCache:
+    """The encoder pass of one superpatch, kept so each cursor move costs one attention row."""
+
+    def __init__(self) -> None:
+        self.prepared = None
+        self.key = None
+        self.value = None
+
+
+def attention_job(prepared, store: ModelStore, checkpoint: str | None, index: int, token_zyx, device: str,
+                  cache: AttentionCache, *, cancel, report):
+    """The last encoder block's plane/axis attention of one token of superpatch ``index``."""
+    from ..train.attention import SuperpatchAttention
+
+    model = store.model(checkpoint)
+    used = _resolved(device)
+    key = (int(index), checkpoint, used)
+    if cache.prepared is not prepared or cache.key != key:
+        report({"event": "stage", "name": "encoding the superpatch", "device": used})
+        cache.value = SuperpatchAttention(model, prepared.superpatch(index), block=-1, device=used)
+        cache.prepared, cache.key = prepared, key
+    return int(index), cache.value.maps(token_zyx)

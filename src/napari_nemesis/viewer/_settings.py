@@ -1,0 +1,66 @@
+"""Plugin settings remembered between sessions: a small JSON file in the user's config folder.
+
+npe2 ``configuration`` contributions reach napari's preferences only in recent npe2, so the
+plugin keeps its own file: ``$NEMESIS_CONFIG_DIR/viewer.json`` if that variable is set, else
+``platformdirs.user_config_dir("napari-nemesis")/viewer.json``. A missing or broken file gives
+the defaults; writes go through a temporary file and a rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from ..atomic import write_json_atomic
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class Settings:
+    """What the widgets remember. Empty ``checkpoint``/``probe`` mean the bundled weights."""
+
+    device: str = "auto"
+    checkpoint: str = ""
+    probe: str = ""
+    batch: int = 2
+
+    def cleaned(self) -> "Settings":
+        device = self.device if self.device in DEVICES else "auto"
+        try:
+            batch = max(1, min(64, int(self.batch)))
+        except (TypeError, ValueError):
+            batch = 2
+        return Settings(device, str(self.checkpoint or ""), str(self.probe or ""), batch)
+
+
+def settings_path() -> Path:
+    base = os.environ.get("NEMESIS_CONFIG_DIR")
+    if not base:
+        import platformdirs
+
+        base = platformdirs.user_config_dir("napari-nemesis", appauthor=False)
+    return Path(base) / "viewer.json"
+
+
+def load_settings() -> Settings:
+    try:
+        raw = json.loads(settings_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return Settings()
+    if not isinstance(raw, dict):
+        return Settings()
+    known = {f.name for f in fields(Settings)}
+    return Settings(**{k: v for k, v in raw.items() if k in known}).cleaned()
+
+
+def save_settings(settings: Settings) -> Path | None:
+    """Write the settings; an unwritable config folder is not an error (returns None)."""
+    path = settings_path()
+    try:
+        write_json_atomic(path, asdict(settings.cleaned()))
+    except OSError:
+        return None
+    return path

@@ -1,0 +1,205 @@
+"""Worker wiring: run a core job off the Qt main thread with progress, Cancel and notifications.
+
+A job is a function (or generator) ``fn(cancel, report)``: ``cancel()`` is the core's cancel check
+and ``report(event)`` takes the core's progress events. Both are safe to call from the worker
+thread: events travel to the GUI thread through a Qt signal, and every handler (``on_yield``,
+``on_done``, ``on_event``) runs on the GUI thread, the only place layers are touched.
+
+``Cancel`` sets the job's flag, which the core polls between superpatches (``NemesisCancelled``)
+and, for generators, also quits at the next ``yield``. A ``NemesisError`` becomes an error
+notification with its one-line message; anything else also names the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from qtpy.QtCore import QEventLoop, QObject, Signal
+
+from ..errors import NemesisCancelled, NemesisError
+
+log = logging.getLogger(__name__)
+
+IDLE, RUNNING, DONE, CANCELLED, FAILED = "idle", "running", "done", "cancelled", "failed"
+
+
+@dataclass
+class RunState:
+    """What one kind of job is doing: shown by the widgets, read by tests and the benchmark."""
+
+    job: str
+    status: str = IDLE
+    done: int = 0
+    total: int = 0
+    message: str = ""
+    device: str = ""
+    error: str = ""
+    result: Any = field(default=None, repr=False)
+
+    @property
+    def running(self) -> bool:
+        return self.status == RUNNING
+
+
+class _Relay(QObject):
+    """Carries progress events from the worker thread to the GUI thread (queued connection)."""
+
+    event = Signal(object)
+
+
+class Job:
+    """One started job: its worker, cancel flag, state and (optionally) a napari progress bar."""
+
+    def __init__(self, name: str, state: RunState, worker, cancel_flag: threading.Event, relay: _Relay):
+        self.name = name
+        self.state = state
+        self.worker = worker
+        self._cancel_flag = cancel_flag
+        self._relay = relay
+        self.finished = False
+        self.exception: BaseException | None = None
+
+    def cancel(self) -> None:
+        self._cancel_flag.set()
+        quit_ = getattr(self.worker, "quit", None)
+        if quit_ is not None:
+            quit_()
+
+    def wait(self, timeout_ms: int | None = None) -> bool:
+        """Run a local event loop until the job ends (the GUI stays live). False on timeout."""
+        if self.finished:
+            return True
+        loop = QEventLoop()
+        self.worker.finished.connect(loop.quit)
+        if timeout_ms is not None:
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(int(timeout_ms), loop.quit)
+        if not self.finished:
+            loop.exec()
+        return self.finished
+
+
+def start_job(
+    name: str,
+    fn: Callable[..., Any],
+    *args: Any,
+    state: RunState,
+    on_yield: Callable[[Any], None] | None = None,
+    on_done: Callable[[Any], None] | None = None,
+    on_event: Callable[[dict], None] | None = None,
+    on_end: Callable[[RunState], None] | None = None,
+    description: str | None = None,
+    notify: bool = True,
+) -> Job:
+    """Start ``fn(*args, cancel=..., report=...)`` in a napari thread worker.
+
+    ``state`` is updated in place on the GUI thread (status, done/total, device, error);
+    ``on_end(state)`` is called once when the job has ended, however it ended.
+    """
+    from napari.qt.threading import create_worker
+    from napari.utils import progress
+
+    flag = threading.Event()
+    relay = _Relay()
+    bar = progress(total=0, desc=description or name)
+
+    def report(event: dict) -> None:  # worker thread -> GUI thread
+        relay.event.emit(event)
+
+    def cancel() -> bool:
+        return flag.is_set()
+
+    state.status, state.done, state.total, state.message, state.error = RUNNING, 0, 0, "starting", ""
+    state.result = None
+    worker = create_worker(fn, *args, cancel=cancel, report=report, _start_thread=False, _ignore_errors=True)
+    job = Job(name, state, worker, flag, relay)
+
+    def handle_event(event: dict) -> None:
+        kind = event.get("event")
+        if kind in ("start", "step"):
+            total = int(event.get("total") or 0)
+            if total and bar.total != total:
+                bar.total = total
+                state.total = total
+            step = int(event.get("step") or 0)
+            state.done = step
+            bar.n = step
+            bar.refresh()
+            state.message = f"{step}/{total}" if total else ""
+        elif kind == "stage":
+            state.message = str(event.get("name", ""))
+            bar.set_description(f"{description or name}: {state.message}")
+        if "device" in event:
+            state.device = str(event["device"])
+        if on_event is not None:
+            on_event(event)
+
+    def handle_yield(item: Any) -> None:
+        if flag.is_set():
+            return
+        if on_yield is not None:
+            on_yield(item)
+
+    def handle_returned(result: Any) -> None:
+        if flag.is_set():
+            state.status = CANCELLED
+            return
+        state.result = result
+        state.status = DONE
+        if on_done is not None:
+            try:
+                on_done(result)
+            except Exception as exc:  # a failure while showing results: report it, keep napari alive
+                _fail(exc)
+
+    def _fail(exc: BaseException) -> None:
+        job.exception = exc
+        state.status = FAILED
+        state.error = _one_line(name, exc)
+        if notify:
+            _notify_error(state.error)
+        if not isinstance(exc, NemesisError):
+            log.error("%s failed:\n%s", name, "".join(traceback.format_exception(exc)))
+
+    def handle_error(exc: BaseException) -> None:
+        if isinstance(exc, NemesisCancelled) or flag.is_set():
+            state.status = CANCELLED
+            return
+        _fail(exc)
+
+    def handle_finished() -> None:
+        job.finished = True
+        if state.status == RUNNING:  # a generator quit at a yield returns nothing
+            state.status = CANCELLED if flag.is_set() else DONE
+        state.message = state.status if state.status != FAILED else state.error
+        bar.close()
+        if on_end is not None:
+            on_end(state)
+
+    relay.event.connect(handle_event)
+    if hasattr(worker, "yielded"):
+        worker.yielded.connect(handle_yield)
+    worker.returned.connect(handle_returned)
+    worker.errored.connect(handle_error)
+    worker.finished.connect(handle_finished)
+    worker.start()
+    return job
+
+
+def _one_line(name: str, exc: BaseException) -> str:
+    if isinstance(exc, NemesisError):
+        return " ".join(str(exc).split())
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{name} failed: {type(exc).__name__}: {text}"
+
+
+def _notify_error(message: str) -> None:
+    from napari.utils.notifications import show_error
+
+    show_error(message)

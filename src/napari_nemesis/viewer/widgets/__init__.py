@@ -1,0 +1,17 @@
+"""The dock widgets: one file each, layout only. Each asks the viewer's session to do the work
+(:mod:`napari_nemesis.viewer._state`) and shows what the session announces."""
+
+from __future__ import annotations
+
+from .grid import GridWidget
+from .probabilities import ProbabilitiesWidget
+from .reconstruction import ReconstructionWidget
+
+#: Dock title -> widget class (the manifest's display names).
+WIDGETS = {
+    "Superpatch grid": GridWidget,
+    "Reconstruction": ReconstructionWidget,
+    "Organ probabilities": ProbabilitiesWidget,
+}
+
+__all__ = ["GridWidget", "ReconstructionWidget", "ProbabilitiesWidget", "WIDGETS"]

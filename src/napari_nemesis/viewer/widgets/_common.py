@@ -1,0 +1,114 @@
+"""Small pieces the dock widgets share: run controls, the device picker, safe signal hookups."""
+
+from __future__ import annotations
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
+
+from .._settings import DEVICES
+from .._workers import CANCELLED, DONE, FAILED, RUNNING
+
+
+def follow(signal, slot, owner: QWidget) -> None:
+    """Connect a session signal to a widget's slot for as long as the widget lives."""
+    signal.connect(slot)
+
+    def _drop(*_args) -> None:
+        try:
+            signal.disconnect(slot)
+        except (ValueError, RuntimeError):
+            pass
+
+    owner.destroyed.connect(_drop)
+
+
+def call_safely(fn, *args, **kwargs):
+    """Run a session call from a button: a user error becomes a notification, not a traceback."""
+    from napari.utils.notifications import show_error
+
+    from ...errors import NemesisError
+
+    try:
+        return fn(*args, **kwargs)
+    except NemesisError as exc:
+        show_error(" ".join(str(exc).split()))
+    return None
+
+
+def wrapped_label(text: str = "") -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    return label
+
+
+class RunControls(QWidget):
+    """Run and Cancel buttons, a progress bar and a status line for one session job."""
+
+    def __init__(self, session, job: str, run_text: str, on_run, parent=None) -> None:
+        super().__init__(parent)
+        self.session = session
+        self.job = job
+        self.run_button = QPushButton(run_text)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0)
+        self.bar.setTextVisible(True)
+        self.status = wrapped_label("")
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.run_button)
+        row.addWidget(self.cancel_button)
+        row.addWidget(self.bar, 1)
+        self.run_button.clicked.connect(lambda: call_safely(on_run))
+        self.cancel_button.clicked.connect(lambda: session.cancel(job))
+        follow(session.events.run, self._on_run, self)
+
+    def _on_run(self, job: str, state) -> None:
+        if job != self.job:
+            return
+        running = state.status == RUNNING
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        self.bar.setRange(0, max(1, state.total))
+        self.bar.setValue(state.done if running or state.status != DONE else max(1, state.total))
+        if running:
+            self.bar.setFormat(f"%v/%m {state.message}" if state.total else state.message or "working")
+        elif state.status == DONE:
+            self.bar.setFormat("done")
+        elif state.status == CANCELLED:
+            self.bar.setFormat("cancelled")
+        elif state.status == FAILED:
+            self.bar.setFormat("failed")
+
+
+class DeviceRow(QWidget):
+    """The compute device (auto / cpu / cuda / mps), remembered, and the one actually used."""
+
+    def __init__(self, session, parent=None) -> None:
+        super().__init__(parent)
+        self.session = session
+        self.combo = QComboBox()
+        self.combo.addItems(list(DEVICES))
+        self.combo.setCurrentText(session.settings.device)
+        self.used = QLabel("used: -")
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(QLabel("device"))
+        row.addWidget(self.combo)
+        row.addWidget(self.used, 1)
+        self.combo.currentTextChanged.connect(lambda text: session.update_settings(device=text))
+        follow(session.events.settings, self._on_settings, self)
+        follow(session.events.run, self._on_run, self)
+
+    def _on_settings(self, settings) -> None:
+        if self.combo.currentText() != settings.device:
+            self.combo.blockSignals(True)
+            self.combo.setCurrentText(settings.device)
+            self.combo.blockSignals(False)
+
+    def _on_run(self, _job: str, state) -> None:
+        if state.device:
+            self.used.setText(f"used: {state.device}")
