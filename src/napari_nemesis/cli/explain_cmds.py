@@ -22,13 +22,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="superpatch index (C order over the grid, as in 'nemesis infer' CSVs)")
     p.add_argument("--token", type=int, nargs=3, required=True, metavar=("Z", "Y", "X"),
                    help="the query token's position in the superpatch's token grid")
-    p.add_argument("--block", type=int, default=-1, help="encoder block, from 0; negative counts from the end (default -1: the last)")
+    p.add_argument("--block", type=int, default=-1,
+                   help="encoder block, from 0; negative counts from the end (default -1: the last)")
     p.add_argument("--checkpoint", default=None, help="NEMESIS checkpoint (default: the bundled weights)")
     p.add_argument("--out", default=None, help="output folder (default: ./<scan>_nemesis)")
     p.add_argument("--spacing", nargs="+", metavar="MM", default=None,
                    help="spacing x y z in mm, or 'native' for the scan's own (default: the spacing the checkpoint "
                    "was pretrained at, else 1.5 1.5 2.0)")
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"], help="device (default cpu: one superpatch is quick)")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"],
+                   help="device (default cpu: one superpatch is quick)")
     add_json_flag(p)
     p.set_defaults(func=cmd_attention)
 

@@ -311,5 +311,5 @@ def scan_stem(source) -> str:
     return name
 
 
-__all__ = ["PreparedScan", "prepare_scan", "prepare_for_model", "SuperpatchReconstruction", "iter_reconstruction", "ScanReconstruction",
-           "reconstruct_selected", "SCAN_ARRAYS", "scan_stem"]
+__all__ = ["PreparedScan", "prepare_scan", "prepare_for_model", "SuperpatchReconstruction", "iter_reconstruction",
+           "ScanReconstruction", "reconstruct_selected", "SCAN_ARRAYS", "scan_stem"]
