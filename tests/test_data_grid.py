@@ -58,7 +58,7 @@ def test_resample_linear_and_nearest():
     assert up.dtype == np.uint8 and up.shape == (12, 12, 12)
     assert set(np.unique(up)) == {0, 7}
     assert np.count_nonzero(up) == np.count_nonzero(labels) * 8  # exact factor 2: each voxel x8
-    same = resample(labels, (3.0, 3.0, 3.0), None, order=0)
+    same = resample(labels, (3.0, 3.0, 3.0), "native", order=0)
     assert same is labels
 
 
@@ -77,7 +77,7 @@ def test_preprocess_mapping_back_to_the_original():
     np.testing.assert_allclose(edge_pre, edge_src, atol=1e-9)
     back = pre.to_original(pre.array, order=1)
     assert back.shape == vol.shape
-    native = preprocess(vol, None)
+    native = preprocess(vol, "native")
     assert native.shape == vol.shape
     np.testing.assert_allclose(native.array, window_hu(arr))
 

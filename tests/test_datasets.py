@@ -23,6 +23,8 @@ from napari_nemesis.data import (
     prepare_cache,
     presence_labels,
     split_cases,
+    split_rule,
+    SPLIT_RULES,
     write_phantom_dataset,
 )
 from napari_nemesis.data.bench_sampling import measure_sampling_rate
@@ -56,6 +58,37 @@ def test_standard_split_and_fallback():
     assert len(te) == 4 and len(tr) == 6
     assert [c.case_id for c in te] == ["p01", "p03", "p06", "p08"]
     assert split_cases(list(reversed(other))) == (tr, te)
+
+
+def test_btcv_split_only_for_btcv_itself():
+    """Issue 9.6: the 12 BTCV test ids used to apply as soon as one id matched."""
+    btcv = [f"{i:04d}" for i in list(range(1, 11)) + list(range(21, 41))]
+    four = _fake(btcv[:4])
+    assert split_rule(four) == "fallback"
+    train, test = split_cases(four)
+    assert [c.case_id for c in test] == ["0002", "0004"] and len(train) == 2  # was 0 train / 4 test
+    hundred = _fake([f"{i:04d}" for i in range(1, 101)])
+    train, test = split_cases(hundred)
+    assert len(test) == 40 and len(train) == 60  # was 12 test (12 %)
+    # BTCV with its unlabelled imagesTs scans keeps the standard split; an extra labelled case does not
+    with_ts = _fake(btcv) + [Case("ts0061", Path("/x/img0061.nii.gz"), None)]
+    assert split_rule(with_ts) == "btcv"
+    assert [c.case_id for c in split_cases(with_ts)[1]] == list(BTCV_TEST_IDS)
+    assert split_rule(_fake(btcv + ["0041"])) == "fallback"
+    assert "TransUNet" in SPLIT_RULES["btcv"]
+
+
+def test_prepare_reports_the_split(phantoms, tmp_path, capsys, monkeypatch):
+    from napari_nemesis import cli
+
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ["napari_nemesis.cli.data_cmds"])
+    assert cli.main(["prepare", str(phantoms), "--out", str(tmp_path / "c"), "--spacing", "14", "14", "16",
+                     "--superpatch", "8", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["split"] == "fallback" and summary["train"] == 3 and summary["test"] == 2
+    assert cli.main(["prepare", str(phantoms), "--out", str(tmp_path / "c"), "--spacing", "14", "14", "16",
+                     "--superpatch", "8"]) == 0
+    assert "split: fallback split" in capsys.readouterr().out
 
 
 def test_label_ratio_subsets_are_nested_and_seeded():
@@ -166,7 +199,9 @@ def test_cache_sampling_iteration_and_pickling(phantoms, tmp_path, monkeypatch):
     cache = open_dataset(phantoms, superpatch=8, spacing_zyx=SPACING)
     assert str(cache.path).startswith(str(tmp_path / "usercache"))
     assert not any(p.suffix == ".npy" for p in phantoms.rglob("*"))  # data dir untouched
-    assert cache.train_ids == ["0005"] and cache.test_ids == ["0001", "0002", "0003", "0004"]
+    # 5 cases are not BTCV, even with BTCV's ids: the fallback split
+    assert cache.train_ids == ["0001", "0003", "0005"] and cache.test_ids == ["0002", "0004"]
+    assert cache.split_rule == "fallback"
     img = cache.image("0001")
     assert isinstance(img, np.memmap) and img.dtype == np.float16
     a = cache.sample(np.random.default_rng(7), return_info=True)

@@ -32,16 +32,22 @@ def setup(tmp_path_factory):
     return root, cache, ckpt
 
 
-def test_presence_metrics_match_scikit_learn_and_handle_absent_organs():
+def test_presence_metrics_use_one_convention_for_both_means():
+    """Issue 9.8: macro F1 used to count an organ absent from the test split as 0 while AUROC dropped it."""
     rng = np.random.default_rng(0)
     y = (rng.random((40, 8)) < 0.4).astype(int)
-    y[:, 2] = 0  # absent from the test split
-    p = np.clip(y * 0.6 + rng.random((40, 8)) * 0.5, 0, 1)
+    y[:, 2] = 0  # spleen absent from the test split
+    y[:, 5] = 1  # liver in every superpatch
+    p = np.clip(y * 0.4 + rng.random((40, 8)) * 0.6, 0, 1)
     m = presence_metrics(y, p, ORGAN_NAMES)
-    assert m["per_organ"]["spleen"]["auroc"] is None
-    expected = [roc_auc_score(y[:, k], p[:, k]) for k in range(8) if k != 2]
-    assert m["auroc_mean"] == pytest.approx(np.mean(expected))
-    assert m["f1_macro"] == pytest.approx(f1_score(y, (p >= 0.5).astype(int), average="macro", zero_division=0))
+    scored = [k for k in range(8) if k not in (2, 5)]
+    assert m["organs_scored"] == [ORGAN_NAMES[k] for k in scored] and "(6 of 8)" in m["mean_over"]
+    assert m["per_organ"]["spleen"]["auroc"] is None and m["per_organ"]["liver"]["auroc"] is None
+    assert m["auroc_mean"] == pytest.approx(np.mean([roc_auc_score(y[:, k], p[:, k]) for k in scored]))
+    yp = (p >= 0.5).astype(int)
+    assert m["f1_macro"] == pytest.approx(f1_score(y[:, scored], yp[:, scored], average="macro", zero_division=0))
+    assert m["f1_macro"] != pytest.approx(f1_score(y, yp, average="macro", zero_division=0))
+    assert m["per_organ"]["liver"]["f1"] == pytest.approx(f1_score(y[:, 5], yp[:, 5]))  # still listed per organ
     json.dumps(m)  # None serialises as null
 
 

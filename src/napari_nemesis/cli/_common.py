@@ -88,5 +88,29 @@ def add_label_scheme_flag(p) -> None:
                    "without ids 14/15 reads as BTCV unless named)")
 
 
+def parse_spacing(values, default=None):
+    """``--spacing X Y Z`` (mm, x y z as written in papers) -> the API's (z, y, x) tuple;
+    ``none``/``native`` -> ``"native"``; not given -> ``default``."""
+    from ..data import NATIVE_SPACING, as_spacing
+    from ..errors import NemesisInputError
+
+    if values is None:
+        return default
+    if len(values) == 1 and str(values[0]).lower() in ("none", "native"):
+        return NATIVE_SPACING
+    if len(values) != 3:
+        raise NemesisInputError("--spacing: give three numbers x y z in mm, or 'native'")
+    try:
+        x, y, z = (float(v) for v in values)
+    except ValueError:
+        raise NemesisInputError(f"--spacing {' '.join(values)}: not numbers") from None
+    return as_spacing((z, y, x), what="--spacing (x y z)")
+
+
+def add_spacing_flag(p, default_help: str) -> None:
+    p.add_argument("--spacing", nargs="+", metavar="MM", default=None,
+                   help=f"spacing x y z in mm, or 'native' for each scan's own (default: {default_help})")
+
+
 def add_json_flag(p) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of standard output")

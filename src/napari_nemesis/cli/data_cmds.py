@@ -10,8 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from ..errors import NemesisInputError
-from ._common import add_json_flag, add_label_scheme_flag, print_json
+from ._common import add_json_flag, add_label_scheme_flag, parse_spacing, print_json
 
 
 class _Bar:
@@ -36,23 +35,11 @@ class _Bar:
             self.bar.close()
 
 
-def _spacing_arg(values) -> tuple[float, float, float] | None:
-    """CLI x y z -> API (z, y, x); ``none`` keeps native spacing."""
-    if values is None:
-        from ..data import DEFAULT_SPACING_ZYX
+def _spacing_arg(values):
+    """CLI x y z -> API (z, y, x); ``none``/``native`` keeps native spacing; not given: the default."""
+    from ..data import DEFAULT_SPACING_ZYX
 
-        return DEFAULT_SPACING_ZYX
-    if len(values) == 1 and str(values[0]).lower() in ("none", "native"):
-        return None
-    if len(values) != 3:
-        raise NemesisInputError("--spacing: give three numbers x y z in mm, or 'none'")
-    try:
-        x, y, z = (float(v) for v in values)
-    except ValueError:
-        raise NemesisInputError(f"--spacing {' '.join(values)}: not numbers") from None
-    if min(x, y, z) <= 0:
-        raise NemesisInputError(f"--spacing {x} {y} {z}: must be positive")
-    return (z, y, x)
+    return parse_spacing(values, DEFAULT_SPACING_ZYX)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -128,7 +115,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         print(f"cache {summary['cache']}: {summary['cases']} cases ({summary['train']} train, "
               f"{summary['test']} test), {summary['superpatches']} superpatches of "
               f"{summary['superpatch']}^3; prepared {len(summary['prepared'])}, skipped "
-              f"{len(summary['skipped'])} unchanged")
+              f"{len(summary['skipped'])} unchanged\nsplit: {summary['split_description']}")
     return 0
 
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ..atomic import write_json_atomic
-from ._common import TqdmProgress, add_json_flag, print_json
+from ._common import TqdmProgress, add_json_flag, add_label_scheme_flag, add_spacing_flag, parse_spacing, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -106,6 +106,8 @@ def register_downstream(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder for probe.safetensors and probe.json (default: beside --checkpoint or ./probe_out)")
+    add_label_scheme_flag(p)
+    add_spacing_flag(p, "a cache's own; a raw folder at the checkpoint's pretraining spacing")
     _device_args(p)
     add_json_flag(p)
     p.set_defaults(func=cmd_probe)
@@ -122,6 +124,8 @@ def register_downstream(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--reconstruction", action="store_true", help="also Table IV: PSNR/SSIM per mask strategy at 0.75")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", default="evaluate_out", help="folder for evaluate.json (default evaluate_out/)")
+    add_label_scheme_flag(e)
+    add_spacing_flag(e, "a cache's own; a raw folder at the checkpoint's pretraining spacing")
     _device_args(e)
     add_json_flag(e)
     e.set_defaults(func=cmd_evaluate)
@@ -129,8 +133,10 @@ def register_downstream(sub: argparse._SubParsersAction) -> None:
     i = sub.add_parser("infer", help="per-superpatch organ probabilities for a whole scan (CSV + NIfTI maps)")
     i.add_argument("scan")
     i.add_argument("--checkpoint", default=None, help="NEMESIS checkpoint (default: bundled)")
-    i.add_argument("--probe", default=None, help="probe head (default: bundled)")
+    i.add_argument("--probe", default=None, help="probe head (default: the bundled one; with --checkpoint, the "
+                   "probe.safetensors saved beside it). A head trained on another encoder is refused")
     i.add_argument("--out", default=None, help="output folder (default: ./<scan>_nemesis)")
+    add_spacing_flag(i, "the spacing the probe was trained at")
     _device_args(i)
     add_json_flag(i)
     i.set_defaults(func=cmd_infer)
@@ -143,6 +149,7 @@ def register_downstream(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--noise", type=float, default=0.0, help="Gaussian noise sigma in window units (0.03 ~ 13 HU)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", required=True)
+    add_spacing_flag(r, "the spacing the checkpoint was pretrained at, else 1.5 1.5 2.0")
     _device_args(r)
     add_json_flag(r)
     r.set_defaults(func=cmd_reconstruct)
@@ -157,23 +164,25 @@ def cmd_probe(args: argparse.Namespace) -> int:
                         device=args.device, bf16=args.bf16, batch=args.batch or 8)
     bar = TqdmProgress(f"probe ({args.mode})", disable=args.json)
     try:
-        result = run_probe(args.data, model, opts, out_dir=out, checkpoint_name=ckpt, progress=bar)
+        result = run_probe(args.data, model, opts, out_dir=out, checkpoint_name=ckpt, progress=bar,
+                           label_scheme=args.label_scheme, spacing_zyx=parse_spacing(args.spacing))
     finally:
         bar.close()
     write_json_atomic(out / "probe.json", result)
     if args.json:
         print_json(result)
     else:
-        print(f"{args.mode} probe of {ckpt}: test AUROC {_f(result['auroc_mean'])}, macro F1 {result['f1_macro']:.3f} "
+        print(f"{args.mode} probe of {ckpt}: test AUROC {_f(result['auroc_mean'])}, macro F1 {_f(result['f1_macro'], 3)} "
               f"({result['n_train_superpatches']} train / {result['n_test_superpatches']} test superpatches)")
+        print(f"  means: {result['mean_over']}; split: {result['split_description']}")
         for organ, m in result["per_organ"].items():
             print(f"  {organ:<14} AUROC {_f(m['auroc'])}  F1 {m['f1']:.3f}  positives {m['positives']}")
         print(f"head: {result['probe']}")
     return 0
 
 
-def _f(v) -> str:
-    return "-" if v is None else f"{v:.4f}"
+def _f(v, digits: int = 4) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -186,7 +195,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         result = evaluate(args.data, model, ratios=tuple(args.ratios), finetune_model=not args.no_finetune,
                           random_baseline=not args.no_random, reconstruction=args.reconstruction, opts=opts,
-                          finetune_epochs=args.finetune_epochs, recon_seed=args.seed, progress=bar)
+                          finetune_epochs=args.finetune_epochs, recon_seed=args.seed, progress=bar,
+                          label_scheme=args.label_scheme, spacing_zyx=parse_spacing(args.spacing))
     finally:
         bar.close()
     result["checkpoint"] = ckpt
@@ -200,21 +210,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_infer(args: argparse.Namespace) -> int:
     from ..train.inference import infer_scan, write_infer_outputs
-    from ..train.probe import load_probe
+    from ..train.probe import check_probe_matches, load_probe, probe_beside
     from ..weights import default_probe_path
 
     model, ckpt = _load_model(args.checkpoint)
-    head, meta = load_probe(args.probe or default_probe_path())
-    spacing = meta.get("spacing_zyx")
+    # a head belongs to one encoder: with --checkpoint and no --probe, the head saved beside it
+    probe = args.probe or (probe_beside(args.checkpoint) if args.checkpoint else default_probe_path())
+    head, meta = load_probe(probe)
+    check_probe_matches(model, meta, checkpoint=ckpt, probe=probe)
     bar = TqdmProgress("infer", disable=args.json)
     try:
-        res = infer_scan(args.scan, model, head, meta["organs"], spacing_zyx=spacing, threshold=meta.get("threshold", 0.5),
-                         batch=args.batch or 2, device=args.device, bf16=args.bf16, progress=bar)
+        res = infer_scan(args.scan, model, head, meta["organs"], spacing_zyx=parse_spacing(args.spacing),
+                         threshold=meta.get("threshold", 0.5), batch=args.batch or 2, device=args.device,
+                         bf16=args.bf16, progress=bar)
     finally:
         bar.close()
     out = Path(args.out) if args.out else Path(f"{Path(args.scan).name.split('.')[0]}_nemesis")
     files = write_infer_outputs(res, out)
-    summary = {"scan": args.scan, "checkpoint": ckpt, "probe": str(args.probe or default_probe_path()), **res.info,
+    summary = {"scan": args.scan, "checkpoint": ckpt, "probe": str(probe), **res.info,
                "organs": res.organs, "max_probability": {o: float(res.probabilities[:, k].max()) for k, o in enumerate(res.organs)},
                "present_superpatches": {o: int((res.probabilities[:, k] >= res.threshold).sum()) for k, o in enumerate(res.organs)},
                **files}
@@ -222,7 +235,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
     else:
-        print(f"{summary['superpatches']} superpatches (grid {summary['grid']}); CSV: {files['csv']}")
+        print(f"{summary['superpatches']} superpatches (grid {summary['grid']}) at "
+              f"{' x '.join(f'{v:g}' for v in summary['spacing_zyx'])} mm (z, y, x; from the {summary['spacing_source']}); "
+              f"CSV: {files['csv']}")
         for o in res.organs:
             print(f"  {o:<14} max p {summary['max_probability'][o]:.3f}  superpatches >= {res.threshold}: "
                   f"{summary['present_superpatches'][o]}")
@@ -235,7 +250,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     model, ckpt = _load_model(args.checkpoint)
     bar = TqdmProgress("reconstruct", disable=args.json)
     try:
-        res = reconstruct_scan(args.scan, model, args.mask, args.ratio, args.noise, args.seed, batch=args.batch or 2,
+        res = reconstruct_scan(args.scan, model, args.mask, args.ratio, args.noise, args.seed,
+                               spacing_zyx=parse_spacing(args.spacing), batch=args.batch or 2,
                                device=args.device, bf16=args.bf16, out_dir=args.out, progress=bar)
     finally:
         bar.close()

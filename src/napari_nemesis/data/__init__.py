@@ -14,11 +14,14 @@ from .datasets import (
     SuperpatchCache,
     default_cache_dir,
     find_cases,
+    is_cache,
     label_ratio_subset,
     open_cache,
     open_dataset,
     prepare_cache,
     split_cases,
+    split_rule,
+    SPLIT_RULES,
 )
 from .grid import (
     MIN_MEAN,
@@ -58,6 +61,8 @@ from .organs import (
 from .phantom import PHANTOM_SIZES, make_phantom, phantom_case_id, write_phantom_dataset
 from .preprocess import (
     DEFAULT_SPACING_ZYX,
+    NATIVE_SPACING,
+    as_spacing,
     HU_WINDOW,
     Preprocessed,
     preprocess,
@@ -70,7 +75,7 @@ __all__ = [
     "NemesisInputError", "NemesisCancelled", "NemesisDataWarning",
     "CANONICAL_ORIENTATION", "Volume", "read_volume", "read_labels", "write_volume",
     "volume_from_array",
-    "DEFAULT_SPACING_ZYX", "HU_WINDOW", "Preprocessed", "window_hu", "resample", "preprocess",
+    "DEFAULT_SPACING_ZYX", "NATIVE_SPACING", "as_spacing", "HU_WINDOW", "Preprocessed", "window_hu", "resample", "preprocess",
     "preprocess_labels",
     "Box", "SuperpatchGrid", "MIN_MEAN", "sample_superpatch_origin", "sample_superpatch",
     "crop_superpatch", "inside_fraction",
@@ -79,7 +84,7 @@ __all__ = [
     "LABEL_SCHEMES", "detect_label_scheme", "to_btcv_labels", "label_names", "btcv_id_map",
     "check_label_scheme",
     "BTCV_TEST_IDS", "BTCV_CASE_IDS", "Case", "CacheIndex", "SuperpatchCache", "default_cache_dir", "find_cases",
-    "split_cases", "label_ratio_subset", "prepare_cache", "open_cache", "open_dataset",
+    "split_cases", "split_rule", "SPLIT_RULES", "label_ratio_subset", "prepare_cache", "open_cache", "open_dataset", "is_cache",
     "PHANTOM_SIZES", "make_phantom", "phantom_case_id", "write_phantom_dataset",
     "measure_sampling_rate",
 ]

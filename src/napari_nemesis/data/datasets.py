@@ -35,7 +35,7 @@ from .grid import MIN_MEAN, SuperpatchGrid, crop_superpatch, sample_superpatch_o
 from .io import NemesisDataWarning, read_labels, read_volume
 from .label_schemes import check_label_scheme, to_btcv_labels
 from .organs import ORGAN_IDS, ORGAN_NAMES, PRESENCE_THRESHOLD, organ_voxel_counts
-from .preprocess import DEFAULT_SPACING_ZYX, HU_WINDOW, Preprocessed, preprocess, resample
+from .preprocess import DEFAULT_SPACING_ZYX, HU_WINDOW, Preprocessed, as_spacing, preprocess, resample
 
 __all__ = [
     "BTCV_TEST_IDS",
@@ -48,10 +48,13 @@ __all__ = [
     "default_cache_dir",
     "find_cases",
     "split_cases",
+    "split_rule",
+    "SPLIT_RULES",
     "label_ratio_subset",
     "prepare_cache",
     "open_cache",
     "open_dataset",
+    "is_cache",
 ]
 
 #: The standard 12 BTCV test cases (TransUNet's Synapse list); the other 18 are training.
@@ -207,18 +210,44 @@ def find_cases(data_dir: str | os.PathLike, include_unlabelled: bool = False) ->
 # ------------------------------------------------------------------------------------------
 
 
+#: What each split rule does (``split_rule``), for logs and summaries.
+SPLIT_RULES = {
+    "btcv": "standard BTCV split: TransUNet's 12 test cases, the other 18 train",
+    "fallback": "fallback split: round(0.4 n) of n cases, evenly spread by sorted id, are test",
+    "given": "the given test ids are test, the rest train",
+}
+
+
+def split_rule(cases: Sequence[Case], test_ids: Iterable[str] = BTCV_TEST_IDS) -> str:
+    """Which rule :func:`split_cases` applies: ``"btcv"``, ``"given"`` or ``"fallback"``.
+
+    The BTCV list applies only when the dataset *is* BTCV: its 30 labelled case ids are all there
+    and every other case is unlabelled (``imagesTs``). A 4-case set holding ids 0001-0004, or a
+    100-case set, gets the fallback. Other ``test_ids`` apply when any of them is present.
+    """
+    ids = {c.case_id for c in cases}
+    test_ids = tuple(test_ids)
+    if test_ids == BTCV_TEST_IDS:
+        extra = [c for c in cases if c.case_id not in BTCV_CASE_IDS]
+        if set(BTCV_CASE_IDS) <= ids and all(c.label is None for c in extra):
+            return "btcv"
+        return "fallback"
+    return "given" if ids & set(test_ids) else "fallback"
+
+
 def split_cases(cases: Sequence[Case], test_ids: Iterable[str] = BTCV_TEST_IDS
                 ) -> tuple[list[Case], list[Case]]:
-    """The (train, test) split by case id, each sorted by id.
+    """The (train, test) split by case id, each sorted by id (the rule: :func:`split_rule`).
 
-    Cases whose id is in ``test_ids`` (default: the standard 12 BTCV test cases) are test. If
-    none of them is present (another dataset), the fallback rule keeps the BTCV proportion
-    12/30: with ``n`` cases sorted by id, ``k = round(0.4 * n)`` (0 when ``n < 2``) test cases at
-    sorted positions ``floor((j + 0.5) * n / k)`` for ``j = 0..k-1``, spread evenly.
+    With the default ``test_ids``, BTCV's 30 cases get the standard 12 test cases; any other
+    dataset gets the fallback rule, which keeps the BTCV proportion 12/30: with ``n`` cases sorted
+    by id, ``k = round(0.4 * n)`` (0 when ``n < 2``) test cases at sorted positions
+    ``floor((j + 0.5) * n / k)`` for ``j = 0..k-1``, spread evenly.
     """
     ordered = sorted(cases, key=lambda c: c.case_id)
+    test_ids = tuple(test_ids)
     wanted = set(test_ids)
-    if any(c.case_id in wanted for c in ordered):
+    if split_rule(ordered, test_ids) != "fallback":
         test = [c for c in ordered if c.case_id in wanted]
         train = [c for c in ordered if c.case_id not in wanted]
         return train, test
@@ -326,12 +355,13 @@ class CacheIndex:
     """What :func:`prepare_cache` built: the JSON index plus what this run did."""
 
     path: Path
-    spacing_zyx: tuple[float, float, float]
+    spacing_zyx: tuple[float, float, float] | str  # or "native"
     superpatch: int
     cases: dict[str, dict[str, Any]]
     prepared: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    split_rule: str = "fallback"
 
     @property
     def case_ids(self) -> list[str]:
@@ -340,16 +370,23 @@ class CacheIndex:
     def summary(self) -> dict[str, Any]:
         return {
             "cache": str(self.path),
-            "spacing_zyx": list(self.spacing_zyx),
+            "spacing_zyx": _spacing_json(self.spacing_zyx),
             "superpatch": self.superpatch,
             "cases": len(self.cases),
             "train": sum(1 for c in self.cases.values() if c["split"] == "train"),
             "test": sum(1 for c in self.cases.values() if c["split"] == "test"),
+            "split": self.split_rule,
+            "split_description": SPLIT_RULES[self.split_rule],
             "superpatches": int(sum(np.prod(c["grid_shape"]) for c in self.cases.values())),
             "prepared": list(self.prepared),
             "skipped": list(self.skipped),
             "removed": list(self.removed),
         }
+
+
+def _spacing_json(spacing) -> list[float] | str:
+    """A spacing as stored in JSON: [z, y, x] mm or "native"."""
+    return spacing if isinstance(spacing, str) else [float(v) for v in spacing]
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
@@ -420,7 +457,7 @@ def prepare_cache(
 ) -> CacheIndex:
     """Preprocess every case of ``data_dir`` once into a superpatch cache at ``out_dir``.
 
-    Each case is windowed, resampled to ``spacing_zyx`` (z, y, x; ``None`` keeps native) and
+    Each case is windowed, resampled to ``spacing_zyx`` (z, y, x; ``"native"`` keeps each scan's) and
     written as ``cases/<id>/image.npy`` (float16) and ``labels.npy`` (nearest-resampled labels),
     with presence labels for ``superpatch`` in ``index.json``. A case is written to a temporary
     folder and renamed, and the index is rewritten atomically after each case, so an interrupt
@@ -444,9 +481,7 @@ def prepare_cache(
     if out_dir.exists() and old is None and any(p for p in out_dir.iterdir()
                                                 if not p.name.startswith(".")):
         raise NemesisInputError(f"{out_dir}: exists, is not empty and is not a napari-nemesis cache")
-    spacing = None if spacing_zyx is None else [float(s) for s in spacing_zyx]
-    if spacing is not None and (len(spacing) != 3 or min(spacing) <= 0):
-        raise NemesisInputError(f"spacing {spacing_zyx}: need three positive numbers (z, y, x)")
+    spacing = _spacing_json(as_spacing(spacing_zyx))
     superpatch = int(superpatch)
     (out_dir / "cases").mkdir(parents=True, exist_ok=True)
     # leftovers of an interrupted run
@@ -462,6 +497,7 @@ def prepare_cache(
     old_superpatch = int(old.get("superpatch", 0)) if same_settings else 0
 
     train, test = split_cases(cases)
+    rule = split_rule(cases)
     split_of = {c.case_id: "train" for c in train}
     split_of.update({c.case_id: "test" for c in test})
     index: dict[str, Any] = {
@@ -475,9 +511,11 @@ def prepare_cache(
         "organs": list(ORGAN_NAMES),
         "organ_ids": list(ORGAN_IDS),
         "data_dir": str(data_dir.resolve()),
+        "split_rule": rule,
+        "split": SPLIT_RULES[rule],
         "cases": {},
     }
-    result = CacheIndex(out_dir, tuple(spacing) if spacing else None, superpatch, index["cases"])  # type: ignore[arg-type]
+    result = CacheIndex(out_dir, as_spacing(spacing), superpatch, index["cases"], split_rule=rule)
     wanted = {c.case_id for c in cases}
     for cid in sorted(set(old["cases"]) - wanted if old else ()):
         shutil.rmtree(out_dir / "cases" / cid, ignore_errors=True)
@@ -576,9 +614,9 @@ class SuperpatchCache:
 
     # ---- cases ---------------------------------------------------------------------------
     @property
-    def spacing_zyx(self) -> tuple[float, float, float] | None:
-        s = self.index.get("spacing")
-        return tuple(s) if s is not None else None  # type: ignore[return-value]
+    def spacing_zyx(self) -> tuple[float, float, float] | str:
+        """The cache's target spacing: (z, y, x) mm, or ``"native"`` (each scan kept at its own)."""
+        return as_spacing(self.index.get("spacing"))
 
     @property
     def case_ids(self) -> list[str]:
@@ -598,6 +636,11 @@ class SuperpatchCache:
 
     def split_of(self, case_id: str) -> str:
         return self._entry(case_id)["split"]
+
+    @property
+    def split_rule(self) -> str:
+        """How the cache was split (``btcv`` or ``fallback``; see :func:`split_rule`)."""
+        return self.index.get("split_rule", "fallback")
 
     def label_scheme(self, case_id: str) -> str | None:
         """The label-id scheme the case's label map came in (``None`` when unlabelled)."""
@@ -730,6 +773,13 @@ class SuperpatchCache:
                 yield cid, i, patch, (presence[i] if presence is not None else None)
 
 
+def is_cache(path_or_cache) -> bool:
+    """True for a :class:`SuperpatchCache` or a folder holding a cache's ``index.json``."""
+    if isinstance(path_or_cache, SuperpatchCache):
+        return True
+    return (Path(path_or_cache) / "index.json").is_file()
+
+
 def open_cache(path: str | os.PathLike, superpatch: int | None = None) -> SuperpatchCache:
     """Open a cache made by :func:`prepare_cache` (``nemesis prepare``)."""
     return SuperpatchCache(path, superpatch)
@@ -738,7 +788,7 @@ def open_cache(path: str | os.PathLike, superpatch: int | None = None) -> Superp
 def _default_cache_for(data_dir: Path, spacing, include_unlabelled: bool = False, label_scheme: str = "auto") -> Path:
     """One cache per data folder *and* what it holds (spacing, unlabelled scans, label scheme),
     so preparing it for pretraining never deletes the cases probing needs, and vice versa."""
-    key = json.dumps([str(data_dir.resolve()), None if spacing is None else [float(s) for s in spacing],
+    key = json.dumps([str(data_dir.resolve()), _spacing_json(as_spacing(spacing)),
                       bool(include_unlabelled), label_scheme])
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", data_dir.resolve().name) or "data"
@@ -763,7 +813,8 @@ def open_dataset(
     A raw folder (BTCV layout or JSON list) is prepared first, into ``cache_dir`` if given, else
     into ``default_cache_dir()/datasets/<folder>-<hash of path and spacing>``; the data folder
     itself is never written to. Up-to-date cases are reused. ``spacing_zyx`` defaults to the
-    cache's own spacing, or :data:`DEFAULT_SPACING_ZYX` for raw data; a cache prepared at
+    cache's own spacing, or :data:`DEFAULT_SPACING_ZYX` for raw data (``"native"`` keeps each
+    scan's own); a cache prepared at
     another spacing than an explicit ``spacing_zyx`` is an error. ``label_scheme`` is how the
     label maps are read (``auto`` detects it); a cache whose cases were read under another named
     scheme is an error.
@@ -790,7 +841,7 @@ def open_dataset(
                                         f"{cache.label_scheme(cid)}, not {label_scheme}; prepare it again "
                                         f"with --label-scheme {label_scheme}")
     if spacing_zyx is not _UNSET:
-        want = None if spacing_zyx is None else tuple(float(s) for s in spacing_zyx)
+        want = as_spacing(spacing_zyx)
         if want != cache.spacing_zyx:
             raise NemesisInputError(f"{cache.path}: cache spacing {cache.spacing_zyx} (z, y, x) is "
                                     f"not the requested {want}; prepare it again")

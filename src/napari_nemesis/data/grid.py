@@ -137,12 +137,15 @@ class SuperpatchGrid:
         """The 8 corners (8, 3) of superpatch ``i`` in world RAS+ mm (x, y, z).
 
         Corners are voxel *edges*, so adjacent superpatches share faces. ``clip=True`` cuts the
-        box at the preprocessed volume (without the padding).
+        box at the scan (no padding, and never beyond the original scan's outer voxel edges).
         """
         m = self._need_mapping()
         b = self.box(i, clip=clip)
-        lo = m.edges_to_source(b.start) - 0.5  # original voxel-centre index of the lower edge
-        hi = m.edges_to_source(b.stop) - 0.5
+        lo, hi = m.edges_to_source(b.start), m.edges_to_source(b.stop)
+        if clip:
+            extent = np.asarray(m.source_shape_zyx, dtype=np.float64)
+            lo, hi = np.clip(lo, 0.0, extent), np.clip(hi, 0.0, extent)
+        lo, hi = lo - 0.5, hi - 0.5  # original voxel-centre index of the edges
         corners = np.array([[(lo, hi)[cz][0], (lo, hi)[cy][1], (lo, hi)[cx][2]]
                             for cz, cy, cx in itertools.product((0, 1), repeat=3)])
         a = m.source_canonical_affine

@@ -4,6 +4,10 @@ Spacings in the Python API are ``(z, y, x)`` in mm. The default :data:`DEFAULT_S
 ``(2.0, 1.5, 1.5)``, i.e. 1.5 x 1.5 mm in-plane and 2.0 mm slices. The CLI's ``--spacing`` takes
 the same numbers in x y z order (``--spacing 1.5 1.5 2.0``).
 
+A target spacing has one representation (:func:`as_spacing`): three positive numbers (z, y, x)
+in mm, or the string ``"native"`` (:data:`NATIVE_SPACING`) to keep each scan's own spacing.
+``None`` is not a spacing (it used to mean "native" here and "the default" in inference).
+
 Resampling keeps the field of view: output voxel ``o`` along an axis has its centre at the
 original continuous index ``p = (o + 0.5) * t / s - 0.5`` (``s`` original, ``t`` target spacing),
 so the outer edges of the first voxel line up; the output length is ``round(n * s / t)``. Linear
@@ -17,9 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import NemesisInputError
 from .io import Volume
 
 __all__ = [
+    "NATIVE_SPACING",
+    "as_spacing",
     "DEFAULT_SPACING_ZYX",
     "HU_WINDOW",
     "Preprocessed",
@@ -32,18 +39,43 @@ __all__ = [
 
 #: Target spacing (z, y, x) in mm: 1.5 x 1.5 mm in-plane, 2.0 mm slices (CLI: 1.5 1.5 2.0, x y z).
 DEFAULT_SPACING_ZYX: tuple[float, float, float] = (2.0, 1.5, 1.5)
+#: The target spacing that keeps each scan's own voxels (no resampling).
+NATIVE_SPACING = "native"
 #: The HU window mapped to [0, 1].
 HU_WINDOW: tuple[float, float] = (-175.0, 250.0)
+
+
+def as_spacing(spacing, what: str = "spacing"):
+    """The one representation of a target spacing: a ``(z, y, x)`` tuple of floats in mm, or
+    :data:`NATIVE_SPACING`. Accepts three numbers (any sequence) or ``"native"`` (also ``"none"``);
+    anything else, ``None`` included, is a one-line :class:`NemesisInputError`."""
+    if isinstance(spacing, str):
+        if spacing.strip().lower() in (NATIVE_SPACING, "none"):
+            return NATIVE_SPACING
+        raise NemesisInputError(f"{what} {spacing!r}: give (z, y, x) in mm or 'native'")
+    if spacing is None:
+        raise NemesisInputError(f"{what} None is ambiguous: give (z, y, x) in mm, or 'native' to keep the "
+                                "scan's own spacing")
+    try:
+        values = tuple(float(v) for v in spacing)
+    except (TypeError, ValueError):
+        raise NemesisInputError(f"{what} {spacing!r}: give (z, y, x) in mm or 'native'") from None
+    if len(values) != 3 or not all(np.isfinite(values)) or min(values) <= 0:
+        raise NemesisInputError(f"{what} {spacing!r}: need three positive numbers (z, y, x) in mm")
+    return values
 
 _TIE_EPS = 1e-6
 
 
 def window_hu(array: np.ndarray, lo: float = HU_WINDOW[0], hi: float = HU_WINDOW[1]) -> np.ndarray:
-    """Clip HU to ``[lo, hi]`` and scale to ``[0, 1]`` (float32)."""
+    """Clip HU to ``[lo, hi]`` and scale to ``[0, 1]`` (float32); ``hi`` maps to exactly 1."""
     if not hi > lo:
         raise ValueError(f"window_hu: hi ({hi}) must be greater than lo ({lo})")
-    out = np.asarray(array, dtype=np.float32)
-    out = (out - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+    values = np.asarray(array, dtype=np.float32)
+    out = np.empty(values.shape, dtype=np.float32)
+    np.subtract(values, np.float32(lo), out=out)
+    # divide (correctly rounded: (hi - lo) / (hi - lo) == 1) rather than multiply by a rounded 1 / width
+    np.divide(out, np.float32(hi - lo), out=out)
     np.clip(out, 0.0, 1.0, out=out)
     return out
 
@@ -87,14 +119,15 @@ def resample(
     """Resample a (z, y, x) array from ``spacing_zyx`` to ``target_spacing_zyx`` (mm).
 
     ``order=1`` (images): trilinear, float32 out. ``order=0`` (labels): nearest, dtype kept.
-    ``target_spacing_zyx=None`` returns the array unchanged; an axis whose spacing already
+    ``target_spacing_zyx="native"`` returns the array unchanged; an axis whose spacing already
     matches is not touched.
     """
-    if target_spacing_zyx is None:
+    target_spacing_zyx = as_spacing(target_spacing_zyx, "resample: target spacing")
+    if target_spacing_zyx == NATIVE_SPACING:
         return array if order == 0 else np.asarray(array, dtype=np.float32)
     spacing = [float(s) for s in spacing_zyx]
-    target = [float(t) for t in target_spacing_zyx]
-    if len(spacing) != 3 or len(target) != 3 or min(spacing + target) <= 0:
+    target = list(target_spacing_zyx)
+    if len(spacing) != 3 or min(spacing) <= 0:
         raise ValueError(f"resample: bad spacing {spacing_zyx} -> {target_spacing_zyx}")
     out = np.asarray(array)
     # shrink the most first: later passes then work on smaller arrays
@@ -181,9 +214,10 @@ def preprocess(
     spacing_zyx=DEFAULT_SPACING_ZYX,
     window: tuple[float, float] = HU_WINDOW,
 ) -> Preprocessed:
-    """Resample ``volume`` to ``spacing_zyx`` (linear; ``None`` keeps native) and window HU to [0, 1]."""
+    """Resample ``volume`` to ``spacing_zyx`` (linear; ``"native"`` keeps its own) and window HU to [0, 1]."""
     src = tuple(float(s) for s in volume.spacing)
-    target = src if spacing_zyx is None else tuple(float(s) for s in spacing_zyx)
+    spacing_zyx = as_spacing(spacing_zyx)
+    target = src if spacing_zyx == NATIVE_SPACING else spacing_zyx
     hu = resample(volume.array, src, target, order=1)
     array = window_hu(hu, *window)
     del hu

@@ -86,7 +86,10 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> NemesisMAE:
-    """Rebuild the model from the config in the file and load its weights, strictly."""
+    """Rebuild the model from the config in the file and load its weights, strictly.
+
+    The model remembers where it came from: ``model.checkpoint_path`` and ``model.checkpoint_extra``
+    (e.g. ``spacing_zyx``, the spacing it was pretrained at)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -123,6 +126,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             )
         raise NemesisCheckpointError(f"{path}: checkpoint does not match its config: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
+    model.checkpoint_path = path
+    try:
+        model.checkpoint_extra = json.loads(meta.get("extra", "{}"))
+    except json.JSONDecodeError:
+        raise NemesisCheckpointError(f"{path}: checkpoint 'extra' metadata is not JSON") from None
     return model.to(map_location)
 
 

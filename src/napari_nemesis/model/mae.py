@@ -51,6 +51,9 @@ class NemesisMAE(nn.Module):
         self.decoder_norm = nn.LayerNorm(ed)
         self.decoder_pred = nn.Linear(ed, cfg.patch_dim)
         self._init_weights()
+        # provenance, set by load_checkpoint: the file and its ``extra`` JSON (training spacing, step, ...)
+        self.checkpoint_path = None
+        self.checkpoint_extra: dict = {}
 
     def _init_weights(self) -> None:
         self.apply(init_weights)  # linears and norms; the embedder's own parameters keep their init
@@ -171,9 +174,12 @@ class NemesisMAE(nn.Module):
         generator: torch.Generator | None = None,
         mask: torch.Tensor | None = None,
     ) -> MAEOutput:
-        """One pretraining step's forward: noise, mask, encode, decode, loss against the clean input."""
+        """One pretraining step's forward: mask, noise, encode, decode, loss against the clean input.
+
+        The mask is drawn from ``generator`` before the noise, so with the same seed the noise level
+        (0 or not) never changes which patches are masked.
+        """
         target = self.target_patches(self.patchify(x))
-        noisy, sigma = self.add_noise(x, noise_sigma, generator)
         if mask is None:
             mask = make_mask(
                 mask_strategy or self.cfg.mask_strategy,
@@ -183,6 +189,7 @@ class NemesisMAE(nn.Module):
                 generator=generator,
             )
         mask = mask.to(x.device)
+        noisy, sigma = self.add_noise(x, noise_sigma, generator)
         vis_idx = self._visible_index(mask)
         latent = self.forward_encoder(self.patchify(noisy), vis_idx)
         pred = self.forward_decoder(latent, vis_idx)
@@ -200,15 +207,21 @@ class NemesisMAE(nn.Module):
 
     def reconstruct(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The image the decoder paints (B, 1, S, S, S): masked patches predicted, visible patches
-        copied from ``x``. ``x`` is used as given (add noise beforehand to show the pretext task)."""
+        copied from ``x``. ``x`` is used as given (add noise beforehand to show the pretext task).
+
+        With ``norm_pix_loss`` the predictions are per-patch normalised. A masked patch's own mean
+        and std are part of the answer, so they are not used: predictions are scaled back with the
+        visible patches' average per-patch mean and std (nothing of a masked patch reaches the output).
+        """
         mask = mask.to(x.device)
         patches = self.patchify(x)
         vis_idx = self._visible_index(mask)
         pred = self.forward_decoder(self.forward_encoder(patches, vis_idx), vis_idx).to(patches.dtype)
         if self.cfg.norm_pix_loss:
-            # Predictions are per-patch normalised; undo with each patch's own statistics.
-            mean = patches.mean(-1, keepdim=True)
-            std = (patches.var(-1, keepdim=True) + 1e-6).sqrt()
+            visible = (~mask).to(patches.dtype)[..., None]  # (B, N, 1)
+            n_visible = visible.sum(1, keepdim=True)
+            mean = (patches.mean(-1, keepdim=True) * visible).sum(1, keepdim=True) / n_visible
+            std = ((patches.var(-1, keepdim=True) + 1e-6).sqrt() * visible).sum(1, keepdim=True) / n_visible
             pred = pred * std + mean
         out = torch.where(mask[..., None], pred, patches)
         return self.unpatchify(out)

@@ -3,6 +3,9 @@
 A scan is read, resampled and windowed once (``data.preprocess``), cut into non-overlapping
 superpatches (``data.SuperpatchGrid``), and processed a small batch at a time, so memory stays at
 the volume plus a few superpatches. Results go back onto the scan's own voxel grid and affine.
+
+The spacing defaults to the one the weights were trained at (:func:`recorded_spacing`): a probe
+applied at another spacing sees other anatomy per superpatch than it learned from.
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_path
-from ..errors import NemesisInputError
+from ..errors import NemesisCheckpointError, NemesisInputError
 from ..model import NemesisMAE, make_mask
 from .events import CancelFn, ProgressFn, check_cancel, emit
-from .probe import ProbeModel
+from .probe import ProbeModel, check_probe_matches, spacing_from_metadata
 from .runtime import autocast, resolve_device
 
 HU_LO, HU_HI = -175.0, 250.0
@@ -48,6 +51,28 @@ def _load_scan(scan):
     return scan if isinstance(scan, Volume) else read_volume(scan)
 
 
+def recorded_spacing(model: NemesisMAE, head_meta: dict[str, Any] | None = None, probe=None):
+    """``(spacing, source)``: the spacing a probe head was trained at (``source="probe"``), else the
+    one the checkpoint was pretrained at (``"checkpoint"``), else ``data.DEFAULT_SPACING_ZYX``
+    (``"default"``). Spacings are (z, y, x) mm tuples or ``"native"``."""
+    from ..data import DEFAULT_SPACING_ZYX
+
+    if head_meta is not None and "spacing_zyx" in head_meta:
+        return spacing_from_metadata(head_meta["spacing_zyx"], probe), "probe"
+    extra = getattr(model, "checkpoint_extra", None) or {}
+    if "spacing_zyx" in extra:
+        return spacing_from_metadata(extra["spacing_zyx"], getattr(model, "checkpoint_path", None)), "checkpoint"
+    return DEFAULT_SPACING_ZYX, "default"
+
+
+def _spacing_for(spacing_zyx, model, head_meta=None, probe=None):
+    from ..data import as_spacing
+
+    if spacing_zyx is None:
+        return recorded_spacing(model, head_meta, probe)
+    return as_spacing(spacing_zyx), "given"
+
+
 # ---- organ probabilities ---------------------------------------------------------------------
 @dataclass
 class InferResult:
@@ -60,15 +85,19 @@ class InferResult:
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per superpatch: index, grid position, voxel box (scan's canonical z,y,x), world
-        box (RAS+ mm min/max corners) and one probability per organ."""
+        box (RAS+ mm min/max corners) clipped to the scan, and one probability per organ.
+
+        The world box is the superpatch's part of the scan, not of the padding beyond it (the
+        column names say so: ``world_min_xyz_clipped``, ``world_max_xyz_clipped``)."""
         out = []
         for i in range(self.grid.n):
             vb = self.grid.box_original(i)
-            corners = self.grid.box_world(i)
+            corners = self.grid.box_world(i, clip=True)
             lo, hi = corners.min(0), corners.max(0)
             row = {"superpatch": i, "grid_zyx": "x".join(map(str, self.grid.grid_index(i))),
                    "voxel_start_zyx": " ".join(map(str, vb.start)), "voxel_stop_zyx": " ".join(map(str, vb.stop)),
-                   "world_min_xyz": " ".join(f"{v:.1f}" for v in lo), "world_max_xyz": " ".join(f"{v:.1f}" for v in hi)}
+                   "world_min_xyz_clipped": " ".join(f"{v:.1f}" for v in lo),
+                   "world_max_xyz_clipped": " ".join(f"{v:.1f}" for v in hi)}
             row.update({o: round(float(p), 5) for o, p in zip(self.organs, self.probabilities[i])})
             out.append(row)
         return out
@@ -94,19 +123,25 @@ def infer_scan(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
 ) -> InferResult:
-    """Per-superpatch organ probabilities for a whole scan (path or ``data.Volume``)."""
-    from ..data import DEFAULT_SPACING_ZYX, SuperpatchGrid, preprocess
+    """Per-superpatch organ probabilities for a whole scan (path or ``data.Volume``).
 
-    from ..errors import NemesisCheckpointError
+    A head that records another encoder than ``model``'s (``head.meta["encoder_sha256"]``) is
+    refused (:func:`~.probe.check_probe_matches`). ``spacing_zyx=None``: the spacing the head was
+    trained at, else the checkpoint's, else the default (:func:`recorded_spacing`).
+    """
+    from ..data import SuperpatchGrid, preprocess
 
     width = head.norm.normalized_shape[0]
     if width != model.cfg.embed_dim:
         raise NemesisCheckpointError(f"probe head expects {width}-wide features but the model gives {model.cfg.embed_dim}; "
                                      "use the head trained for this checkpoint")
+    head_meta = getattr(head, "meta", None)
+    check_probe_matches(model, head_meta, probe=getattr(head, "path", None))
+    spacing, spacing_source = _spacing_for(spacing_zyx, model, head_meta, getattr(head, "path", None))
     dev = resolve_device(device)
     vol = _load_scan(scan)
     emit(progress, "stage", name="preprocess")
-    pre = preprocess(vol, DEFAULT_SPACING_ZYX if spacing_zyx is None else spacing_zyx)
+    pre = preprocess(vol, spacing)
     grid = SuperpatchGrid.for_preprocessed(pre, model.cfg.superpatch)
     net = ProbeModel(model, head).to(dev).eval()
     probs = np.zeros((grid.n, len(organs)), dtype=np.float32)
@@ -120,8 +155,8 @@ def infer_scan(
             idx = [i for i, _, _ in chunk]
             probs[idx] = torch.sigmoid(logits.float()).cpu().numpy()
             emit(progress, "step", step=idx[-1] + 1, total=grid.n)
-    info = {"shape_zyx": list(vol.shape), "spacing_zyx": list(pre.spacing_zyx), "grid": list(grid.grid_shape),
-            "superpatches": grid.n}
+    info = {"shape_zyx": list(vol.shape), "spacing_zyx": list(pre.spacing_zyx), "spacing_source": spacing_source,
+            "grid": list(grid.grid_shape), "superpatches": grid.n}
     return InferResult(vol, grid, probs, list(organs), threshold, info)
 
 
@@ -204,8 +239,8 @@ def reconstruct_superpatches(
 ):
     """For each ``(index, clean (S,S,S))``, yield ``(index, clean, noisy, masked_input, recon, masked_voxels)``.
 
-    Superpatch i's noise and mask come from a generator seeded with (seed, i): reproducible and
-    independent of batching.
+    Superpatch i's mask and noise come from a generator seeded with (seed, i): reproducible and
+    independent of batching. The mask is drawn first, so the noise level never changes the mask.
     """
     s, p = model.cfg.superpatch, model.cfg.patch
     model = model.to(device).eval()
@@ -217,9 +252,9 @@ def reconstruct_superpatches(
             masks = []
             for j, (i, _) in enumerate(chunk):
                 g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, int(i)]).generate_state(1)[0]))
+                masks.append(make_mask(strategy, model.grid, ratio, batch=1, generator=g))
                 if noise > 0:
                     noisy[j] += noise * torch.randn(clean.shape[1:], generator=g).numpy()
-                masks.append(make_mask(strategy, model.grid, ratio, batch=1, generator=g))
             mask = torch.cat(masks)
             x = torch.from_numpy(noisy)[:, None].to(device)
             with autocast(device, bf16):
@@ -248,17 +283,20 @@ def reconstruct_scan(
     cancel: CancelFn | None = None,
 ) -> dict[str, Any]:
     """Mask, noise and reconstruct a whole scan through its superpatches; score and (optionally) write
-    noisy input, masked input, reconstruction and absolute error as NIfTI aligned with the scan (HU)."""
-    from ..data import DEFAULT_SPACING_ZYX, SuperpatchGrid, preprocess, write_volume
+    noisy input, masked input, reconstruction and absolute error as NIfTI aligned with the scan (HU).
+
+    ``spacing_zyx=None``: the spacing the checkpoint was pretrained at, else the default."""
+    from ..data import SuperpatchGrid, preprocess, write_volume
 
     if ratio <= 0 or ratio >= 1:
         raise NemesisInputError(f"--ratio {ratio} must be in (0, 1)")
     if noise < 0:
         raise NemesisInputError(f"--noise {noise} must be >= 0")
+    spacing, spacing_source = _spacing_for(spacing_zyx, model)
     dev = resolve_device(device)
     vol = _load_scan(scan)
     emit(progress, "stage", name="preprocess")
-    pre = preprocess(vol, DEFAULT_SPACING_ZYX if spacing_zyx is None else spacing_zyx)
+    pre = preprocess(vol, spacing)
     grid = SuperpatchGrid.for_preprocessed(pre, model.cfg.superpatch)
     outs = {k: np.zeros(pre.shape, dtype=np.float32) for k in ("noisy", "masked", "recon")}
     metrics = ReconMetrics()
@@ -274,6 +312,7 @@ def reconstruct_scan(
         outs["recon"][box.slices] = recon[inner]
         emit(progress, "step", step=i + 1, total=grid.n)
     result: dict[str, Any] = {"strategy": strategy, "ratio": ratio, "noise": noise, "seed": seed,
+                              "spacing_zyx": list(pre.spacing_zyx), "spacing_source": spacing_source,
                               "superpatches": grid.n, "grid": list(grid.grid_shape), **metrics.result(),
                               "psnr_data_range": 1.0, "ssim": "scikit-image structural_similarity, 7^3 window, "
                               "per superpatch, averaged over voxels"}
@@ -296,4 +335,4 @@ def reconstruct_scan(
 
 
 __all__ = ["infer_scan", "write_infer_outputs", "reconstruct_scan", "reconstruct_superpatches", "ReconMetrics",
-           "InferResult", "to_hu"]
+           "InferResult", "to_hu", "recorded_spacing"]

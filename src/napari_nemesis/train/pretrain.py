@@ -163,6 +163,8 @@ def _pretrain(data, out_dir, opts, resume, progress, cancel, device, bf16, dist)
         cache = open_dataset(data, superpatch=cfg.superpatch, include_unlabelled=True)
     if not cache.case_ids:
         raise NemesisInputError(f"{data}: no scans to pretrain on")
+    # the spacing the model sees, recorded with every checkpoint (inference uses it by default)
+    spacing = cache.spacing_zyx if isinstance(cache.spacing_zyx, str) else list(cache.spacing_zyx)
     total_items = opts.steps * opts.batch * dist.world
     loader = torch.utils.data.DataLoader(
         CropDataset(cache, opts.seed, total_items),
@@ -190,7 +192,8 @@ def _pretrain(data, out_dir, opts, resume, progress, cancel, device, bf16, dist)
 
     def save(step: int) -> Path | None:
         if dist.is_main:
-            path = save_train_state(out_dir, model, opt, step, {**info, "extra": {"gate": model.gate}})
+            extra = {"gate": model.gate, "spacing_zyx": spacing, "superpatch": cfg.superpatch}
+            path = save_train_state(out_dir, model, opt, step, {**info, "extra": extra})
             emit(progress, "checkpoint", step=step, path=str(path))
             return path
         return None

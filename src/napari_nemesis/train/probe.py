@@ -3,12 +3,18 @@
 Encoder without mask or noise -> mean of tokens -> LayerNorm -> Linear(8), BCE. Trained on the
 training split only, for a fixed number of epochs; the test split is used once, to report. Nothing
 is chosen on it.
+
+A head only means something on the features of the encoder it was trained on, so every saved head
+records that encoder's digest (:func:`encoder_digest`), the spacing and superpatch size it saw,
+and everything that applies a head checks them (:func:`check_probe_matches`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,15 +31,26 @@ from .metrics import presence_metrics
 from .runtime import autocast, resolve_device
 
 PROBE_FORMAT = "napari-nemesis/probe"
+#: Where ``nemesis probe`` saves a head: beside its checkpoint (``--checkpoint`` without ``--probe`` looks there).
+PROBE_FILE = "probe.safetensors"
+#: Metadata every saved head must carry.
+REQUIRED_META = ("organs", "threshold", "encoder_sha256", "spacing_zyx", "superpatch")
+_ENCODER_PREFIXES = ("patch_embed.", "blocks.", "norm.")
 
 
 class ProbeHead(nn.Module):
-    """Mean-pooled encoder tokens -> LayerNorm -> Linear(K) (logits)."""
+    """Mean-pooled encoder tokens -> LayerNorm -> Linear(K) (logits).
+
+    ``meta`` is the head's provenance (organs, threshold, ``encoder_sha256``, ``spacing_zyx``,
+    ``superpatch``, ...) once saved or loaded, ``None`` for a head built in memory; ``path`` its file.
+    """
 
     def __init__(self, embed_dim: int, n_classes: int = 8) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(embed_dim)
         self.fc = nn.Linear(embed_dim, n_classes)
+        self.meta: dict[str, Any] | None = None
+        self.path: Path | None = None
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.fc(self.norm(pooled))
@@ -70,8 +87,125 @@ class ProbeOptions:
         return self.lr if self.lr is not None else (3e-3 if self.mode == "linear" else 1e-4)
 
 
+# ---- encoder identity ----------------------------------------------------------------------
+def encoder_digest(model: NemesisMAE) -> str:
+    """SHA-256 (hex) of the encoder's weights: patch embedding, encoder blocks, encoder norm.
+
+    Taken in float32 on the CPU, names and shapes included, decoder excluded: a fine-tuned encoder
+    gets a new digest, and a float16-stored checkpoint loaded back to float32 always the same one.
+    """
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if not name.startswith(_ENCODER_PREFIXES):
+            continue
+        values = tensor.detach().to("cpu", torch.float32).contiguous()
+        h.update(f"{name}:{tuple(values.shape)}".encode())
+        h.update(values.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _model_name(model: NemesisMAE, checkpoint=None) -> str:
+    path = checkpoint or getattr(model, "checkpoint_path", None)
+    return str(path) if path else "the model in memory"
+
+
+def check_probe_matches(model: NemesisMAE, head_meta: dict[str, Any] | None, checkpoint=None, probe=None) -> None:
+    """Refuse (one-line :class:`NemesisCheckpointError`) a head trained on another encoder.
+
+    ``head_meta`` is the head's metadata (``load_probe``'s second value, or ``head.meta``); ``None``
+    (a head built in memory, no provenance) is not checked. ``checkpoint``/``probe`` name the files
+    in the message (default: where the model and head were loaded from).
+    """
+    if head_meta is None:
+        return
+    ckpt = _model_name(model, checkpoint)
+    probe = probe or head_meta.get("path") or "the probe head"
+    want = head_meta.get("encoder_sha256")
+    if not want:
+        raise NemesisCheckpointError(f"{probe}: the probe head records no encoder digest (saved by an older "
+                                     f"napari-nemesis), so it cannot be checked against {ckpt}; train it again "
+                                     "with nemesis probe")
+    have = encoder_digest(model)
+    if want != have:
+        trained_on = head_meta.get("checkpoint")
+        on = f" ({trained_on})" if trained_on else ""
+        raise NemesisCheckpointError(f"{probe} was trained on encoder {want[:12]}{on}, not on {ckpt} (encoder "
+                                     f"{have[:12]}); use the probe trained for this checkpoint (nemesis probe DATA "
+                                     "--checkpoint CKPT) or its own checkpoint")
+    superpatch = head_meta.get("superpatch")
+    if superpatch is not None and int(superpatch) != model.cfg.superpatch:
+        raise NemesisCheckpointError(f"{probe} was trained on {superpatch}^3 superpatches but {ckpt} takes "
+                                     f"{model.cfg.superpatch}^3")
+
+
+def probe_metadata(model: NemesisMAE, spacing_zyx, organs: Sequence[str] | None = None, threshold: float = 0.5,
+                   checkpoint=None, **extra: Any) -> dict[str, Any]:
+    """The metadata a saved head carries: organs, threshold, the encoder's digest and width, the
+    superpatch size and spacing (z, y, x mm or ``"native"``) it was trained at, its checkpoint, and
+    ``extra`` (mode, label ratio, ...)."""
+    from ..data import ORGAN_NAMES, as_spacing
+
+    return {"organs": list(organs if organs is not None else ORGAN_NAMES), "threshold": float(threshold),
+            "encoder_sha256": encoder_digest(model), "embed_dim": model.cfg.embed_dim,
+            "superpatch": model.cfg.superpatch, "spacing_zyx": _spacing_json(as_spacing(spacing_zyx)),
+            "checkpoint": str(checkpoint) if checkpoint else (str(model.checkpoint_path) if model.checkpoint_path else None),
+            **extra}
+
+
+def _spacing_json(spacing):
+    return spacing if isinstance(spacing, str) else [float(v) for v in spacing]
+
+
+def probe_beside(checkpoint: str | os.PathLike) -> Path:
+    """The head ``nemesis probe`` saved beside ``checkpoint``; a one-line error when there is none."""
+    path = Path(checkpoint).parent / PROBE_FILE
+    if not path.is_file():
+        raise NemesisCheckpointError(f"{checkpoint}: no probe head beside this checkpoint ({path} is missing); train "
+                                     f"one with 'nemesis probe DATA --checkpoint {checkpoint}' or pass --probe")
+    return path
+
+
 # ---- features ----------------------------------------------------------------------------------
 @torch.no_grad()
+def encode_features(
+    model: NemesisMAE,
+    patches: Iterable[np.ndarray],
+    batch: int = 8,
+    device: torch.device | str = "cpu",
+    bf16: bool = False,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+    what: str = "features",
+    total: int | None = None,
+) -> np.ndarray:
+    """Mean-pooled encoder features (n, E) float32 of (S, S, S) superpatches (no mask, no noise).
+
+    ``patches`` is any iterable (streamed ``batch`` at a time); ``total`` only sizes the progress events.
+    """
+    device = torch.device(device)
+    model = model.to(device).eval()
+    feats, buf, done = [], [], 0
+
+    def flush() -> None:
+        nonlocal done
+        x = torch.from_numpy(np.stack(buf))[:, None].to(device)
+        with autocast(device, bf16):
+            f = model.encode(x).mean(1)
+        feats.append(f.float().cpu().numpy())
+        done += len(buf)
+        buf.clear()
+        emit(progress, "item", stage=what, done=done, total=total)
+
+    for patch in patches:
+        check_cancel(cancel, what)
+        buf.append(np.asarray(patch, dtype=np.float32))
+        if len(buf) == batch:
+            flush()
+    if buf:
+        flush()
+    return np.concatenate(feats) if feats else np.zeros((0, model.cfg.embed_dim), np.float32)
+
+
 def extract_features(
     model: NemesisMAE,
     cache,
@@ -84,36 +218,19 @@ def extract_features(
     what: str = "features",
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int]]]:
     """Mean-pooled encoder features (n, E), presence labels (n, K) and (case, index) per superpatch."""
-    device = torch.device(device)
-    model = model.to(device).eval()
-    total = cache.n_superpatches(case_ids)
-    feats, labels, where = [], [], []
-    buf, buf_lab = [], []
+    labels, where = [], []
 
-    def flush() -> None:
-        x = torch.from_numpy(np.stack(buf))[:, None].to(device)
-        with autocast(device, bf16):
-            f = model.encode(x).mean(1)
-        feats.append(f.float().cpu().numpy())
-        labels.extend(buf_lab)
-        buf.clear()
-        buf_lab.clear()
-        emit(progress, "item", stage=what, done=len(where), total=total)
+    def labelled_patches():
+        for cid, idx, patch, lab in cache.superpatches(case_ids, model.cfg.superpatch):
+            if lab is None:
+                raise NemesisInputError(f"{cache.path}: case {cid} has no label map; probing needs labelled scans")
+            labels.append(np.asarray(lab, dtype=np.uint8))
+            where.append((cid, idx))
+            yield patch
 
-    for cid, idx, patch, lab in cache.superpatches(case_ids, model.cfg.superpatch):
-        check_cancel(cancel, what)
-        if lab is None:
-            raise NemesisInputError(f"{cache.path}: case {cid} has no label map; probing needs labelled scans")
-        buf.append(np.asarray(patch, dtype=np.float32))
-        buf_lab.append(np.asarray(lab, dtype=np.uint8))
-        where.append((cid, idx))
-        if len(buf) == batch:
-            flush()
-    if buf:
-        flush()
-    e = model.cfg.embed_dim
-    return (np.concatenate(feats) if feats else np.zeros((0, e), np.float32),
-            np.stack(labels) if labels else np.zeros((0, 8), np.uint8), where)
+    feats = encode_features(model, labelled_patches(), batch, device, bf16, progress, cancel, what,
+                            total=cache.n_superpatches(case_ids))
+    return feats, (np.stack(labels) if labels else np.zeros((0, 8), np.uint8)), where
 
 
 def train_linear_head(
@@ -150,12 +267,32 @@ def finetune(
     cancel: CancelFn | None = None,
 ) -> ProbeModel:
     """Train encoder and head together on every training superpatch, fixed epochs, no test peeking."""
+    items = [(p, lab) for _, _, p, lab in cache.superpatches(train_ids, model.cfg.superpatch)]
+    if any(lab is None for _, lab in items):
+        raise NemesisInputError(f"{cache.path}: fine-tuning needs labelled training scans")
+    return finetune_items(model, items, opts, device, progress, cancel)
+
+
+def finetune_items(
+    model: NemesisMAE,
+    items: Sequence[tuple[np.ndarray, np.ndarray]],
+    opts: ProbeOptions,
+    device: torch.device | str,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> ProbeModel:
+    """Fine-tune encoder and a new head on ``items`` = (patch (S, S, S) float32, labels (K,) uint8).
+
+    AdamW, BCE, gradient clipping at 1, ``opts.resolved_epochs()`` epochs of seeded shuffles;
+    trains ``model`` in place and returns it with its head as a :class:`ProbeModel` (eval mode).
+    """
+    if not len(items):
+        raise NemesisInputError("fine-tuning needs at least one labelled superpatch")
+    device = torch.device(device)
     torch.manual_seed(opts.seed)
     rng = np.random.default_rng(opts.seed)
-    items = [(cid, i, p, lab) for cid, i, p, lab in cache.superpatches(train_ids, model.cfg.superpatch)]
-    if any(lab is None for *_, lab in items):
-        raise NemesisInputError(f"{cache.path}: fine-tuning needs labelled training scans")
-    net = ProbeModel(model, ProbeHead(model.cfg.embed_dim, 8)).to(device).train()
+    n_classes = len(items[0][1])
+    net = ProbeModel(model, ProbeHead(model.cfg.embed_dim, n_classes)).to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=opts.resolved_lr(), weight_decay=opts.weight_decay)
     loss_fn = nn.BCEWithLogitsLoss()
     epochs = opts.resolved_epochs()
@@ -166,8 +303,8 @@ def finetune(
         for b in range(n_batches):
             check_cancel(cancel, "fine-tuning")
             sel = order[b * opts.batch : (b + 1) * opts.batch]
-            x = torch.from_numpy(np.stack([np.asarray(items[j][2], np.float32) for j in sel]))[:, None].to(device)
-            y = torch.from_numpy(np.stack([items[j][3] for j in sel])).float().to(device)
+            x = torch.from_numpy(np.stack([np.asarray(items[j][0], np.float32) for j in sel]))[:, None].to(device)
+            y = torch.from_numpy(np.stack([np.asarray(items[j][1]) for j in sel])).float().to(device)
             with autocast(device, opts.bf16):
                 logits = net(x)
             loss = loss_fn(logits.float(), y)
@@ -182,17 +319,32 @@ def finetune(
 
 # ---- saving heads ------------------------------------------------------------------------
 def save_probe(head: ProbeHead, path: str | os.PathLike, meta: dict[str, Any]) -> Path:
-    """Head weights (safetensors) with organ names, threshold and provenance in the metadata."""
+    """Head weights (safetensors) with organ names, threshold and provenance in the metadata.
+
+    ``meta`` must hold :data:`REQUIRED_META` (build it with :func:`probe_metadata`); the head
+    keeps it as ``head.meta``.
+    """
     from safetensors.torch import save_file
 
+    from ..data import as_spacing
+
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise ValueError(f"save_probe: metadata lacks {', '.join(missing)} (use probe_metadata(model, spacing))")
+    meta = {**meta, "spacing_zyx": _spacing_json(as_spacing(meta["spacing_zyx"]))}
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"format": PROBE_FORMAT, "meta": json.dumps(meta, default=str)})
+    head.meta, head.path = meta, path
     return path
 
 
 def load_probe(path: str | os.PathLike) -> tuple[ProbeHead, dict[str, Any]]:
+    """``(head, meta)`` from a file :func:`save_probe` wrote; ``head.meta`` is ``meta``, ``head.path`` the file.
+
+    A head saved before spacings were explicit stored ``null`` for native spacing: read as ``"native"``.
+    """
     from safetensors.torch import load_file
 
     from ..model.checkpoint import read_metadata
@@ -212,7 +364,22 @@ def load_probe(path: str | os.PathLike) -> tuple[ProbeHead, dict[str, Any]]:
         raise NemesisCheckpointError(f"{path}: probe head tensors are missing or mis-shaped ({str(exc).splitlines()[0]})") from None
     if len(meta.get("organs", [])) != k:
         raise NemesisCheckpointError(f"{path}: probe head has {k} outputs but names {len(meta.get('organs', []))} organs")
+    if "spacing_zyx" in meta:
+        meta["spacing_zyx"] = _spacing_json(spacing_from_metadata(meta["spacing_zyx"], path))
+    head.meta, head.path = meta, path
     return head.eval(), meta
+
+
+def spacing_from_metadata(value, source=None):
+    """A recorded spacing as (z, y, x) mm or ``"native"``; ``null`` (older files) meant native."""
+    from ..data import NATIVE_SPACING, as_spacing
+
+    if value is None:
+        return NATIVE_SPACING
+    try:
+        return as_spacing(value)
+    except NemesisInputError:
+        raise NemesisCheckpointError(f"{source}: recorded spacing {value!r} is not (z, y, x) mm or 'native'") from None
 
 
 # ---- the probe command's core ------------------------------------------------------------
@@ -226,6 +393,22 @@ def training_case_ids(cache, ratio: float = 1.0, seed: int = 0) -> list[str]:
     return [c.case_id for c in label_ratio_subset(train_cases, ratio, seed)]
 
 
+def dataset_for(data, model: NemesisMAE, spacing_zyx=None, label_scheme: str = "auto", progress=None, cancel=None):
+    """The labelled dataset a probe of ``model`` trains on: a cache as it is (an explicit
+    ``spacing_zyx`` must match it), or a raw folder prepared at ``spacing_zyx``, else at the
+    spacing the checkpoint was pretrained at, else the default."""
+    from ..data import DEFAULT_SPACING_ZYX, is_cache, open_dataset
+
+    kwargs: dict[str, Any] = {}
+    if spacing_zyx is not None:
+        kwargs["spacing_zyx"] = spacing_zyx
+    elif not is_cache(data):
+        recorded = (getattr(model, "checkpoint_extra", None) or {}).get("spacing_zyx")
+        kwargs["spacing_zyx"] = spacing_from_metadata(recorded) if recorded is not None else DEFAULT_SPACING_ZYX
+    return open_dataset(data, superpatch=model.cfg.superpatch, label_scheme=label_scheme, progress=progress,
+                        cancel=cancel, **kwargs)
+
+
 def run_probe(
     data,
     model: NemesisMAE,
@@ -235,14 +418,18 @@ def run_probe(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     keep_predictions: bool = False,
+    label_scheme: str = "auto",
+    spacing_zyx=None,
 ) -> dict[str, Any]:
     """Train a probe (linear or fine-tune) on the training split and report on the test split.
 
     Returns the metrics dict (``auroc_mean``, ``f1_macro``, ``per_organ``, ``n_train_superpatches``,
-    ``n_test_superpatches``, ...); with ``out_dir``, saves ``probe.safetensors`` (and, when
-    fine-tuning, ``finetuned.safetensors``).
+    ``n_test_superpatches``, ``split``, ``spacing_zyx``, ...); with ``out_dir``, saves
+    ``probe.safetensors`` (and, when fine-tuning, ``finetuned.safetensors``), whose metadata names
+    the encoder it was trained on (:func:`probe_metadata`). A raw data folder is read with
+    ``label_scheme`` and prepared at ``spacing_zyx`` (default: the checkpoint's pretraining spacing).
     """
-    from ..data import ORGAN_NAMES, open_dataset
+    from ..data import ORGAN_NAMES, SPLIT_RULES
 
     opts = opts or ProbeOptions()
     if opts.mode not in ("linear", "finetune"):
@@ -250,24 +437,28 @@ def run_probe(
     if not 0 < opts.label_ratio <= 1:
         raise NemesisInputError(f"--label-ratio {opts.label_ratio} must be in (0, 1]")
     device = resolve_device(opts.device)
-    cache = open_dataset(data, superpatch=model.cfg.superpatch)
+    checkpoint_name = checkpoint_name or (str(model.checkpoint_path) if model.checkpoint_path else None)
+    cache = dataset_for(data, model, spacing_zyx, label_scheme)
     train_ids = training_case_ids(cache, opts.label_ratio, opts.seed)
     test_ids = [c for c in cache.test_ids if c in cache.labelled_ids]
     if not test_ids:
         raise NemesisInputError(f"{cache.path}: no labelled test scans to report on")
-    emit(progress, "start", mode=opts.mode, train_cases=len(train_ids), test_cases=len(test_ids))
+    emit(progress, "start", mode=opts.mode, train_cases=len(train_ids), test_cases=len(test_ids),
+         split=cache.split_rule)
     if opts.mode == "linear":
         xtr, ytr, _ = extract_features(model, cache, train_ids, opts.batch, device, opts.bf16, progress, cancel, "train features")
         head = train_linear_head(xtr, ytr, opts, cancel)
         xte, yte, _ = extract_features(model, cache, test_ids, opts.batch, device, opts.bf16, progress, cancel, "test features")
         prob = head_probabilities(head, xte)
         n_train = len(ytr)
+        encoder = model
     else:
         net = finetune(model, cache, train_ids, opts, device, progress, cancel)
         head = net.head.cpu()
         xte, yte, _ = extract_features(net.encoder, cache, test_ids, opts.batch, device, opts.bf16, progress, cancel, "test features")
         prob = head_probabilities(head, xte)
         n_train = cache.n_superpatches(train_ids)
+        encoder = net.encoder
     result = presence_metrics(yte, prob, ORGAN_NAMES, opts.threshold)
     result.update(
         mode=opts.mode,
@@ -276,6 +467,9 @@ def run_probe(
         n_test_superpatches=int(len(yte)),
         train_cases=train_ids,
         test_cases=test_ids,
+        split=cache.split_rule,
+        split_description=SPLIT_RULES[cache.split_rule],
+        spacing_zyx=_spacing_json(cache.spacing_zyx),
         options=asdict(opts),
     )
     if keep_predictions:
@@ -283,15 +477,18 @@ def run_probe(
         result["y_prob"] = prob.tolist()
     if out_dir is not None:
         out_dir = Path(out_dir)
-        meta = {"organs": list(ORGAN_NAMES), "threshold": opts.threshold, "mode": opts.mode,
-                "label_ratio": opts.label_ratio, "checkpoint": checkpoint_name, "embed_dim": model.cfg.embed_dim,
-                "superpatch": model.cfg.superpatch, "spacing_zyx": cache.spacing_zyx,
-                "auroc_mean_test": result["auroc_mean"]}
-        result["probe"] = str(save_probe(head, out_dir / "probe.safetensors", meta))
+        trained_on = checkpoint_name
         if opts.mode == "finetune":
             from ..model import save_checkpoint
 
-            result["finetuned_checkpoint"] = str(save_checkpoint(net.encoder.cpu(), out_dir / "finetuned.safetensors",
-                                                                 extra={"finetuned_from": checkpoint_name}))
+            extra = {**(getattr(model, "checkpoint_extra", None) or {}), "finetuned_from": checkpoint_name,
+                     "spacing_zyx": _spacing_json(cache.spacing_zyx)}
+            trained_on = str(save_checkpoint(net.encoder.cpu(), out_dir / "finetuned.safetensors", extra=extra))
+            result["finetuned_checkpoint"] = trained_on
+        meta = probe_metadata(encoder, cache.spacing_zyx, ORGAN_NAMES, opts.threshold, checkpoint=trained_on,
+                              mode=opts.mode, label_ratio=opts.label_ratio, source_checkpoint=checkpoint_name,
+                              auroc_mean_test=result["auroc_mean"])
+        result["probe"] = str(save_probe(head, out_dir / PROBE_FILE, meta))
+        result["encoder_sha256"] = meta["encoder_sha256"]
     emit(progress, "end", auroc_mean=result["auroc_mean"], f1_macro=result["f1_macro"])
     return result
