@@ -68,6 +68,7 @@ def test_set_get_items_and_reopen(scan):
     assert [i for i, lab in store.items()] == list(range(48))
     assert store.counts() == {"unlabelled": 45, "labelled": 2, "skipped": 1}
     assert store.indices("labelled") == [5, 6]
+    assert store.state_codes().tolist() == [0] * 5 + [1, 1, 2] + [0] * 40
     expected = np.zeros((48, 8), np.uint8)
     expected[5, ORGAN_NAMES.index("liver")] = expected[5, ORGAN_NAMES.index("aorta")] = 1
     assert (store.presence() == expected).all()

@@ -232,6 +232,14 @@ class LabelStore:
             return [i for i in range(self.n) if i not in self._entries]
         return sorted(i for i, lab in self._entries.items() if lab.state == state)
 
+    def state_codes(self) -> np.ndarray:
+        """``(n,)`` uint8 per superpatch: its index in :data:`STATES` (0 unlabelled, 1 labelled,
+        2 skipped), e.g. to colour a grid layer by progress."""
+        out = np.zeros(self.n, dtype=np.uint8)
+        for i, label in self._entries.items():
+            out[i] = STATES.index(label.state)
+        return out
+
     def presence(self) -> np.ndarray:
         """``(n, K)`` uint8 organ presence; rows of superpatches that are not labelled are 0."""
         out = np.zeros((self.n, len(self.organs)), dtype=np.uint8)
