@@ -280,3 +280,13 @@ def test_status_cli_json(scans, tmp_path, capsys):
     assert main(["labels", "status", str(proj)]) == 0
     assert "img0001" in capsys.readouterr().out
     assert main(["labels", "status", str(tmp_path / "missing")]) == 2
+
+
+def test_labels_package_imports_no_qt_and_no_torch():
+    import subprocess
+    import sys
+
+    watched = ("torch", "napari", "qtpy", "PyQt6", "magicgui")
+    code = f"import sys, napari_nemesis.labels; print(','.join(m for m in {watched!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ""

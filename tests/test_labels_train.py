@@ -141,7 +141,8 @@ def test_finetune_child_process_stops_on_sigint_and_resumes(setup, tmp_path, cap
     root, project, ckpt = setup
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "napari_nemesis.cli", "labels", "train", str(project.root), "--out", str(run),
-           "--mode", "finetune", "--checkpoint", str(ckpt), "--epochs", "2", "--batch", "4", "--events", "--json"]
+           "--mode", "finetune", "--checkpoint", str(ckpt), "--epochs", "1", "--batch", "4", "--folds", "2", "--events",
+           "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     events = []
@@ -176,7 +177,7 @@ def test_finetune_child_process_stops_on_sigint_and_resumes(setup, tmp_path, cap
     assert main(["infer", str(project.scans[1].image), "--checkpoint", str(ckpt), "--probe", result["head"],
                  "--out", str(tmp_path / "inf2")]) == 2  # the head belongs to the fine-tuned encoder
     # the resumed run ends where an uninterrupted one does
-    whole = train_from_labels(project, tmp_path / "whole", ckpt, TrainOptions(mode="finetune", epochs=2, batch=4))
+    whole = train_from_labels(project, tmp_path / "whole", ckpt, TrainOptions(mode="finetune", epochs=1, batch=4, folds=2))
     a, b = head_tensors(whole["head"]), head_tensors(result["head"])
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 

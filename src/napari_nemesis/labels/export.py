@@ -151,7 +151,7 @@ def export_project(project: LabelProject | str | os.PathLike, out_dir: str | os.
                 }
                 per_scan.setdefault(sc.scan_id, []).append(case_id)
                 done += 1
-                emit(progress, "item", stage="export", done=done, total=total)
+                emit(progress, "item", done=done, total=total)
             del pre
         if len(per_scan) >= 2:
             test_scans = _held_out(sorted(per_scan))
