@@ -287,9 +287,6 @@ def train_from_labels(
             project = LabelProject.open(project)
         checkpoint = str(checkpoint or default_checkpoint_path())
         snapshot, volumes = _snapshot(project)
-        out.mkdir(parents=True, exist_ok=True)
-        for name in ("state", "state_tensors", "features", "result"):
-            (out / RUN_FILES[name]).unlink(missing_ok=True)
         resumed = None
     model = load_checkpoint(checkpoint)
     digest = encoder_digest(model)
@@ -299,7 +296,10 @@ def train_from_labels(
     if model.cfg.superpatch != snapshot["superpatch"]:
         raise NemesisCheckpointError(f"{checkpoint}: the model takes {model.cfg.superpatch}^3 superpatches but the "
                                      f"project's labels are on {snapshot['superpatch']}^3; use a matching checkpoint")
-    if not resume:
+    if not resume:  # a new run in this folder: what an earlier one left is not resumable any more
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("options", "state", "state_tensors", "features", "result"):
+            (out / RUN_FILES[name]).unlink(missing_ok=True)
         write_json_atomic(out / RUN_FILES["labels"], snapshot, durable=True)
         config = {"options": asdict(opts), "checkpoint": checkpoint, "encoder_sha256": digest,
                   "project": snapshot["project"], "started": time.time()}
