@@ -237,3 +237,13 @@ def test_pretraining_crops_of_the_real_ct_are_scan_not_padding(tmp_path):
         _, cid, origin = cache.sample(np.random.default_rng([0, k]), return_info=True)
         fractions.append(inside_fraction(cache.image(cid).shape, origin, 128))
     assert min(fractions) == 1.0
+
+
+def test_window_upper_end_maps_to_exactly_one():
+    """Issue 9.9: multiplying by a rounded 1/425 gave 0.99999994 at 250 HU."""
+    out = window_hu(np.array([-1000.0, -175.0, 37.5, 250.0, 3000.0]))
+    assert out.dtype == np.float32 and out[3] == 1.0 and out[4] == 1.0 and out[1] == 0.0
+    assert out[2] == np.float32(0.5)
+    assert float(window_hu(250)) == 1.0  # a scalar works too
+    hu = np.linspace(-175, 250, 10001, dtype=np.float32)
+    assert window_hu(hu).max() == 1.0 and np.all(np.diff(window_hu(hu)) >= 0)

@@ -127,6 +127,35 @@ def test_find_cases_btcv_and_json_list(phantoms, tmp_path):
         find_cases(tmp_path / "mine" / "..")
 
 
+def test_find_cases_nnunet_layout(phantoms, tmp_path):
+    """Issue 9.5: ``BTCV_0001_0000`` took the channel suffix as its case id and paired with nothing."""
+    nn = tmp_path / "Dataset001_BTCV"
+    (nn / "imagesTr").mkdir(parents=True)
+    (nn / "labelsTr").mkdir()
+    (nn / "imagesTs").mkdir()
+    for c in find_cases(phantoms)[:3]:
+        (nn / "imagesTr" / f"BTCV_{c.case_id}_0000.nii.gz").write_bytes(c.image.read_bytes())
+        (nn / "labelsTr" / f"BTCV_{c.case_id}.nii.gz").write_bytes(c.label.read_bytes())
+    (nn / "imagesTs" / "BTCV_0061_0000.nii.gz").write_bytes(find_cases(phantoms)[0].image.read_bytes())
+    found = find_cases(nn)
+    assert [c.case_id for c in found] == ["0001", "0002", "0003"]
+    assert [c.label.name for c in found] == ["BTCV_0001.nii.gz", "BTCV_0002.nii.gz", "BTCV_0003.nii.gz"]
+    assert [c.case_id for c in find_cases(nn, include_unlabelled=True)][-1] == "ts0061"
+    # a second channel is another modality, not another case
+    (nn / "imagesTr" / "BTCV_0001_0001.nii.gz").write_bytes(found[0].image.read_bytes())
+    with pytest.warns(Warning, match="extra-channel"):
+        assert len(find_cases(nn)) == 3
+    # nothing pairs up: say which files did not
+    bad = tmp_path / "bad"
+    (bad / "imagesTr").mkdir(parents=True)
+    (bad / "labelsTr").mkdir()
+    (bad / "imagesTr" / "scanA.nii.gz").write_bytes(found[0].image.read_bytes())
+    (bad / "labelsTr" / "segB.nii.gz").write_bytes(found[0].label.read_bytes())
+    with pytest.raises(NemesisInputError, match=r"no cases found: none of the 1 image\(s\) .* "
+                                                r"\(e\.g\. scanA\.nii\.gz vs segB\.nii\.gz\)"):
+        find_cases(bad)
+
+
 def test_prepare_cache_reuse_and_superpatch_change(phantoms, tmp_path):
     cache_dir = tmp_path / "cache"
     idx = prepare_cache(phantoms, cache_dir, SPACING, superpatch=8)

@@ -86,6 +86,25 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(phantoms, tmp_pat
     assert weights_digest(a) == weights_digest(b)
 
 
+def test_resume_refuses_options_that_break_exactness(phantoms, tmp_path):
+    """Issue 9.7: resuming with another batch, mask, learning rate... used to be accepted silently."""
+    run = tmp_path / "run"
+    first = pretrain(phantoms, run, _opts(steps=3, checkpoint_every=10))
+    assert load_checkpoint(first["checkpoint"]).checkpoint_extra["spacing_zyx"] == list(phantoms.spacing_zyx)
+    for change, flag in ((dict(batch=3), "--batch 3"), (dict(mask_strategy="plane"), "--mask plane"),
+                         (dict(lr=5e-4), "--lr 0.0005"), (dict(seed=1), "--seed 1"), (dict(noise=False), "--no-noise"),
+                         (dict(warmup=2), "--warmup 2"), (dict(steps=2), "--steps 2")):
+        with pytest.raises(NemesisInputError) as err:
+            pretrain(phantoms, run, _opts(**{"steps": 3, **change}), resume=True)
+        msg = str(err.value)
+        assert flag in msg and "\n" not in msg and "only --steps may grow" in msg
+    # safe: more steps (said so in the result), another checkpoint / log interval
+    more = pretrain(phantoms, run, _opts(steps=4, checkpoint_every=2, log_every=2), resume=True)
+    assert more["resumed_from"] == 3 and more["steps"] == 4
+    assert more["resume_changes"]["steps"] == [3, 4] and "stretched" in more["resume_changes"]["note"]
+    assert read_train_state(run)["options"]["warmup"] == 1  # the run's own warm-up, kept
+
+
 def test_interrupted_save_is_detected_and_last_good_checkpoint_stays(phantoms, tmp_path):
     run = tmp_path / "run"
     pretrain(phantoms, run, _opts(steps=4, checkpoint_every=2))

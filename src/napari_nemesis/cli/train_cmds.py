@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     bf.add_argument("--no-bf16", dest="bf16", action="store_false")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--superpatch", type=int, default=None, help="override the preset's superpatch size")
-    p.add_argument("--resume", action="store_true", help="continue OUT/last.* exactly where it stopped")
+    p.add_argument("--resume", action="store_true", help="continue OUT/last.* exactly where it stopped (same options; "
+                   "only --steps may grow, --checkpoint-every, --log-every, --workers may change)")
     p.add_argument("--init", default=None, metavar="CKPT",
                    help="start from these weights with a fresh optimizer and schedule (the model config comes from CKPT)")
     add_json_flag(p)
@@ -76,6 +77,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             print(f"pretrained {result['steps']} steps ({result['steps_this_run']} this run) in {result['seconds']:.1f} s, "
                   f"{result['superpatches_per_s']:.2f} superpatches/s; loss {result['loss_first']:.4f} -> "
                   f"{result['loss_last']:.4f}; gate a = {result['gate']:.3f}\ncheckpoint: {result['checkpoint']}")
+            if result.get("resume_changes", {}).get("note"):
+                print(f"resumed with {result['resume_changes']['note']}")
     return 0
 
 

@@ -150,6 +150,88 @@ def _cases_from_json(path: Path, include_unlabelled: bool) -> list[Case]:
     return cases
 
 
+_CHANNEL_SUFFIX = re.compile(r"^(?P<base>.+)_(?P<channel>\d{4})$")
+
+
+def _file_stem(path: Path) -> str:
+    name = path.name
+    for ext in _IMAGE_EXT:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name.split(".")[0]
+
+
+def _is_nnunet(data_dir: Path, image_stems: list[str], label_stems: set[str]) -> bool:
+    """nnU-Net raw layout: every image carries a 4-digit channel suffix (``case_0000``) and the
+    label maps are named after the case without it (or dataset.json says nnU-Net)."""
+    matches = [_CHANNEL_SUFFIX.match(s) for s in image_stems]
+    if not image_stems or not all(matches):
+        return False
+    if any(m.group("base") in label_stems for m in matches):  # type: ignore[union-attr]
+        return True
+    try:
+        doc = json.loads((data_dir / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and ("channel_names" in doc or "modality" in doc)
+
+
+def _cases_from_folders(data_dir: Path, include_unlabelled: bool) -> list[Case]:
+    """``imagesTr``/``labelsTr`` (and ``imagesTs``): BTCV names (``img0001`` with ``label0001``: equal
+    trailing digits), equal names, or nnU-Net names (``BTCV_0001_0000`` with ``BTCV_0001``: the
+    ``_0000`` channel suffix is dropped; other channels are extra modalities, skipped)."""
+    label_files = _scan_files(data_dir / "labelsTr")
+    by_stem = {_file_stem(p): p for p in label_files}
+    by_digits = {}
+    for p in label_files:
+        cid = _digits_id(_file_stem(p))
+        if cid is not None:
+            by_digits.setdefault(cid, p)
+    images = _scan_files(data_dir / "imagesTr")
+    nnunet = _is_nnunet(data_dir, [_file_stem(p) for p in images], set(by_stem))
+
+    def case_key(path: Path) -> tuple[str, str | None]:
+        """(name without the channel suffix in nnU-Net layout, channel)."""
+        stem = _file_stem(path)
+        m = _CHANNEL_SUFFIX.match(stem) if nnunet else None
+        return (m.group("base"), m.group("channel")) if m else (stem, None)
+
+    cases, missing, channels = [], [], []
+    for p in images:
+        base, channel = case_key(p)
+        if channel not in (None, "0000"):
+            channels.append(p.name)
+            continue
+        cid = _digits_id(base) or base
+        label = by_stem.get(base) or by_digits.get(_digits_id(base) or "")
+        if label is not None:
+            cases.append(Case(cid, p, label))
+        elif include_unlabelled:
+            cases.append(Case(cid, p, None))
+        else:
+            missing.append(p.name)
+    if channels:
+        warnings.warn(f"{data_dir}: {len(channels)} extra-channel image(s) skipped (only channel 0000 is CT): "
+                      f"{', '.join(channels[:3])}{' ...' if len(channels) > 3 else ''}", NemesisDataWarning,
+                      stacklevel=3)
+    if missing and not cases:
+        raise NemesisInputError(
+            f"{data_dir}: no cases found: none of the {len(missing)} image(s) in imagesTr pairs with one of the "
+            f"{len(label_files)} label map(s) in labelsTr (e.g. {missing[0]}"
+            f"{' vs ' + label_files[0].name if label_files else ''}); pairs need equal names, equal trailing "
+            "digits (img0001 / label0001) or the nnU-Net channel suffix (case_0000 / case)")
+    if missing:
+        warnings.warn(f"{data_dir}: {len(missing)} image(s) without a label map skipped: "
+                      f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}",
+                      NemesisDataWarning, stacklevel=3)
+    if include_unlabelled:
+        for p in _scan_files(data_dir / "imagesTs"):
+            base, channel = case_key(p)
+            if channel in (None, "0000"):
+                cases.append(Case(f"ts{_digits_id(base) or base}", p, None))
+    return cases
+
+
 def find_cases(data_dir: str | os.PathLike, include_unlabelled: bool = False) -> list[Case]:
     """The cases of a dataset folder (BTCV layout or a JSON list), sorted by case id.
 
@@ -161,29 +243,7 @@ def find_cases(data_dir: str | os.PathLike, include_unlabelled: bool = False) ->
         raise NemesisInputError(f"{data_dir}: no such dataset directory")
     cases: list[Case]
     if (data_dir / "imagesTr").is_dir():
-        labels = {}
-        for p in _scan_files(data_dir / "labelsTr"):
-            cid = _digits_id(p.name)
-            if cid is not None:
-                labels[cid] = p
-        cases = []
-        missing = []
-        for p in _scan_files(data_dir / "imagesTr"):
-            cid = _digits_id(p.name) or p.name.split(".")[0]
-            if cid in labels:
-                cases.append(Case(cid, p, labels[cid]))
-            elif include_unlabelled:
-                cases.append(Case(cid, p, None))
-            else:
-                missing.append(p.name)
-        if missing:
-            warnings.warn(f"{data_dir}: {len(missing)} image(s) without a label map skipped: "
-                          f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}",
-                          NemesisDataWarning, stacklevel=2)
-        if include_unlabelled:
-            for p in _scan_files(data_dir / "imagesTs"):
-                cid = _digits_id(p.name) or p.name.split(".")[0]
-                cases.append(Case(f"ts{cid}", p, None))
+        cases = _cases_from_folders(data_dir, include_unlabelled)
     else:
         js = _find_json(data_dir)
         if js is None:

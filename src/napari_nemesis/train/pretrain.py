@@ -8,6 +8,7 @@ moments and torch's global RNG are saved beside the weights. Resuming continues 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -50,6 +51,63 @@ class PretrainOptions:
 
     def warmup_steps(self) -> int:
         return self.warmup if self.warmup is not None else max(1, int(0.05 * self.steps))
+
+
+#: Options a resumed run must share with the run it continues (option -> the flag that sets it).
+RESUME_MUST_MATCH = {
+    "preset": "--preset", "model_overrides": "--superpatch", "batch": "--batch", "lr": "--lr", "min_lr": "min_lr",
+    "weight_decay": "--weight-decay", "betas": "betas", "clip": "--clip", "mask_strategy": "--mask",
+    "mask_ratio": "--mask-ratio", "noise": "--no-noise", "seed": "--seed",
+}
+#: Options a resumed run may change: they do not touch the numbers (``steps`` may only grow).
+RESUME_MAY_CHANGE = ("steps", "checkpoint_every", "log_every", "num_workers")
+
+
+def check_resume(doc: dict[str, Any], opts: PretrainOptions, world: int, device: torch.device, bf16: bool,
+                 where) -> tuple[PretrainOptions, dict[str, Any]]:
+    """Refuse (one line naming the option) a resume whose options would break "continues exactly".
+
+    Returns the options to run with and what changed. More ``--steps`` is allowed: the cosine
+    schedule is then stretched to the new length from the resumed step on (steps already taken
+    keep theirs), and a default warm-up keeps the run's original length.
+    """
+    old = doc.get("options") or {}
+
+    def refuse(flag: str, new, was) -> None:
+        raise NemesisInputError(f"{where}: --resume with {flag} {new} but the run used {was}; a resumed run "
+                                "continues exactly only with the same options (only --steps may grow, and "
+                                "--checkpoint-every, --log-every, --workers may change)")
+
+    def same(a, b) -> bool:
+        norm = (lambda v: list(v) if isinstance(v, (list, tuple)) else v)
+        return norm(a) == norm(b)
+
+    for key, flag in RESUME_MUST_MATCH.items():
+        if key in old and not same(old[key], getattr(opts, key)):
+            refuse(flag, getattr(opts, key), old[key])
+    if doc.get("world_size") not in (None, world):
+        refuse("world size (processes)", world, doc["world_size"])
+    if doc.get("device") and torch.device(doc["device"]).type != device.type:
+        refuse("--device", device.type, torch.device(doc["device"]).type)
+    if doc.get("bf16") is not None and bool(doc["bf16"]) != bool(bf16):
+        refuse("--bf16" if bf16 else "--no-bf16", bf16, bool(doc["bf16"]))
+    changes: dict[str, Any] = {}
+    old_steps = old.get("steps", opts.steps)
+    if opts.steps < old_steps:
+        refuse("--steps", opts.steps, f"{old_steps} (only more steps keep the schedule of the steps already taken)")
+    if "warmup" in old or "steps" in old:
+        old_warmup = PretrainOptions(steps=old_steps, warmup=old.get("warmup")).warmup_steps()
+        if opts.warmup is None and opts.steps != old_steps:
+            opts = dataclasses.replace(opts, warmup=old_warmup)  # the warm-up the run had, not 5 % of the new length
+        if opts.warmup_steps() != old_warmup:
+            refuse("--warmup", opts.warmup_steps(), old_warmup)
+    for key in RESUME_MAY_CHANGE:
+        if key in old and not same(old[key], getattr(opts, key)):
+            changes[key] = [old[key], getattr(opts, key)]
+    if "steps" in changes:
+        changes["note"] = (f"--steps {old_steps} -> {opts.steps}: the cosine schedule is stretched to the new length "
+                           "from the resumed step on")
+    return opts, changes
 
 
 def learning_rate(step: int, opts: PretrainOptions) -> float:
@@ -140,10 +198,10 @@ def pretrain(
 def _pretrain(data, out_dir, opts, resume, progress, cancel, device, bf16, dist) -> dict[str, Any]:
     # ---- model, optimizer, start step --------------------------------------------------------
     start = 0
+    resume_changes: dict[str, Any] = {}
     if resume and (out_dir / "last.state.json").is_file():
         model, opt, doc = load_train_state(out_dir, lambda m: make_optimizer(m, opts), map_location=device)
-        if doc.get("options", {}).get("seed") not in (None, opts.seed):
-            raise NemesisInputError(f"{out_dir}: --resume with another --seed than the run's ({doc['options']['seed']})")
+        opts, resume_changes = check_resume(doc, opts, dist.world, device, bf16, out_dir)
         start = int(doc["step"])
     elif resume:
         raise NemesisInputError(f"{out_dir}: --resume given but there is no last.state.json to resume from")
@@ -189,6 +247,8 @@ def _pretrain(data, out_dir, opts, resume, progress, cancel, device, bf16, dist)
     }
     emit(progress, "start", step=start, total=opts.steps, preset=cfg.name, device=str(device), world_size=dist.world,
          bf16=bf16, cases=len(cache.case_ids))
+    if resume_changes:
+        emit(progress, "resume_changes", **resume_changes)
 
     def save(step: int) -> Path | None:
         if dist.is_main:
@@ -252,6 +312,7 @@ def _pretrain(data, out_dir, opts, resume, progress, cancel, device, bf16, dist)
         "steps": step,
         "steps_this_run": done_steps,
         "resumed_from": start,
+        "resume_changes": resume_changes,
         "inside_fraction_mean": inside_sum / inside_n if inside_n else None,
         "loss_first": losses[0] if losses else None,
         "loss_last": losses[-1] if losses else None,
