@@ -88,7 +88,7 @@ def test_prepare_reports_the_split(phantoms, tmp_path, capsys, monkeypatch):
     assert summary["split"] == "fallback" and summary["train"] == 3 and summary["test"] == 2
     assert cli.main(["prepare", str(phantoms), "--out", str(tmp_path / "c"), "--spacing", "14", "14", "16",
                      "--superpatch", "8"]) == 0
-    assert "split: fallback split" in capsys.readouterr().out
+    assert "fallback split: round(0.4 n) of n cases" in capsys.readouterr().out
 
 
 def test_label_ratio_subsets_are_nested_and_seeded():

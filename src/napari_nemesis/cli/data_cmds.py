@@ -115,7 +115,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         print(f"cache {summary['cache']}: {summary['cases']} cases ({summary['train']} train, "
               f"{summary['test']} test), {summary['superpatches']} superpatches of "
               f"{summary['superpatch']}^3; prepared {len(summary['prepared'])}, skipped "
-              f"{len(summary['skipped'])} unchanged\nsplit: {summary['split_description']}")
+              f"{len(summary['skipped'])} unchanged\n{summary['split_description']}")
     return 0
 
 
