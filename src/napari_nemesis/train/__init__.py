@@ -6,14 +6,30 @@ The CLI and the napari widgets call these same functions; each takes a ``progres
 
 from .evaluate import evaluate, evaluate_reconstruction, format_table
 from .events import JsonlLog, check_cancel, emit, fan_out
-from .inference import InferResult, ReconMetrics, infer_scan, reconstruct_scan, write_infer_outputs
-from .metrics import presence_metrics
+from .inference import InferResult, ReconMetrics, infer_scan, reconstruct_scan, recorded_spacing, write_infer_outputs
+from .metrics import MEAN_CONVENTION, presence_metrics
 from .pretrain import PretrainOptions, learning_rate, pretrain
-from .probe import ProbeHead, ProbeModel, ProbeOptions, extract_features, load_probe, run_probe, save_probe
+from .probe import (
+    ProbeHead,
+    ProbeModel,
+    ProbeOptions,
+    check_probe_matches,
+    encode_features,
+    encoder_digest,
+    extract_features,
+    finetune_items,
+    load_probe,
+    probe_beside,
+    probe_metadata,
+    run_probe,
+    save_probe,
+)
 
 __all__ = [
     "PretrainOptions", "pretrain", "learning_rate",
     "ProbeOptions", "ProbeHead", "ProbeModel", "run_probe", "extract_features", "save_probe", "load_probe",
+    "encoder_digest", "check_probe_matches", "probe_metadata", "probe_beside", "encode_features", "finetune_items",
+    "recorded_spacing", "MEAN_CONVENTION",
     "evaluate", "evaluate_reconstruction", "format_table",
     "infer_scan", "write_infer_outputs", "reconstruct_scan", "InferResult", "ReconMetrics",
     "presence_metrics",
