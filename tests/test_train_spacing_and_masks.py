@@ -76,6 +76,8 @@ def test_a_probe_trained_at_native_spacing_is_applied_at_native_spacing(setup, t
     assert out.info["spacing_source"] == "probe"
     np.testing.assert_allclose(out.info["spacing_zyx"], native)
     assert tuple(out.grid.shape) == preprocess(read_volume(scan), "native").shape == read_volume(scan).shape
+    with pytest.warns(UserWarning, match="was trained at spacing native"):  # overriding it is allowed, but said
+        infer_scan(scan, load_checkpoint(ckpt), head, meta["organs"], spacing_zyx=COARSE, batch=32)
 
 
 def test_probe_on_a_raw_folder_prepares_at_the_checkpoints_spacing(setup, tmp_path, monkeypatch):

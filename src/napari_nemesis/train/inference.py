@@ -65,6 +65,12 @@ def recorded_spacing(model: NemesisMAE, head_meta: dict[str, Any] | None = None,
     return DEFAULT_SPACING_ZYX, "default"
 
 
+def _same_spacing(a, b) -> bool:
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    return bool(np.allclose(a, b, rtol=0, atol=1e-6))
+
+
 def _spacing_for(spacing_zyx, model, head_meta=None, probe=None):
     from ..data import as_spacing
 
@@ -138,6 +144,15 @@ def infer_scan(
     head_meta = getattr(head, "meta", None)
     check_probe_matches(model, head_meta, probe=getattr(head, "path", None))
     spacing, spacing_source = _spacing_for(spacing_zyx, model, head_meta, getattr(head, "path", None))
+    trained_at, source = recorded_spacing(model, head_meta, getattr(head, "path", None))
+    if spacing_source == "given" and source == "probe" and not _same_spacing(spacing, trained_at):
+        import warnings
+
+        from ..data import NemesisDataWarning
+
+        warnings.warn(f"{getattr(head, 'path', None) or 'the probe head'} was trained at spacing {trained_at} (z, y, x) "
+                      f"but is applied at {spacing}: its probabilities may not mean what they did in training",
+                      NemesisDataWarning, stacklevel=2)
     dev = resolve_device(device)
     vol = _load_scan(scan)
     emit(progress, "stage", name="preprocess")
