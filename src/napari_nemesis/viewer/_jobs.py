@@ -42,12 +42,12 @@ def _resolved(device: str) -> str:
     return str(resolve_device(device))
 
 
-def prepare_job(volume, weights: WeightsChoice, *, cancel, report) -> tuple[Any, Geometry]:
-    """Read the weights' geometry and preprocess the scan once (``train.prepare_scan``)."""
+def prepare_job(volume, weights: WeightsChoice, store: ModelStore, *, cancel, report) -> tuple[Any, Geometry]:
+    """Load the weights (their geometry) and preprocess the scan once (``train.prepare_scan``)."""
     from ..train.scan import prepare_scan
 
-    report({"event": "stage", "name": "weights"})
-    geometry = weights_geometry(weights)
+    report({"event": "stage", "name": "loading weights"})
+    geometry = weights_geometry(weights, store)
     if cancel():
         from ..errors import NemesisCancelled
 
@@ -58,19 +58,15 @@ def prepare_job(volume, weights: WeightsChoice, *, cancel, report) -> tuple[Any,
 
 
 def weights_job(weights: WeightsChoice, store: ModelStore, *, cancel, report) -> tuple[WeightsChoice, Geometry]:
-    """Load (and so check) a checkpoint and a probe head; their geometry."""
+    """Load (and so check) a checkpoint and a probe head, and that the head belongs to the
+    checkpoint's encoder (``train.probe.check_probe_matches``); their geometry."""
+    from ..train.probe import check_probe_matches
+
     report({"event": "stage", "name": "loading weights"})
     model = store.model(weights.checkpoint)
     head, meta = store.probe(weights.probe)
-    width = head.norm.normalized_shape[0]
-    if width != model.cfg.embed_dim:
-        from ..errors import NemesisCheckpointError
-
-        raise NemesisCheckpointError(
-            f"{weights.probe or 'bundled probe head'}: probe head expects {width}-wide features but "
-            f"{weights.checkpoint or 'the bundled model'} gives {model.cfg.embed_dim}; pick the head trained "
-            "for this checkpoint")
-    return weights, weights_geometry(weights)
+    check_probe_matches(model, meta, checkpoint=weights.checkpoint, probe=weights.probe)
+    return weights, weights_geometry(weights, store)
 
 
 def probabilities_job(prepared, store: ModelStore, weights: WeightsChoice, device: str, batch: int, *, cancel,

@@ -8,7 +8,6 @@ loaders, whose one-line ``NemesisCheckpointError`` the widgets show as notificat
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,26 +29,35 @@ class WeightsChoice:
 
 @dataclass(frozen=True)
 class Geometry:
-    """What the weights need from a scan: spacing (z, y, x mm), superpatch and patch size (voxels)."""
+    """What the weights need from a scan: spacing (z, y, x mm, or ``"native"``) and the superpatch
+    and patch sizes (voxels)."""
 
-    spacing_zyx: tuple[float, float, float]
+    spacing_zyx: tuple[float, float, float] | str
     superpatch: int
     patch: int
 
 
-def weights_geometry(choice: WeightsChoice) -> Geometry:
-    """Spacing from the probe head's metadata (else the checkpoint's, else the default), superpatch
-    and patch from the checkpoint's config. Reads metadata only."""
-    from ..data import DEFAULT_SPACING_ZYX
-    from ..model.checkpoint import read_metadata
-    from ..weights import default_checkpoint_path, default_probe_path
+def weights_geometry(choice: WeightsChoice, store: "ModelStore") -> Geometry:
+    """The geometry of a checkpoint + probe head: the spacing the head was trained at, else the
+    checkpoint's, else the default (``train.inference.recorded_spacing``, the CLI's rule);
+    superpatch and patch from the checkpoint's config."""
+    from ..train.inference import recorded_spacing
 
-    ck_meta = read_metadata(choice.checkpoint or default_checkpoint_path())
-    cfg = json.loads(ck_meta.get("config", "{}"))
-    extra = json.loads(ck_meta.get("extra", "{}") or "{}")
-    pr_meta = json.loads(read_metadata(choice.probe or default_probe_path()).get("meta", "{}") or "{}")
-    spacing = pr_meta.get("spacing_zyx") or extra.get("spacing_zyx") or DEFAULT_SPACING_ZYX
-    return Geometry(tuple(float(s) for s in spacing), int(cfg.get("superpatch", 128)), int(cfg.get("patch", 16)))
+    model = store.model(choice.checkpoint)
+    head, meta = store.probe(choice.probe)
+    spacing, _source = recorded_spacing(model, meta, getattr(head, "path", None))
+    spacing = spacing if isinstance(spacing, str) else tuple(float(s) for s in spacing)
+    return Geometry(spacing, int(model.cfg.superpatch), int(model.cfg.patch))
+
+
+def _key(path: str | None):
+    """A file by path and modification time: a checkpoint rewritten in place is loaded again."""
+    if not path:
+        return None
+    try:
+        return (str(path), Path(path).stat().st_mtime_ns)
+    except OSError:
+        return (str(path), None)  # the loader names the missing file
 
 
 class ModelStore:
@@ -57,34 +65,36 @@ class ModelStore:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._models: dict[str | None, Any] = {}
-        self._probes: dict[str | None, tuple[Any, dict]] = {}
+        self._models: dict[Any, Any] = {}
+        self._probes: dict[Any, tuple[Any, dict]] = {}
 
     def model(self, checkpoint: str | None):
+        key = _key(checkpoint)
         with self._lock:
-            if checkpoint not in self._models:
+            if key not in self._models:
                 if checkpoint:
                     from ..model import load_checkpoint
 
-                    self._models[checkpoint] = load_checkpoint(checkpoint).eval()
+                    self._models[key] = load_checkpoint(checkpoint).eval()
                 else:
                     from ..weights import load_default_model
 
-                    self._models[checkpoint] = load_default_model().eval()
-            return self._models[checkpoint]
+                    self._models[key] = load_default_model().eval()
+            return self._models[key]
 
     def probe(self, probe: str | None):
+        key = _key(probe)
         with self._lock:
-            if probe not in self._probes:
+            if key not in self._probes:
                 if probe:
                     from ..train.probe import load_probe
 
-                    self._probes[probe] = load_probe(probe)
+                    self._probes[key] = load_probe(probe)
                 else:
                     from ..weights import load_default_probe
 
-                    self._probes[probe] = load_default_probe()
-            return self._probes[probe]
+                    self._probes[key] = load_default_probe()
+            return self._probes[key]
 
     def forget(self) -> None:
         with self._lock:

@@ -299,7 +299,7 @@ class NemesisSession:
         if volume.source is None:
             volume.source = Path(str(layer.name))
         weights = self.weights
-        return self._start("prepare", prepare_job, volume, weights, wait=wait,
+        return self._start("prepare", prepare_job, volume, weights, self.models, wait=wait,
                            on_done=lambda result: self._scan_ready(layer, weights, *result),
                            description=f"preparing {layer.name}")
 

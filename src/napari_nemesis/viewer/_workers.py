@@ -63,6 +63,7 @@ class Job:
         self._relay = relay
         self.finished = False
         self.exception: BaseException | None = None
+        self._loops: list[QEventLoop] = []
 
     def cancel(self) -> None:
         self._cancel_flag.set()
@@ -71,18 +72,30 @@ class Job:
             quit_()
 
     def wait(self, timeout_ms: int | None = None) -> bool:
-        """Run a local event loop until the job ends (the GUI stays live). False on timeout."""
+        """Run a local event loop until the job ends (the GUI stays live). False on timeout.
+
+        The loop is quit by the job's own end handler, not by the worker's ``finished`` signal: a
+        worker that ends before a slot is connected has already queued its signal without it.
+        """
         if self.finished:
             return True
         loop = QEventLoop()
-        self.worker.finished.connect(loop.quit)
+        self._loops.append(loop)
         if timeout_ms is not None:
             from qtpy.QtCore import QTimer
 
             QTimer.singleShot(int(timeout_ms), loop.quit)
-        if not self.finished:
-            loop.exec()
+        try:
+            if not self.finished:
+                loop.exec()
+        finally:
+            self._loops.remove(loop)
         return self.finished
+
+    def _ended(self) -> None:
+        self.finished = True
+        for loop in list(self._loops):
+            loop.quit()
 
 
 def start_job(
@@ -174,13 +187,15 @@ def start_job(
         _fail(exc)
 
     def handle_finished() -> None:
-        job.finished = True
         if state.status == RUNNING:  # a generator quit at a yield returns nothing
             state.status = CANCELLED if flag.is_set() else DONE
         state.message = state.status if state.status != FAILED else state.error
         bar.close()
-        if on_end is not None:
-            on_end(state)
+        try:
+            if on_end is not None:
+                on_end(state)
+        finally:
+            job._ended()
 
     relay.event.connect(handle_event)
     if hasattr(worker, "yielded"):

@@ -107,7 +107,7 @@ class GridWidget(QWidget):
             self.grid_info.setText("No scan yet: open a CT (File > Open) or the sample.")
             return
         g = ctx.grid
-        sz, sy, sx = ctx.geometry.spacing_zyx
+        sz, sy, sx = ctx.prepared.pre.spacing_zyx
         self.grid_info.setText(
             f"{ctx.name}: {g.n} superpatches of {g.superpatch}\u00b3 voxels at {sx:g} x {sy:g} x {sz:g} mm "
             f"(x y z), grid {' x '.join(map(str, g.grid_shape))} (z y x); each box is "
