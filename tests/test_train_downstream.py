@@ -154,7 +154,8 @@ def test_reconstruct_is_seeded(setup):
 def test_real_ct_end_to_end(real_ct_dir, setup, tmp_path, capsys):
     root, cache, ckpt = setup
     scan = real_ct_dir / "abdomen_ct.nii.gz"
-    assert main(["reconstruct", str(scan), "--checkpoint", str(ckpt), "--mask", "axis", "--out", str(tmp_path),
+    assert main(["reconstruct", str(scan), "--checkpoint", str(ckpt), "--mask", "axis", "--spacing", "6", "6", "6",
+                 "--out", str(tmp_path),
                  "--json"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     _check_aligned(res["files"]["reconstruction"], scan)
