@@ -10,7 +10,8 @@ from napari_nemesis.cli import main
 from napari_nemesis.data import ORGAN_NAMES, open_dataset, write_phantom_dataset
 from napari_nemesis.model import build_model, load_checkpoint, save_checkpoint
 from napari_nemesis.train.evaluate import evaluate, format_table
-from napari_nemesis.train.inference import infer_scan, reconstruct_scan, write_infer_outputs
+from napari_nemesis.train.inference import infer_scan, write_infer_outputs
+from napari_nemesis.train.scan import reconstruct_scan
 from napari_nemesis.train.metrics import presence_metrics
 from napari_nemesis.train.probe import ProbeOptions, load_probe, run_probe
 
@@ -162,6 +163,25 @@ def test_real_ct_end_to_end(real_ct_dir, setup, tmp_path, capsys):
     assert json.loads((tmp_path / "reconstruct.json").read_text())["strategy"] == "axis"
     assert main(["reconstruct", str(tmp_path / "missing.nii.gz"), "--checkpoint", str(ckpt), "--out", str(tmp_path)]) == 2
     assert "missing.nii.gz" in capsys.readouterr().err
+
+
+def test_reconstruct_one_superpatch_from_the_cli(setup, tmp_path, capsys):
+    root, cache, ckpt = setup
+    scan = root / "data" / "imagesTr" / "img0005.nii.gz"
+    base = ["reconstruct", str(scan), "--checkpoint", str(ckpt), "--spacing", "6", "6", "6", "--json"]
+    assert main(base + ["--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(base + ["--superpatch", "1", "--out", str(tmp_path / "one")]) == 0
+    one = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert one["indices"] == [1] and whole["indices"] == list(range(whole["superpatches"]))
+    assert one["device"] == "cpu"
+    # superpatch 1 scores as it does inside the whole-scan run
+    in_whole = next(r for r in whole["per_superpatch"] if r["superpatch"] == 1)
+    assert one["per_superpatch"][0]["psnr_masked"] == pytest.approx(in_whole["psnr_masked"], rel=1e-6)
+    _check_aligned(one["files"]["reconstruction"], scan)
+    assert main(base + ["--superpatch", "999", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "superpatch 999 is out of range" in err and "img0005" in err and len(err.splitlines()) == 1
 
 
 def test_infer_refuses_a_head_of_another_width(setup):

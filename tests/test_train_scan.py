@@ -7,13 +7,12 @@ import torch
 from napari_nemesis.data import read_volume, volume_from_array, write_volume
 from napari_nemesis.errors import NemesisCancelled, NemesisInputError
 from napari_nemesis.model import build_model
-from napari_nemesis.train.inference import reconstruct_scan
 from napari_nemesis.train.scan import (
     ScanReconstruction,
     iter_reconstruction,
     prepare_for_model,
     prepare_scan,
-    reconstruct_selected,
+    reconstruct_scan,
 )
 
 from conftest import CT, needs_ct
@@ -182,10 +181,10 @@ def test_the_viewer_core_modules_import_no_qt():
     assert _modules_loaded_by(modules, ("napari", "qtpy", "PyQt6", "magicgui")) == []
 
 
-def test_reconstruct_selected_writes_one_superpatch_as_the_whole_scan_run_does(setup, tmp_path):
+def test_reconstruct_scan_of_one_superpatch_writes_one_superpatch_as_the_whole_scan_run_does(setup, tmp_path):
     scan, model, prepared = setup
     kw = dict(strategy="dual", ratio=0.75, noise=0.02, seed=4, spacing_zyx=SPACING, device="cpu")
-    one = reconstruct_selected(scan, model, [0], out_dir=tmp_path / "one", **kw)
+    one = reconstruct_scan(scan, model, out_dir=tmp_path / "one", indices=[0], **kw)
     whole = reconstruct_scan(scan, model, out_dir=tmp_path / "whole", **kw)
     assert one["indices"] == [0] and one["superpatches"] == 8 and one["device"] == "cpu"
     assert one["spacing_zyx"] == list(SPACING) and one["spacing_source"] == "given"

@@ -23,10 +23,10 @@ from napari_nemesis.data import (
 from napari_nemesis.model import build_model, load_checkpoint, make_mask, save_checkpoint
 from napari_nemesis.train.inference import (
     infer_scan,
-    reconstruct_scan,
     reconstruct_superpatches,
     write_infer_outputs,
 )
+from napari_nemesis.train.scan import reconstruct_scan
 from napari_nemesis.train.probe import ProbeHead, ProbeOptions, load_probe, run_probe
 
 COARSE = (16.0, 14.0, 14.0)

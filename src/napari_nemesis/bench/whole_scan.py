@@ -90,7 +90,8 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     """One whole-scan job (inside the child process): build a randomly initialised model (speed
     does not depend on the weights), then time ``infer_scan`` or ``reconstruct_scan`` on the file."""
     from ..model import build_model
-    from ..train.inference import infer_scan, reconstruct_scan
+    from ..train.inference import infer_scan
+    from ..train.scan import reconstruct_scan
     from ..train.probe import ProbeHead
 
     if spec.get("threads"):

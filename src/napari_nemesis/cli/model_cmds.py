@@ -111,7 +111,8 @@ def _demo_scan(out: Path) -> Path:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Model summary and cost, then organ probabilities and a reconstruction of a whole real CT."""
     from ..model.summary import describe
-    from ..train.inference import infer_scan, reconstruct_scan, write_infer_outputs
+    from ..train.inference import infer_scan, write_infer_outputs
+    from ..train.scan import reconstruct_scan
     from ..weights import load_default_model, load_default_probe
     from ._common import TqdmProgress
 

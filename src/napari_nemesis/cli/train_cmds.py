@@ -151,6 +151,9 @@ def register_downstream(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--ratio", type=float, default=0.75)
     r.add_argument("--noise", type=float, default=0.0, help="Gaussian noise sigma in window units (0.03 ~ 13 HU)")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--superpatch", type=int, default=None, metavar="I",
+                   help="reconstruct only superpatch I (as numbered in 'nemesis infer' CSVs); the outputs' other "
+                   "voxels hold -175 HU (error 0)")
     r.add_argument("--out", required=True)
     add_spacing_flag(r, "the spacing the checkpoint was pretrained at, else 1.5 1.5 2.0")
     _device_args(r)
@@ -248,14 +251,15 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from ..train.inference import reconstruct_scan
+    from ..train.scan import reconstruct_scan
 
     model, ckpt = _load_model(args.checkpoint)
     bar = TqdmProgress("reconstruct", disable=args.json)
     try:
         res = reconstruct_scan(args.scan, model, args.mask, args.ratio, args.noise, args.seed,
                                spacing_zyx=parse_spacing(args.spacing), batch=args.batch or 2,
-                               device=args.device, bf16=args.bf16, out_dir=args.out, progress=bar)
+                               device=args.device, bf16=args.bf16, out_dir=args.out, progress=bar,
+                               indices=None if args.superpatch is None else [args.superpatch])
     finally:
         bar.close()
     res["checkpoint"] = ckpt
@@ -263,7 +267,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     if args.json:
         print_json(res)
     else:
-        print(f"{args.mask} mask {args.ratio}, noise {args.noise}: PSNR masked {_f2(res['psnr_masked'])} dB, "
+        where = "" if args.superpatch is None else f"superpatch {args.superpatch}: "
+        print(f"{where}{args.mask} mask {args.ratio}, noise {args.noise}, on {res['device']}: PSNR masked {_f2(res['psnr_masked'])} dB, "
               f"all {_f2(res['psnr_all'])} dB; SSIM masked {_f(res['ssim_masked'])}, all {_f(res['ssim_all'])}")
         for k, v in res["files"].items():
             print(f"  {k}: {v}")

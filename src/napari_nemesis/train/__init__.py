@@ -6,7 +6,8 @@ The CLI and the napari widgets call these same functions; each takes a ``progres
 
 from .evaluate import evaluate, evaluate_reconstruction, format_table
 from .events import JsonlLog, check_cancel, emit, fan_out
-from .inference import InferResult, ReconMetrics, infer_scan, reconstruct_scan, recorded_spacing, write_infer_outputs
+from .attention import AttentionMaps, SuperpatchAttention, attention_maps
+from .inference import InferResult, ReconMetrics, infer_scan, recorded_spacing, write_infer_outputs
 from .metrics import MEAN_CONVENTION, presence_metrics
 from .pretrain import PretrainOptions, learning_rate, pretrain
 from .probe import (
@@ -24,6 +25,15 @@ from .probe import (
     run_probe,
     save_probe,
 )
+from .scan import (
+    PreparedScan,
+    ScanReconstruction,
+    SuperpatchReconstruction,
+    iter_reconstruction,
+    prepare_for_model,
+    prepare_scan,
+    reconstruct_scan,
+)
 
 __all__ = [
     "PretrainOptions", "pretrain", "learning_rate",
@@ -33,5 +43,7 @@ __all__ = [
     "evaluate", "evaluate_reconstruction", "format_table",
     "infer_scan", "write_infer_outputs", "reconstruct_scan", "InferResult", "ReconMetrics",
     "presence_metrics",
+    "PreparedScan", "prepare_scan", "prepare_for_model", "iter_reconstruction", "SuperpatchReconstruction",
+    "ScanReconstruction", "AttentionMaps", "SuperpatchAttention", "attention_maps",
     "JsonlLog", "emit", "check_cancel", "fan_out",
 ]

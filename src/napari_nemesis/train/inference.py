@@ -181,7 +181,7 @@ def write_infer_outputs(result: InferResult, out_dir: str | os.PathLike, stem: s
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = stem or _stem(result.volume.source)
+    stem = stem or scan_stem(result.volume.source)
     rows = result.rows()
     csv_path = out_dir / f"{stem}_organs.csv"
     with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as fh:
@@ -196,9 +196,10 @@ def write_infer_outputs(result: InferResult, out_dir: str | os.PathLike, stem: s
     return {"csv": str(csv_path), "maps": maps}
 
 
-def _stem(source) -> str:
+def scan_stem(source) -> str:
+    """A scan's file name without its image extension (``scan`` for arrays made in memory)."""
     name = Path(str(source)).name if source else "scan"
-    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
+    for ext in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
         if name.endswith(ext):
             return name[: -len(ext)]
     return name
@@ -282,72 +283,5 @@ def reconstruct_superpatches(
                 yield i, clean[j], noisy[j], masked_input, rec[j], vox[j]
 
 
-def reconstruct_scan(
-    scan,
-    model: NemesisMAE,
-    strategy: str = "dual",
-    ratio: float = 0.75,
-    noise: float = 0.0,
-    seed: int = 0,
-    spacing_zyx=None,
-    batch: int = 2,
-    device: str = "auto",
-    bf16: bool = False,
-    out_dir: str | os.PathLike | None = None,
-    progress: ProgressFn | None = None,
-    cancel: CancelFn | None = None,
-) -> dict[str, Any]:
-    """Mask, noise and reconstruct a whole scan through its superpatches; score and (optionally) write
-    noisy input, masked input, reconstruction and absolute error as NIfTI aligned with the scan (HU).
-
-    ``spacing_zyx=None``: the spacing the checkpoint was pretrained at, else the default."""
-    from ..data import SuperpatchGrid, preprocess, write_volume
-
-    if ratio <= 0 or ratio >= 1:
-        raise NemesisInputError(f"--ratio {ratio} must be in (0, 1)")
-    if noise < 0:
-        raise NemesisInputError(f"--noise {noise} must be >= 0")
-    spacing, spacing_source = _spacing_for(spacing_zyx, model)
-    dev = resolve_device(device)
-    vol = _load_scan(scan)
-    emit(progress, "stage", name="preprocess")
-    pre = preprocess(vol, spacing)
-    grid = SuperpatchGrid.for_preprocessed(pre, model.cfg.superpatch)
-    outs = {k: np.zeros(pre.shape, dtype=np.float32) for k in ("noisy", "masked", "recon")}
-    metrics = ReconMetrics()
-    emit(progress, "start", step=0, total=grid.n)
-    items = ((i, patch) for i, _, patch in grid.iter_superpatches(pre.array))
-    for i, clean, noisy, masked, recon, vox in reconstruct_superpatches(model, items, strategy, ratio, noise, seed,
-                                                                         dev, batch, bf16, cancel):
-        box = grid.box(i, clip=True)
-        inner = tuple(slice(0, d) for d in box.shape)
-        metrics.add(clean, recon, vox, inner)
-        outs["noisy"][box.slices] = noisy[inner]
-        outs["masked"][box.slices] = masked[inner]
-        outs["recon"][box.slices] = recon[inner]
-        emit(progress, "step", step=i + 1, total=grid.n)
-    result: dict[str, Any] = {"strategy": strategy, "ratio": ratio, "noise": noise, "seed": seed,
-                              "spacing_zyx": list(pre.spacing_zyx), "spacing_source": spacing_source,
-                              "superpatches": grid.n, "grid": list(grid.grid_shape), **metrics.result(),
-                              "psnr_data_range": 1.0, "ssim": "scikit-image structural_similarity, 7^3 window, "
-                              "per superpatch, averaged over voxels"}
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        stem = _stem(vol.source)
-        files = {}
-        emit(progress, "stage", name="write")
-        error = np.abs(outs["recon"] - pre.array) * (HU_HI - HU_LO)
-        for key, arr, hu in (("noisy", outs.pop("noisy"), True), ("masked", outs.pop("masked"), True),
-                             ("reconstruction", outs.pop("recon"), True), ("abs_error", error, False)):
-            data = pre.to_original(arr, order=1)
-            path = out_dir / f"{stem}_{key}.nii.gz"
-            write_volume(to_hu(data) if hu else data.astype(np.float32), path, reference=vol)
-            files[key] = str(path)
-            del data, arr
-        result["files"] = files
-    return result
-
-
-__all__ = ["infer_scan", "write_infer_outputs", "reconstruct_scan", "reconstruct_superpatches", "ReconMetrics",
+__all__ = ["infer_scan", "write_infer_outputs", "scan_stem", "reconstruct_superpatches", "ReconMetrics",
            "InferResult", "to_hu", "recorded_spacing"]

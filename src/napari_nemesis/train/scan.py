@@ -5,9 +5,9 @@ many reconstructions on it. ``iter_reconstruction`` streams one :class:`Superpat
 per superpatch (all of them, or the ones asked for), each cropped to the scan and scored on its
 own; superpatch i's noise and mask come from ``(seed, i)`` (``reconstruct_superpatches``), so a
 superpatch reconstructed alone equals the same superpatch inside a whole-scan run.
-``ScanReconstruction`` assembles a stream into whole-scan arrays, the scan's PSNR/SSIM (the same
-numbers as ``reconstruct_scan``) and the per-superpatch masked-patch error (the error map);
-``reconstruct_selected`` is ``reconstruct_scan`` for chosen superpatches (``reconstruct --superpatch``).
+``ScanReconstruction`` assembles a stream into whole-scan arrays, the scan's PSNR/SSIM and the
+per-superpatch masked-patch error (the error map); ``reconstruct_scan`` runs the whole thing for a
+scan or chosen superpatches (``nemesis reconstruct [--superpatch I]``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ..errors import NemesisInputError
 from ..model import NemesisMAE
 from ..model.masking import STRATEGIES
 from .events import CancelFn, ProgressFn, emit
-from .inference import ReconMetrics, reconstruct_superpatches, to_hu
+from .inference import ReconMetrics, reconstruct_superpatches, scan_stem, to_hu
 from .runtime import resolve_device
 
 #: Arrays a :class:`ScanReconstruction` assembles by default (window units, model spacing).
@@ -260,10 +260,9 @@ class ScanReconstruction:
         return files
 
 
-def reconstruct_selected(
+def reconstruct_scan(
     scan,
     model: NemesisMAE,
-    indices: Iterable[int] | None,
     strategy: str = "dual",
     ratio: float = 0.75,
     noise: float = 0.0,
@@ -275,13 +274,19 @@ def reconstruct_selected(
     out_dir: str | os.PathLike | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
+    indices: Iterable[int] | None = None,
 ) -> dict[str, Any]:
-    """``reconstruct_scan`` for the superpatches ``indices`` only (None: all), the CLI's
-    ``reconstruct --superpatch``: the same result keys and files (voxels of superpatches not
-    reconstructed hold 0, i.e. -175 HU, and error 0), plus ``indices``, ``device`` and
-    ``per_superpatch`` (index, grid position and metrics of each). ``scan``: a path, a
-    ``data.Volume`` (prepared by :func:`prepare_for_model` with ``spacing_zyx``) or a
-    :class:`PreparedScan` (used as it is)."""
+    """Mask, noise and reconstruct a scan superpatch by superpatch (``indices``: only those; None:
+    all), score it and, with ``out_dir``, write noisy input, masked input, reconstruction (HU) and
+    absolute error as NIfTI aligned with the scan. Voxels of superpatches not reconstructed hold 0
+    (-175 HU) and error 0. ``nemesis reconstruct [--superpatch I]`` and the viewer run this.
+
+    ``scan``: a path, a ``data.Volume`` (prepared by :func:`prepare_for_model` with
+    ``spacing_zyx``; None: the spacing the checkpoint was pretrained at, else the default) or a
+    :class:`PreparedScan` (used as it is). Besides PSNR / SSIM the result holds ``indices``, the
+    ``device`` that ran the model and ``per_superpatch`` (index, grid position and metrics of each).
+    """
+    emit(progress, "stage", name="preprocess")
     prepared = scan if isinstance(scan, PreparedScan) else prepare_for_model(scan, model, spacing_zyx)
     stream = iter_reconstruction(prepared, model, strategy, ratio, noise, seed, indices, batch, device, bf16, cancel,
                                  progress)
@@ -302,14 +307,5 @@ def reconstruct_selected(
     return result
 
 
-def scan_stem(source) -> str:
-    """A scan's file name without its image extension (``scan`` for arrays made in memory)."""
-    name = Path(str(source)).name if source else "scan"
-    for ext in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
-
-
 __all__ = ["PreparedScan", "prepare_scan", "prepare_for_model", "SuperpatchReconstruction", "iter_reconstruction",
-           "ScanReconstruction", "reconstruct_selected", "SCAN_ARRAYS", "scan_stem"]
+           "ScanReconstruction", "reconstruct_scan", "SCAN_ARRAYS"]
