@@ -263,6 +263,10 @@ def test_heatmaps_hold_infer_scan_probabilities(session, tiny_weights):
     expected = infer_scan(session.scan.prepared.volume, load_checkpoint(ckpt), head, meta["organs"],
                           spacing_zyx=(2.0, 1.5, 1.5)).probabilities
     assert np.allclose(result.values, expected, atol=1e-6)
+    # only the shown organ gets a layer at once; ticking another makes its layer
+    assert set(session.scene.roles_with_prefix("prob:")) == {"prob:liver"}
+    for organ in result.organs:
+        session.set_organ_visible(organ, True)
     grid = session.scan.grid
     for k, organ in enumerate(result.organs):
         layer = session.layers[f"prob:{organ}"]
@@ -272,6 +276,7 @@ def test_heatmaps_hold_infer_scan_probabilities(session, tiny_weights):
             # a point inside the box, off-centre, in world LPS mm
             point = np.array([ras[:, 2].min() + 3, -ras[:, 1].max() + 4, -ras[:, 0].max() + 5])
             assert _value_at(layer, point) == pytest.approx(expected[i, k], abs=1e-6)
+    session.set_organ_visible("aorta", False)
     assert session.layers["prob:liver"].visible and not session.layers["prob:aorta"].visible
     features = session.layers["grid"].features
     assert features["P(liver)"].iloc[1:].to_numpy() == pytest.approx(expected[:, result.organs.index("liver")])

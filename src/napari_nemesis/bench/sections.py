@@ -56,6 +56,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("peers", "napari_nemesis.bench.peers", None),
     Section("scans", "napari_nemesis.bench.whole_scan", True, "skip the whole-scan and sampling parts"),
     Section("sampling", "napari_nemesis.bench.sampling", True, "skip the data sampling part", requires=("scans",)),
+    Section("ui", "napari_nemesis.bench.ui", False,
+            "also time the napari viewer on the sample CT: worst event-loop stall, Run -> layers shown"),
 )
 
 

@@ -43,8 +43,16 @@ def install(session) -> None:
     viewer.mouse_move_callbacks.append(on_move)
     for key, (axis, step) in KEYS.items():
         viewer.bind_key(key, _mover(session, axis, step), overwrite=True)
-    viewer.dims.events.order.connect(lambda _e: session.scene.orient_camera())
-    viewer.dims.events.ndisplay.connect(lambda _e: session.scene.orient_camera())
+    viewer.dims.events.order.connect(lambda _e: _view_changed(session))
+    viewer.dims.events.ndisplay.connect(lambda _e: _view_changed(session))
+
+
+def _view_changed(session) -> None:
+    """Axes rolled or 2D/3D toggled: radiological orientation, and the selection outline redrawn
+    for the new view."""
+    session.scene.orient_camera()
+    if session.scan is not None and session.selected is not None:
+        session.scene.show_selection_outline(session.scan.grid, session.selected)
 
 
 def click(session, position, view_direction=None, ndisplay: int = 2) -> int | None:

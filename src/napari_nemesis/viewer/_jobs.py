@@ -37,9 +37,21 @@ class ReconstructionPiece:
 
 
 def _resolved(device: str) -> str:
+    """The device a job will run on; on the CPU, torch is left one core fewer than the machine
+    has, so the GUI thread (and a software-rendered canvas) always finds a free core."""
+    import os
+
+    import torch
+
     from ..train.runtime import resolve_device
 
-    return str(resolve_device(device))
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        want = max(1, cores - 1)
+        if torch.get_num_threads() > want:
+            torch.set_num_threads(want)
+    return str(dev)
 
 
 def prepare_job(volume, weights: WeightsChoice, store: ModelStore, *, cancel, report) -> tuple[Any, Geometry]:
@@ -90,8 +102,13 @@ def probabilities_job(prepared, store: ModelStore, weights: WeightsChoice, devic
 
 
 def reconstruction_job(prepared, store: ModelStore, checkpoint: str | None, strategy: str, ratio: float, noise: float,
-                       seed: int, indices, device: str, batch: int, *, cancel, report):
-    """Yield one :class:`ReconstructionPiece` per superpatch (``train.iter_reconstruction``), in HU."""
+                       seed: int, indices, device: str, batch: int, targets: dict[str, np.ndarray] | None = None,
+                       origin_zyx=(0, 0, 0), *, cancel, report):
+    """Yield one :class:`ReconstructionPiece` per superpatch (``train.iter_reconstruction``), in HU.
+
+    With ``targets`` (role -> the layers' arrays, whose voxel (0, 0, 0) is the model-spacing voxel
+    ``origin_zyx``), each superpatch is written into them here, off the GUI thread, and the piece
+    carries only its scores: the GUI thread then just redraws."""
     from ..data import HU_WINDOW
     from ..train.inference import to_hu
     from ..train.scan import iter_reconstruction
@@ -106,6 +123,13 @@ def reconstruction_job(prepared, store: ModelStore, checkpoint: str | None, stra
         hu = {"noisy": to_hu(item.noisy), "masked": to_hu(item.masked), "reconstruction": to_hu(item.recon),
               "abs_error": (item.error * np.float32(width)).astype(np.float32)}
         item.clean = item.noisy = item.masked = item.recon = item.error = item.masked_voxels = None
+        if targets is not None:
+            start = np.asarray(item.box.start) - np.asarray(origin_zyx)
+            slices = tuple(slice(int(a), int(a) + int(n)) for a, n in zip(start, item.box.shape))
+            for role, array in hu.items():
+                if role in targets:
+                    targets[role][slices] = array
+            hu = {}
         yield ReconstructionPiece(item, hu)
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "patch_world_affine",
     "grid_ids",
     "grid_lattice_vectors",
+    "box_outline_vectors",
     "block_image",
     "superpatch_at",
     "superpatch_on_ray",
@@ -181,6 +182,40 @@ def grid_lattice_vectors(grid_shape) -> np.ndarray:
                     direction = np.zeros(3)
                     direction[axis] = 1.0
                     vectors.append((start, direction))
+    return np.asarray(vectors, dtype=np.float32).reshape(-1, 2, 3)
+
+
+def box_outline_vectors(cell_zyx, hidden_axis: int | None = None) -> np.ndarray:
+    """The edges of one grid cell as napari vectors (grid data coordinates).
+
+    ``hidden_axis`` (2D views: the axis the slice cuts) gives the 4 edges around the displayed
+    plane, placed at the cell's centre along that axis, so napari draws them exactly in the slices
+    within the cell. ``None`` (3D) gives all 12 edges.
+    """
+    c = np.asarray(cell_zyx, dtype=np.float64)
+    vectors = []
+    if hidden_axis is None:
+        for axis in range(3):
+            u, v = [a for a in range(3) if a != axis]
+            for du in (-0.5, 0.5):
+                for dv in (-0.5, 0.5):
+                    start = c.copy()
+                    start[axis] -= 0.5
+                    start[u] += du
+                    start[v] += dv
+                    direction = np.zeros(3)
+                    direction[axis] = 1.0
+                    vectors.append((start, direction))
+    else:
+        u, v = [a for a in range(3) if a != int(hidden_axis)]
+        for along, across in ((u, v), (v, u)):
+            for d in (-0.5, 0.5):
+                start = c.copy()
+                start[along] -= 0.5
+                start[across] += d
+                direction = np.zeros(3)
+                direction[along] = 1.0
+                vectors.append((start, direction))
     return np.asarray(vectors, dtype=np.float32).reshape(-1, 2, 3)
 
 

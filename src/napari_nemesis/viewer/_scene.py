@@ -4,8 +4,9 @@ Runs on the GUI thread only (workers hand their results over through signals). R
 assigns new data to the existing layers instead of removing and re-adding them, so the user's
 contrast, opacity, visibility and layer order survive. The numbers come from :mod:`._layers`.
 
-Roles: ``scan``, ``grid`` (Labels, one voxel per superpatch: hover, selection highlight),
-``grid_lines`` (Vectors: the lattice, lines in 2D and wireframe in 3D), ``prob:<organ>`` (organ
+Roles: ``scan``, ``grid`` (Labels, one voxel per superpatch, drawn transparent: hover features and
+picking), ``grid_lines`` (Vectors: the lattice, lines in 2D and wireframe in 3D), ``selection``
+(Vectors: the selected box's outline for the current view), ``prob:<organ>`` (organ
 heatmaps), ``noisy``, ``masked``, ``reconstruction``, ``abs_error``, ``error_map``,
 ``attention_plane``, ``attention_axis``.
 """
@@ -20,11 +21,14 @@ import numpy as np
 from . import _layers as L
 
 RECON_ROLES = ("noisy", "masked", "reconstruction", "abs_error")
+GRID_ROLES = ("grid", "grid_lines", "selection")
 ATTENTION_ROLES = ("attention_plane", "attention_axis")
-OVERLAY_ROLES = ("grid_lines", "grid")  # kept on top, in this order (grid topmost)
+OVERLAY_ROLES = ("grid_lines", "selection", "grid")  # kept on top, in this order (grid topmost)
 #: Air in HU: what a reconstruction layer shows where nothing was reconstructed yet.
 EMPTY_HU = -1024.0
 _SELECTION_RGBA = (1.0, 0.85, 0.0, 1.0)
+_SELECTION_COLOR = "#ff7a00"
+_SELECTION_WIDTH_MM = 3.0
 _LINE_WIDTH_MM = 1.2
 
 
@@ -39,6 +43,9 @@ class Scene:
         self._viewer = weakref.ref(viewer)
         self._layers: dict[str, Any] = {}
         self._linked: list[Any] = []
+        self._added = False
+        self._pending_layers: list[tuple[str, np.ndarray, np.ndarray]] = []
+        self._features = None
 
     # ---- bookkeeping ---------------------------------------------------------------------------
     @property
@@ -81,17 +88,23 @@ class Scene:
         layer = add(data, axis_labels=L.AXIS_LABELS, units=L.UNITS, **transform, **kwargs)
         layer.metadata["nemesis_role"] = role
         self._layers[role] = layer
+        self._added = True
         return layer
 
-    def raise_overlays(self, activate: bool = True) -> None:
-        """Keep the grid lines and the grid on top, and the grid active (hover shows its features)."""
+    def raise_overlays(self, force: bool = False) -> None:
+        """After a layer was added: the grid lines, the selection and the grid back on top, the
+        grid active (hovering shows its features). Nothing to do (and no cost) otherwise."""
+        if not (self._added or force):
+            return
+        self._added = False
         layers = self.viewer.layers
-        for role in OVERLAY_ROLES:
-            layer = self.get(role)
-            if layer is not None:
+        overlays = [self.get(role) for role in OVERLAY_ROLES]
+        overlays = [layer for layer in overlays if layer is not None]
+        if list(layers)[-len(overlays):] != overlays if overlays else False:
+            for layer in overlays:
                 layers.move(layers.index(layer), len(layers))
         grid = self.get("grid")
-        if activate and grid is not None:
+        if grid is not None and layers.selection.active is not grid:
             layers.selection.active = grid
 
     # ---- scan and grid ------------------------------------------------------------------------
@@ -103,7 +116,9 @@ class Scene:
         cell_mm = float(np.mean(np.linalg.norm(world[:3, :3], axis=0)))
         from napari.utils.colormaps import DirectLabelColormap
 
-        colormap = DirectLabelColormap(color_dict={None: _SELECTION_RGBA, 0: (0.0, 0.0, 0.0, 0.0)})
+        # transparent: the layer is there for hovering (its features show in the status bar) and
+        # picking; the lines and the selection outline are what is drawn
+        colormap = DirectLabelColormap(color_dict={None: (0.0, 0.0, 0.0, 0.0), 0: (0.0, 0.0, 0.0, 0.0)})
         lines = self._put(
             "grid_lines", "vectors", L.grid_lattice_vectors(grid.grid_shape), world, name="superpatch grid lines",
             edge_width=_LINE_WIDTH_MM / cell_mm, length=1.0, edge_color="yellow", vector_style="line",
@@ -112,22 +127,41 @@ class Scene:
         lines.edge_width = _LINE_WIDTH_MM / cell_mm
         layer = self._put(
             "grid", "labels", L.grid_ids(grid.grid_shape), world, name="superpatch grid",
-            features=L.grid_features(grid.grid_shape), opacity=0.35, colormap=colormap,
+            features=L.grid_features(grid.grid_shape), opacity=1.0, colormap=colormap,
         )
-        layer.show_selected_label = True
-        layer.selected_label = 0
+        layer.editable = False  # a display of the grid: no brush can repaint superpatch ids
         self.raise_overlays()
 
-    def show_selection(self, index: int | None) -> None:
-        grid = self.get("grid")
-        if grid is not None:
-            grid.selected_label = 0 if index is None else int(index) + 1
-            grid.show_selected_label = True
+    def show_selection(self, grid, index: int | None) -> None:
+        layer = self.get("grid")
+        if layer is not None:
+            layer.selected_label = 0 if index is None else int(index) + 1
+        self.show_selection_outline(grid, index)
 
-    def set_grid_features(self, grid_shape, columns: dict[str, np.ndarray]) -> None:
-        grid = self.get("grid")
-        if grid is not None:
-            grid.features = L.grid_features(grid_shape, columns)
+    def set_grid_features(self, grid_shape, columns: dict[str, np.ndarray], now: bool = False) -> None:
+        """The grid layer's features (shown on hover). Applied on the next event-loop turn unless
+        ``now``: napari redraws the layer's controls, which should not share a turn (and a stall)
+        with the redraw of new results."""
+        self._features = (grid_shape, {k: np.asarray(v).copy() for k, v in columns.items()})
+        if now:
+            self._apply_features()
+            return
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, self._apply_features)
+
+    def flush(self) -> None:
+        """Apply now whatever waits for its event-loop turn (features, hidden result layers)."""
+        if self._features is not None:
+            self._apply_features()
+        if self._pending_layers:
+            self.finish_layers()
+
+    def _apply_features(self) -> None:
+        pending, self._features = self._features, None
+        grid = self.get("grid") if self.viewer is not None else None
+        if pending is not None and grid is not None:
+            grid.features = L.grid_features(*pending)
 
     def set_window(self, preset: str) -> None:
         level, width = L.WINDOW_PRESETS[preset]
@@ -137,24 +171,33 @@ class Scene:
 
     # ---- heatmaps ------------------------------------------------------------------------------
     def show_probabilities(self, grid, values: np.ndarray, organs: list[str], visible: set[str]) -> None:
-        from napari.utils.colormaps import Colormap
-
-        world = L.grid_world_affine(grid)
+        """One heatmap layer per organ. Layers are made for the organs shown (adding a napari layer
+        costs the GUI thread a frame or more); the others get theirs when they are ticked, and
+        existing ones are updated in place."""
         wanted = {prob_role(o) for o in organs}
         self.remove([r for r in self.roles_with_prefix("prob:") if r not in wanted])
         for k, organ in enumerate(organs):
-            role = prob_role(organ)
-            existed = self.get(role) is not None
-            rgb = L.ORGAN_COLORS.get(organ, (1.0, 1.0, 1.0))
-            layer = self._put(
-                role, "image", L.block_image(values[:, k], grid.grid_shape), world,
-                name=f"P({organ})", colormap=Colormap(L.heatmap_colors(rgb), name=f"nemesis {organ}"),
-                contrast_limits=(0.0, 1.0), opacity=0.6, blending="translucent", interpolation2d="nearest",
-                interpolation3d="nearest", visible=organ in visible,
-            )
-            if existed:
-                layer.contrast_limits = (0.0, 1.0)
+            if organ in visible or self.get(prob_role(organ)) is not None:
+                self.show_heatmap(grid, organ, values[:, k], organ in visible)
         self.raise_overlays()
+
+    def show_heatmap(self, grid, organ: str, values: np.ndarray, visible: bool = True) -> None:
+        from napari.utils.colormaps import Colormap
+
+        role = prob_role(organ)
+        existed = self.get(role) is not None
+        rgb = L.ORGAN_COLORS.get(organ, (1.0, 1.0, 1.0))
+        layer = self._put(
+            role, "image", L.block_image(values, grid.grid_shape), L.grid_world_affine(grid),
+            name=f"P({organ})", colormap=Colormap(L.heatmap_colors(rgb, max_alpha=0.8), name=f"nemesis {organ}"),
+            contrast_limits=(0.0, 1.0), opacity=0.45, blending="translucent", interpolation2d="nearest",
+            interpolation3d="nearest", visible=visible,
+        )
+        if existed:
+            layer.contrast_limits = (0.0, 1.0)
+            layer.visible = visible
+        else:
+            layer.colorbar.visible = True  # shown while the heatmap is
 
     def set_visible(self, role: str, visible: bool) -> None:
         layer = self.get(role)
@@ -165,22 +208,37 @@ class Scene:
         from napari.utils.colormaps import Colormap
 
         values = L.block_image(rmse_hu, grid.grid_shape)
-        finite = values[np.isfinite(values)]
-        top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+        limits = _error_limits(values)
+        existing = self.get("error_map")
+        if existing is not None and existing.data.shape == values.shape:  # the common case: new values only
+            existing.data[...] = values
+            if tuple(existing.contrast_limits) != limits:
+                existing.contrast_limits = limits  # redraws
+            else:
+                existing.refresh()
+            return
+        existed = existing is not None
         layer = self._put(
             "error_map", "image", values, L.grid_world_affine(grid), name="reconstruction error map (RMSE HU)",
-            colormap=Colormap(_inferno_over_ct(), name="nemesis error"), contrast_limits=(0.0, top),
-            opacity=0.6, blending="translucent", interpolation2d="nearest", interpolation3d="nearest",
+            colormap=Colormap(_inferno_over_ct(), name="nemesis error"), contrast_limits=limits,
+            opacity=0.5, blending="translucent", interpolation2d="nearest", interpolation3d="nearest",
         )
-        layer.contrast_limits = (0.0, top)
+        layer.contrast_limits = limits
+        if not existed:
+            layer.colorbar.visible = True
         self.raise_overlays()
 
     # ---- reconstruction ------------------------------------------------------------------------
-    def begin_reconstruction(self, shape, world: np.ndarray) -> dict[str, Any]:
-        """Empty reconstruction layers of ``shape`` placed by ``world``, reusing arrays in place."""
-        out = {}
-        names = {"noisy": "noisy input", "masked": "masked input", "reconstruction": "reconstruction",
-                 "abs_error": "absolute error (HU)"}
+    def begin_reconstruction(self, shape, world: np.ndarray) -> dict[str, np.ndarray]:
+        """The arrays of the reconstruction layers for ``shape`` placed by ``world``: the existing
+        layers' arrays reset in place when the shape fits, else new ones.
+
+        Adding a napari layer costs the GUI thread a frame or more, so only the visible
+        ``reconstruction`` layer is made now; the three hidden ones follow one per event-loop
+        turn (:meth:`finish_layers` makes any still pending at once).
+        """
+        arrays: dict[str, np.ndarray] = {}
+        self._pending_layers = []
         for role in RECON_ROLES:
             fill = 0.0 if role == "abs_error" else EMPTY_HU
             layer = self.get(role)
@@ -188,20 +246,51 @@ class Scene:
                 layer.data[...] = fill
                 _set_transform(layer, L.transform_kwargs(world))
                 layer.refresh()
-                out[role] = layer
+                arrays[role] = layer.data
                 continue
-            data = np.full(shape, fill, dtype=np.float32)
-            if role == "abs_error":
-                kwargs = {"colormap": "inferno", "contrast_limits": (0.0, 200.0), "visible": False}
-            else:
-                scan = self.get("scan")
-                limits = tuple(scan.contrast_limits) if scan is not None else L.window_limits(
-                    *L.WINDOW_PRESETS[L.DEFAULT_WINDOW])
-                kwargs = {"colormap": "gray", "contrast_limits": limits, "visible": role == "reconstruction"}
-            out[role] = self._put(role, "image", data, world, name=names[role], **kwargs)
+            arrays[role] = np.full(shape, fill, dtype=np.float32)
+            self._pending_layers.append((role, arrays[role], world))
+        first = [p for p in self._pending_layers if p[0] == "reconstruction"]
+        if first:
+            self._pending_layers.remove(first[0])
+            self._make_recon_layer(*first[0])
         self._link_contrast()
         self.raise_overlays()
-        return out
+        self._schedule_pending()
+        return arrays
+
+    def _schedule_pending(self) -> None:
+        if self._pending_layers:
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, self._make_next_pending)
+
+    def _make_next_pending(self) -> None:
+        if not self._pending_layers or self.viewer is None:
+            return
+        self._make_recon_layer(*self._pending_layers.pop(0))
+        self._link_contrast()
+        self.raise_overlays()
+        self._schedule_pending()
+
+    def finish_layers(self) -> None:
+        """Make every reconstruction layer still waiting for its event-loop turn."""
+        while self._pending_layers:
+            self._make_recon_layer(*self._pending_layers.pop(0))
+        self._link_contrast()
+        self.raise_overlays()
+
+    def _make_recon_layer(self, role: str, data: np.ndarray, world: np.ndarray):
+        names = {"noisy": "noisy input", "masked": "masked input", "reconstruction": "reconstruction",
+                 "abs_error": "absolute error (HU)"}
+        if role == "abs_error":
+            kwargs = {"colormap": "inferno", "contrast_limits": (0.0, 200.0), "visible": False}
+        else:
+            scan = self.get("scan")
+            limits = tuple(scan.contrast_limits) if scan is not None else L.window_limits(
+                *L.WINDOW_PRESETS[L.DEFAULT_WINDOW])
+            kwargs = {"colormap": "gray", "contrast_limits": limits, "visible": role == "reconstruction"}
+        return self._put(role, "image", data, world, name=names[role], **kwargs)
 
     def paste(self, role: str, slices, array: np.ndarray) -> None:
         layer = self.get(role)
@@ -258,7 +347,8 @@ class Scene:
         if tuple(viewer.camera.orientation2d) != wanted:
             viewer.camera.orientation2d = wanted
 
-    def centre_on(self, world_zyx) -> None:
+    def centre_on(self, world_zyx, camera: bool = True) -> None:
+        """Move the slice through ``world_zyx`` (LPS mm) and, with ``camera``, centre the view on it."""
         viewer = self.viewer
         point = list(viewer.dims.point)
         nd = len(point)
@@ -266,19 +356,56 @@ class Scene:
             point[nd - 3 + axis] = float(world_zyx[axis])
         for axis in viewer.dims.not_displayed:
             viewer.dims.set_point(axis, point[axis])
-        viewer.camera.center = tuple(point[a] for a in viewer.dims.displayed)
+        if camera:
+            viewer.camera.center = tuple(point[a] for a in viewer.dims.displayed)
+
+    # ---- the selection outline ------------------------------------------------------------------
+    def show_selection_outline(self, grid, index: int | None) -> None:
+        """The selected superpatch's box edges, drawn for the current view: in 2D the four edges
+        in the displayed plane, placed at the box's centre along the hidden axis so napari shows
+        them exactly in the slices that cut the box; in 3D all twelve edges."""
+        if index is None:
+            self.remove(["selection"])
+            return
+        viewer = self.viewer
+        ndim = viewer.dims.ndim
+        hidden = None
+        if viewer.dims.ndisplay == 2:
+            hidden_axes = [a - (ndim - 3) for a in viewer.dims.not_displayed if a >= ndim - 3]
+            hidden = hidden_axes[0] if hidden_axes else 0
+        vectors = L.box_outline_vectors(grid.grid_index(index), hidden)
+        world = L.grid_world_affine(grid)
+        cell_mm = float(np.mean(np.linalg.norm(world[:3, :3], axis=0)))
+        layer = self._put("selection", "vectors", vectors, world, name="selected superpatch",
+                          edge_width=_SELECTION_WIDTH_MM / cell_mm, length=1.0, edge_color=_SELECTION_COLOR,
+                          vector_style="line", opacity=1.0)
+        layer.edge_width = _SELECTION_WIDTH_MM / cell_mm
+        self.raise_overlays()
 
 
 def _set_transform(layer, transform: dict[str, Any]) -> None:
+    """Give a layer a new data -> world transform, touching only what changes (each assignment
+    makes napari re-slice and redraw)."""
     nd = layer.ndim
     if "affine" in transform:
-        layer.scale = (1.0,) * nd
-        layer.translate = (0.0,) * nd
-        layer.affine = transform["affine"]
+        wanted = {"scale": (1.0,) * nd, "translate": (0.0,) * nd, "affine": np.asarray(transform["affine"])}
     else:
-        layer.affine = np.eye(nd + 1)
-        layer.scale = transform["scale"]
-        layer.translate = transform["translate"]
+        wanted = {"affine": np.eye(nd + 1), "scale": transform["scale"], "translate": transform["translate"]}
+    for name, value in wanted.items():
+        current = layer.affine.affine_matrix if name == "affine" else getattr(layer, name)
+        if not np.allclose(np.asarray(current, dtype=float), np.asarray(value, dtype=float), rtol=0, atol=1e-12):
+            setattr(layer, name, value)
+
+
+def _error_limits(values: np.ndarray) -> tuple[float, float]:
+    """From the least to the most surprising superpatch: the least one stays transparent."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = float(finite.min()), float(finite.max())
+    if hi <= lo:
+        return max(0.0, lo - 1.0), lo + 1.0
+    return lo, hi
 
 
 def _inferno_over_ct() -> np.ndarray:

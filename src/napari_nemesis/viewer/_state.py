@@ -32,7 +32,7 @@ from ._workers import CANCELLED, DONE, FAILED, RUNNING, Job, RunState, start_job
 
 JOBS = ("prepare", "weights", "probabilities", "reconstruction", "attention")
 SCOPES = ("selected", "scan")
-_REFRESH_S = 0.25  # redraw growing reconstruction layers at most this often
+_REFRESH_S = 1.0  # redraw growing reconstruction layers at most this often (a frame is costly)
 
 
 class SessionEvents(SignalGroup):
@@ -218,6 +218,7 @@ class NemesisSession:
         if not wait:
             return job
         job.wait()
+        self.scene.flush()  # a script sees everything the job shows
         if state.status == FAILED and job.exception is not None:
             raise job.exception
         return state.result if state.status == DONE else None
@@ -311,6 +312,7 @@ class NemesisSession:
         self.scan = ScanContext(layer, prepared, geometry, weights)
         self._selected = None
         self._attention_cache = AttentionCache()
+        self.scene.remove(["selection"])
         self.scene.show_grid(prepared.grid)
         self.scene.orient_camera()
         self._grid_columns = {}
@@ -347,7 +349,7 @@ class NemesisSession:
         if index == self._selected:
             return index
         self._selected = index
-        self.scene.show_selection(index)
+        self.scene.show_selection(self.scan.grid, index)
         if self.attention is not None and self.attention.index != index:
             self.attention = None
             self.scene.remove(ATTENTION_ROLES)
@@ -461,13 +463,19 @@ class NemesisSession:
         self.events.grid_columns.emit(dict(self._grid_columns))
 
     def set_organ_visible(self, organ: str, visible: bool) -> None:
+        """Show or hide an organ's heatmap (made on first show)."""
+        from ._scene import prob_role
+
         if visible:
             self.visible_organs.add(organ)
         else:
             self.visible_organs.discard(organ)
-        from ._scene import prob_role
-
-        self.scene.set_visible(prob_role(organ), visible)
+        result = self.probabilities
+        if visible and self.scene.get(prob_role(organ)) is None and result is not None and organ in result.organs:
+            self.scene.show_heatmap(self.scan.grid, organ, result.values[:, result.organs.index(organ)], True)
+            self.scene.raise_overlays()
+        else:
+            self.scene.set_visible(prob_role(organ), visible)
 
     # ---- reconstruction -----------------------------------------------------------------------
     def run_reconstruction(self, strategy: str = "dual", ratio: float = 0.75, noise: float = 0.0, seed: int = 0,
@@ -493,13 +501,14 @@ class NemesisSession:
         run = ReconstructionRun(strategy, float(ratio), float(noise), int(seed), scope, indices, tuple(origin),
                                 ScanReconstruction(ctx.prepared, keys=()), len(indices) if indices else ctx.n)
         self.reconstruction = run
-        self.scene.begin_reconstruction(shape, L.box_world_affine(ctx.grid, origin))
-        self.scene.show_error_map(ctx.grid, run.error_rmse_hu())
+        targets = self.scene.begin_reconstruction(shape, L.box_world_affine(ctx.grid, origin))
+        if self.scene.get("error_map") is not None:
+            self.scene.show_error_map(ctx.grid, run.error_rmse_hu())  # cleared; made at the first piece otherwise
         self._last_refresh = time.monotonic()
         self.events.reconstruction.emit(run)
         return self._start("reconstruction", reconstruction_job, ctx.prepared, self.models, self.weights.checkpoint,
                            strategy, ratio, noise, seed, indices, self.settings.device, self.settings.batch,
-                           wait=wait, on_yield=lambda piece: self._reconstruction_piece(ctx, run, piece),
+                           targets, tuple(origin), wait=wait, on_yield=lambda piece: self._reconstruction_piece(ctx, run, piece),
                            on_end=lambda state: self._reconstruction_end(ctx, run, state),
                            description=f"reconstruction ({strategy})")
 
@@ -525,6 +534,7 @@ class NemesisSession:
         run.status = state.status
         if self.scan is not ctx or self.reconstruction is not run:
             return
+        self.scene.finish_layers()
         self.scene.refresh(RECON_ROLES)
         self.scene.show_error_map(ctx.grid, run.error_rmse_hu())
         if run.done:

@@ -1,0 +1,259 @@
+"""The demo scene (``nemesis demo``): the sample CT, its grid, the widgets, the organ probabilities.
+
+``open_demo`` builds the scene the way a user would and returns the session; ``screenshot_tour``
+walks through the views the documentation shows (2D grid with a heatmap, the reconstruction beside
+its input, the error map, the attention view, the 3D wireframe) and saves each as a PNG.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import _layers as L
+
+WINDOW_SIZE = (1600, 1000)
+
+
+def open_demo(scan=None, viewer=None, probabilities: bool = True, wait: bool = True,
+              size: tuple[int, int] | None = WINDOW_SIZE):
+    """A viewer with ``scan`` (default: the packaged sample CT and its organ labels), the grid and
+    the three widgets; the organ probabilities start at once (``wait``: until they are shown).
+    ``size``: the window's size in pixels (None: napari's own)."""
+    import napari
+
+    from ._io import labels_layer_data
+    from ._state import session_for
+
+    if viewer is None:
+        viewer = napari.Viewer(title="NEMESIS: superpatches of a CT")
+    if size is not None:
+        viewer.window.resize(*size)
+    session = session_for(viewer)
+    session.show_widgets()
+    if scan is None:
+        from ..data import read_labels
+        from ..sample_data import sample_btcv_labels_path, sample_ct_path
+
+        session.open_scan(sample_ct_path(), wait=True)
+        volume = session.scan.prepared.volume
+        data, kwargs, _kind = labels_layer_data(volume, read_labels(sample_btcv_labels_path(), volume),
+                                                name="organs (BTCV labels)", scheme="btcv")
+        kwargs["visible"] = False
+        viewer.add_labels(data, **kwargs)
+        session.scene.raise_overlays(force=True)
+    else:
+        session.open_scan(scan, wait=True)
+    _settle(viewer)
+    viewer.reset_view(layers=[session.layers["scan"]])
+    if probabilities:
+        session.run_probabilities(wait=wait)
+        if wait:
+            focus_on_organ(session, "liver")
+    return session
+
+
+def focus_on_organ(session, organ: str = "liver") -> int | None:
+    """Select the superpatch most likely to hold ``organ``, show its heatmap, move the axial
+    slice to the organ's centre (from the label map if one is open, else the superpatch's)."""
+    result = session.probabilities
+    if result is None or organ not in result.organs:
+        return None
+    k = result.organs.index(organ)
+    ctx = session.scan
+    centre = _organ_centre_world(session, organ)
+    index = None if centre is None else L.superpatch_at(ctx.grid_world, ctx.grid.grid_shape, centre)
+    if index is None:
+        index = int(np.argmax(result.values[:, k]))
+        centre = ctx.box_centre_world(index)
+    session.select(index)
+    for name in result.organs:
+        session.set_organ_visible(name, name == organ)
+    _settle(session.viewer)
+    session.viewer.reset_view(layers=[session.layers["scan"]])
+    session.scene.centre_on(centre, camera=False)
+    return index
+
+
+def _organ_centre_world(session, organ: str):
+    from ..data import ORGANS
+    from ._io import layer_world_matrix
+
+    ids = {o.name: o.btcv_id for o in ORGANS}
+    for layer in session.viewer.layers:
+        if layer._type_string == "labels" and layer.metadata.get("label_scheme") == "btcv" and organ in ids:
+            where = np.argwhere(np.asarray(layer.data) == ids[organ])
+            if len(where):
+                c = where.mean(axis=0)
+                m = layer_world_matrix(layer)
+                return m[:3, :3] @ c + m[:3, 3]
+    return None
+
+
+# ---- screenshots -------------------------------------------------------------------------------
+def _settle(viewer, rounds: int = 5) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    for _ in range(rounds):
+        QApplication.processEvents()
+
+
+def save_window(viewer, path: Path, canvas_only: bool = False) -> Path:
+    """A screenshot of the shown window (or its canvas) as PNG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _settle(viewer)
+    viewer.screenshot(str(path), canvas_only=canvas_only)
+    return path
+
+
+def _raise_dock(session, name: str) -> None:
+    widget = session.widgets.get(name)
+    dock = widget.parent() if widget is not None else None
+    while dock is not None and not hasattr(dock, "raise_"):
+        dock = dock.parent()
+    if dock is not None:
+        dock.show()
+        dock.raise_()
+
+
+def _only(session, roles) -> dict:
+    """Show only these roles (plus nothing else the session owns); returns what was visible."""
+    before = {}
+    for layer in session.viewer.layers:
+        before[layer] = layer.visible
+        layer.visible = layer.metadata.get("nemesis_role", "scan" if layer is session.layers.get("scan")
+                                           else None) in roles
+    return before
+
+
+def _restore(before: dict) -> None:
+    for layer, visible in before.items():
+        layer.visible = visible
+
+
+def screenshot_tour(session, out: Path, strategy: str = "dual", ratio: float = 0.75, noise: float = 0.03,
+                    seed: int = 0) -> dict[str, Path]:
+    """Run the reconstruction and the attention view and save the documentation's screenshots."""
+    out = Path(out)
+    viewer = session.viewer
+    shots: dict[str, Path] = {}
+
+    # 1. 2D: the grid over an axial slice through the liver, the liver heatmap, the bars
+    focus_on_organ(session, "liver")
+    _raise_dock(session, "Organ probabilities")
+    shots["2d_grid_heatmap"] = save_window(viewer, out / "viewer_2d_grid_liver.png")
+
+    # 2. the whole scan reconstructed; input, masked input, reconstruction, error side by side
+    session.run_reconstruction(strategy, ratio, noise, seed, scope="scan", wait=True)
+    for organ in session.probabilities.organs if session.probabilities else ():
+        session.set_organ_visible(organ, False)
+    panels = []
+    for title, roles in (("input (noisy, sigma 0.03)", ("noisy", "grid_lines")),
+                         (f"masked input ({strategy} {ratio:.2f})", ("masked", "grid_lines")),
+                         ("reconstruction", ("reconstruction", "grid_lines")),
+                         ("|error| (HU, 0-200)", ("abs_error", "grid_lines"))):
+        before = _only(session, roles)
+        _settle(viewer)
+        panels.append((title, viewer.screenshot(canvas_only=True)))
+        _restore(before)
+    shots["reconstruction"] = _side_by_side(panels, out / "viewer_reconstruction.png", _metrics_title(session))
+
+    # 3. the reconstruction-error map over the scan, with the widget's scores
+    before = _only(session, ("scan", "error_map", "grid_lines", "selection", "grid"))
+    _raise_dock(session, "Reconstruction")
+    shots["error_map"] = save_window(viewer, out / "viewer_error_map.png")
+    _restore(before)
+
+    # 4. the attention of one patch of the selected superpatch (the liver's), both streams
+    index = session.selected
+    ctx = session.scan
+    g = ctx.geometry.superpatch // ctx.geometry.patch
+    pw = L.patch_world_affine(ctx.grid, index, ctx.geometry.patch)
+    centre = _organ_centre_world(session, "liver")
+    token = L.token_at(pw, g, centre) if centre is not None else None
+    token = token or (g // 2, g // 2, g // 2)
+    session.set_attention(True)
+    session.show_attention(token, wait=True)
+    token_world = pw[:3, :3] @ np.asarray(token, float) + pw[:3, 3]
+    session.scene.centre_on(token_world)
+    before = _only(session, ("scan", "attention_plane", "attention_axis", "grid_lines", "selection"))
+    viewer.reset_view(layers=[session.layers["attention_plane"]])
+    panels = []
+    for title, order in (("axial: plane stream (orange)", (0, 1, 2)), ("coronal: axis stream (green)", (1, 0, 2))):
+        viewer.dims.order = order
+        viewer.reset_view(layers=[session.layers["attention_plane"]])
+        session.scene.centre_on(token_world)
+        _settle(viewer)
+        panels.append((title, viewer.screenshot(canvas_only=True)))
+    viewer.dims.order = (0, 1, 2)
+    shots["attention"] = _side_by_side(
+        panels, out / "viewer_attention.png",
+        f"MATB attention of patch {token} (z y x) of superpatch {index}, last encoder block, mean over heads")
+    _restore(before)
+    session.set_attention(False)
+
+    # 5. 3D: the wireframe of the boxes around the skeleton, the selected superpatch highlighted
+    before = _only(session, ("scan", "grid_lines", "selection"))
+    scan = session.layers["scan"]
+    saved = (scan.rendering, tuple(scan.contrast_limits))
+    scan.rendering = "iso"
+    scan.iso_threshold = 200.0  # bone
+    scan.contrast_limits = (-200.0, 1500.0)
+    viewer.dims.ndisplay = 3
+    _settle(viewer)
+    viewer.reset_view()
+    # from the front, below and to the patient's right, head up (lines seen end-on vanish in 3D)
+    viewer.camera.set_view_direction((0.45, 1.0, 0.35), (1.0, 0.0, 0.0))
+    viewer.camera.zoom *= 0.72
+    _raise_dock(session, "Superpatch grid")
+    shots["3d_wireframe"] = save_window(viewer, out / "viewer_3d_wireframe.png")
+    viewer.dims.ndisplay = 2
+    scan.rendering, scan.contrast_limits = saved
+    _restore(before)
+    focus_on_organ(session, "liver")
+    return shots
+
+
+def _metrics_title(session) -> str:
+    run = session.reconstruction
+    if run is None:
+        return ""
+    m = run.metrics()
+    return (f"{run.strategy} mask {run.ratio:.2f}, noise {run.noise:g}, whole scan: PSNR masked "
+            f"{m['psnr_masked']:.2f} dB (whole {m['psnr_all']:.2f}), SSIM masked {m['ssim_masked']:.3f} "
+            f"(whole {m['ssim_all']:.3f})")
+
+
+def _side_by_side(panels, path: Path, title: str = "") -> Path:
+    """Canvas screenshots in a row with titles (matplotlib), saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.2 * len(panels), 4.9), dpi=110, layout="constrained", facecolor="black")
+    for k, (name, image) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        ax.imshow(_crop_black(np.asarray(image)))
+        ax.set_title(name, color="white", fontsize=11)
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, color="white", fontsize=11)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(str(path), facecolor="black")
+    return path
+
+
+def _crop_black(image: np.ndarray, margin: int = 6) -> np.ndarray:
+    """Trim the empty canvas around the picture."""
+    rgb = image[..., :3].astype(np.int32)
+    mask = rgb.max(axis=-1) > 8
+    if not mask.any():
+        return image
+    ys, xs = np.nonzero(mask)
+    y0, y1 = max(0, ys.min() - margin), min(image.shape[0], ys.max() + margin + 1)
+    x0, x1 = max(0, xs.min() - margin), min(image.shape[1], xs.max() + margin + 1)
+    return image[y0:y1, x0:x1]
