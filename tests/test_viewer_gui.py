@@ -43,6 +43,10 @@ def _config_dir(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory):
+    return make_tiny_weights(tmp_path_factory.mktemp("weights"))
+
+
+def make_tiny_weights(folder: Path) -> tuple[str, str]:
     """A tiny checkpoint and a probe head made for its encoder (8 organs)."""
     import torch
 
@@ -50,7 +54,6 @@ def tiny_weights(tmp_path_factory):
     from napari_nemesis.model import build_model, save_checkpoint
     from napari_nemesis.train.probe import ProbeHead, probe_metadata, save_probe
 
-    folder = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
     model = build_model("tiny", superpatch=SUPERPATCH, patch=PATCH, depth=1)
     ckpt = save_checkpoint(model, folder / "tiny.safetensors")

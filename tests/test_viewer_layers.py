@@ -171,6 +171,8 @@ def test_viewer_modules_named_by_the_manifest_do_not_import_torch():
     import sys
 
     code = ("import sys; import napari_nemesis.viewer._io, napari_nemesis.viewer; "
-            "import napari_nemesis.viewer._layers; print('torch' in sys.modules)")
+            "import napari_nemesis.viewer._layers, napari_nemesis.viewer.widgets.grid, "
+            "napari_nemesis.viewer.widgets.reconstruction, napari_nemesis.viewer.widgets.probabilities; "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -91,18 +91,22 @@ def _timed_runs(session, meter, strategy, ratio, noise, seed, log, label: str) -
 
 
 def measure_ui(strategy: str = "dual", ratio: float = 0.75, noise: float = 0.03, seed: int = 0,
-               log=None) -> dict[str, Any]:
-    """Open the sample CT in a shown viewer and time the two jobs while watching the event loop:
-    first as a user's first click (the result layers are made then), then again (layers updated
-    in place). Also the time one frame of the canvas takes, the floor of any stall."""
+               log=None, scan=None, weights: tuple[str | None, str | None] | None = None) -> dict[str, Any]:
+    """Open the sample CT (or ``scan``) in a shown viewer and time the two jobs while watching the
+    event loop: first as a user's first click (the result layers are made then), then again
+    (layers updated in place). Also the time one frame of the canvas takes, the floor of any
+    stall. ``weights``: (checkpoint, probe head) instead of the bundled ones (tests)."""
     import napari
 
     from ..viewer._demo import open_demo
+    from ..viewer._state import session_for
 
     log = log or (lambda _msg: None)
     viewer = napari.Viewer(title="NEMESIS benchmark", show=True)
     try:
-        session = open_demo(viewer=viewer, probabilities=False)
+        if weights is not None:
+            session_for(viewer).set_weights(*weights, wait=True)
+        session = open_demo(scan=scan, viewer=viewer, probabilities=False)
         frame = _frame_ms(viewer)
         meter = _StallMeter()
         first = _timed_runs(session, meter, strategy, ratio, noise, seed, log, "first run")

@@ -1,4 +1,4 @@
-"""``nemesis flops`` and ``nemesis demo``: the model's cost and a first look at it."""
+"""``nemesis flops`` and ``nemesis demo``: the model's cost and a first look at it (in napari)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_flag(p)
     p.set_defaults(func=cmd_flops)
 
-    d = sub.add_parser("demo", help="the main job: the bundled model on a real CT (organ probabilities, reconstruction)")
-    d.add_argument("--scan", default=None, help="scan to use (default: the shared real CT, else a phantom)")
-    d.add_argument("--out", default="demo_out", help="output folder (default demo_out/)")
+    d = sub.add_parser(
+        "demo", help="the main job: napari with the sample CT, its superpatch grid, organ probabilities and "
+        "reconstructions",
+        description="Opens napari with the sample CT shipped with the package (or --scan), its superpatch grid and "
+        "the NEMESIS widgets, computes the organ probabilities once and stays open. Without a display it runs the "
+        "same scene under a virtual display (Xvfb), saves screenshots to --out and exits; with neither a display "
+        "nor Xvfb it runs the text-only demo (--headless).")
+    d.add_argument("--scan", default=None, help="scan to open (default: the sample CT shipped with the package)")
+    d.add_argument("--out", default="demo_out", help="folder for screenshots and outputs (default demo_out/)")
+    d.add_argument("--headless", action="store_true",
+                   help="no window: print the model, its cost, organ probabilities and reconstructions, and write "
+                   "them as NIfTI/CSV to --out")
+    d.add_argument("--screenshot", metavar="PATH", default=None,
+                   help="save one screenshot of the shown window once the probabilities are in, then exit")
     d.set_defaults(func=cmd_demo)
 
 
@@ -95,20 +106,58 @@ def cmd_flops(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo_scan(out: Path) -> Path:
-    """The shared real CT beside the checkout, else a freshly written phantom."""
-    here = Path(__file__).resolve()
-    for base in [Path.cwd(), *here.parents]:
-        ct = base.parent / "shared" / "data" / "ct" / "abdomen_ct.nii.gz"
-        if ct.is_file():
-            return ct
-    from ..data import write_phantom_dataset
+def _demo_scan(scan: str | None) -> Path:
+    """The scan the demo opens: ``--scan``, else the sample CT shipped inside the package."""
+    if scan:
+        return Path(scan)
+    from ..sample_data import sample_ct_path
 
-    write_phantom_dataset(out / "phantom", cases=1, seed=0, size="small")
-    return next((out / "phantom" / "imagesTr").glob("*.nii.gz"))
+    return sample_ct_path()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """napari with the sample CT (or a virtual display and screenshots, or text when neither works)."""
+    import sys
+
+    if args.headless:
+        return _text_demo(args)
+    from ..viewer._display import has_display, virtual_display, xvfb_path
+
+    if has_display():
+        return _window_demo(args)
+    if xvfb_path():
+        print("no display: running the demo under a virtual display (Xvfb)", file=sys.stderr)
+        with virtual_display():
+            return _window_demo(args, screenshots=True)
+    print("no display and no Xvfb: running the text-only demo (nemesis demo --headless)", file=sys.stderr)
+    return _text_demo(args)
+
+
+def _window_demo(args: argparse.Namespace, screenshots: bool = False) -> int:
+    """The napari scene: interactive, or one screenshot (--screenshot), or the screenshot tour."""
+    import napari
+
+    from ..viewer._demo import open_demo, save_window, screenshot_tour
+
+    session = open_demo(scan=None if not args.scan else Path(args.scan), wait=bool(args.screenshot or screenshots))
+    viewer = session.viewer
+    if args.screenshot:
+        path = save_window(viewer, Path(args.screenshot))
+        viewer.close()
+        print(f"screenshot: {path}")
+        return 0
+    if screenshots:
+        shots = screenshot_tour(session, Path(args.out))
+        viewer.close()
+        print(f"{len(shots)} screenshots in {args.out}/:")
+        for path in shots.values():
+            print(f"  {path}")
+        return 0
+    napari.run()
+    return 0
+
+
+def _text_demo(args: argparse.Namespace) -> int:
     """Model summary and cost, then organ probabilities and a reconstruction of a whole real CT."""
     from ..model.summary import describe
     from ..train.inference import infer_scan, write_infer_outputs
@@ -124,7 +173,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"  {k}: {v}")
     print()
     print_flops_table(flops_report(_build(argparse.Namespace(preset="paper")), 0.75, "dual", scaling=False))
-    scan = Path(args.scan) if args.scan else _demo_scan(out)
+    scan = _demo_scan(args.scan)
     print(f"\nScan: {scan}")
     bar = TqdmProgress("organ probabilities")
     try:

@@ -48,6 +48,14 @@ def open_demo(scan=None, viewer=None, probabilities: bool = True, wait: bool = T
     _settle(viewer)
     viewer.reset_view(layers=[session.layers["scan"]])
     if probabilities:
+        if not wait:  # when they arrive: the liver's superpatch selected, its slice shown
+
+            def _focus(result) -> None:
+                if result is not None:
+                    session.events.probabilities.disconnect(_focus)
+                    focus_on_organ(session, "liver")
+
+            session.events.probabilities.connect(_focus)
         session.run_probabilities(wait=wait)
         if wait:
             focus_on_organ(session, "liver")
