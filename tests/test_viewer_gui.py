@@ -283,6 +283,14 @@ def test_heatmaps_hold_infer_scan_probabilities(session, tiny_weights):
     assert session.layers["prob:liver"].visible and not session.layers["prob:aorta"].visible
     features = session.layers["grid"].features
     assert features["P(liver)"].iloc[1:].to_numpy() == pytest.approx(expected[:, result.organs.index("liver")])
+    # what a later Labelling widget uses: a column shown on hover and a map over the grid
+    states = np.arange(grid.n) % 3
+    session.set_grid_column("label state", states)
+    session.show_grid_map("label state", states / 2.0)
+    session.scene.flush()
+    assert session.layers["grid"].features["label state"].iloc[1:].to_numpy() == pytest.approx(states)
+    centre = session.scan.box_centre_world(4)
+    assert _value_at(session.layers["map:label state"], centre) == pytest.approx(states[4] / 2.0)
 
 
 def test_mismatched_probe_is_refused_with_a_notification(session, tmp_path, monkeypatch):

@@ -199,6 +199,19 @@ class Scene:
         else:
             layer.colorbar.visible = True  # shown while the heatmap is
 
+    def show_grid_map(self, role: str, grid, values: np.ndarray, rgb, name: str, limits=(0.0, 1.0)) -> None:
+        """Any per-superpatch values as a block heatmap over the grid (e.g. label states)."""
+        from napari.utils.colormaps import Colormap
+
+        existed = self.get(role) is not None
+        layer = self._put(role, "image", L.block_image(values, grid.grid_shape), L.grid_world_affine(grid),
+                          name=name, colormap=Colormap(L.heatmap_colors(rgb, max_alpha=0.8), name=f"nemesis {role}"),
+                          contrast_limits=tuple(limits), opacity=0.45, blending="translucent",
+                          interpolation2d="nearest", interpolation3d="nearest")
+        if existed:
+            layer.contrast_limits = tuple(limits)
+        self.raise_overlays()
+
     def set_visible(self, role: str, visible: bool) -> None:
         layer = self.get(role)
         if layer is not None:

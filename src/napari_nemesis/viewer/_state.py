@@ -432,6 +432,15 @@ class NemesisSession:
         self.scene.set_grid_features(ctx.grid.grid_shape, self._grid_columns)
         self.events.grid_columns.emit(dict(self._grid_columns))
 
+    def show_grid_map(self, name: str, values, rgb=(1.0, 0.85, 0.0), limits=(0.0, 1.0)) -> None:
+        """Per-superpatch values (e.g. label states) as a block heatmap over the grid, layer role
+        ``map:<name>``; updated in place when shown again."""
+        ctx = self._need_scan()
+        values = np.asarray(values, dtype=np.float32)
+        if values.shape != (ctx.n,):
+            raise NemesisInputError(f"map {name!r}: {values.shape} values for {ctx.n} superpatches")
+        self.scene.show_grid_map(f"map:{name}", ctx.grid, values, rgb, name, limits)
+
     @property
     def grid_columns(self) -> dict[str, np.ndarray]:
         return dict(self._grid_columns)
