@@ -308,7 +308,7 @@ def test_mismatched_probe_is_refused_with_a_notification(session, tmp_path, monk
 
 
 # ---- reconstruction ------------------------------------------------------------------------------------
-def test_reconstruction_layers_align_update_in_place_and_cancel(session, qtbot):
+def test_reconstruction_layers_align_update_in_place_and_cancel(session, qtbot, tmp_path):
     from napari_nemesis.data import HU_WINDOW
     from napari_nemesis.train.inference import to_hu
     from napari_nemesis.train.scan import iter_reconstruction
@@ -345,6 +345,15 @@ def test_reconstruction_layers_align_update_in_place_and_cancel(session, qtbot):
     assert all(session.layers[r] is layer for r, layer in layers.items())
     assert not np.array_equal(recon.data, before)
     assert tuple(recon.contrast_limits) == (-100.0, 100.0)
+
+    # a reconstruction layer saved as NIfTI keeps its (model-spacing) grid and world position
+    from napari_nemesis.data import read_volume
+
+    saved = recon.save(str(tmp_path / "recon.nii.gz"), plugin="napari-nemesis")
+    back = read_volume(saved[0])
+    assert np.allclose(back.array, recon.data, atol=1e-3)
+    lps = _lps_zyx_from_ras(back.voxel_to_world(np.array([5.0, 6.0, 7.0])))
+    assert lps == pytest.approx(np.asarray(recon.data_to_world((5, 6, 7))), abs=1e-3)
 
     # the selected superpatch alone: layers shrink to its box, placed where it is
     session.select(5)

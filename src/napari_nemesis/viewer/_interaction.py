@@ -45,6 +45,9 @@ def install(session) -> None:
         viewer.bind_key(key, _mover(session, axis, step), overwrite=True)
     viewer.dims.events.order.connect(lambda _e: _view_changed(session))
     viewer.dims.events.ndisplay.connect(lambda _e: _view_changed(session))
+    qt_window = getattr(getattr(viewer, "window", None), "_qt_window", None)
+    if qt_window is not None:  # closing the window stops the session's jobs
+        qt_window.destroyed.connect(lambda *_a: session.cancel())
 
 
 def _view_changed(session) -> None:

@@ -305,7 +305,7 @@ class NemesisSession:
                            description=f"preparing {layer.name}")
 
     def _scan_ready(self, layer, weights: WeightsChoice, prepared, geometry: Geometry) -> None:
-        if layer not in self.viewer.layers:
+        if self._viewer() is None or layer not in self.viewer.layers:
             return
         self._clear_results()
         self.scene.adopt_scan(layer)
@@ -461,7 +461,7 @@ class NemesisSession:
                            description="organ probabilities")
 
     def _probabilities_ready(self, ctx: ScanContext, result: Probabilities) -> None:
-        if self.scan is not ctx:
+        if self.scan is not ctx or self._viewer() is None:
             return
         self.probabilities = result
         self.scene.show_probabilities(ctx.grid, result.values, result.organs, self.visible_organs)
@@ -522,7 +522,7 @@ class NemesisSession:
                            description=f"reconstruction ({strategy})")
 
     def _reconstruction_piece(self, ctx: ScanContext, run: ReconstructionRun, piece) -> None:
-        if self.scan is not ctx or self.reconstruction is not run:
+        if self.scan is not ctx or self.reconstruction is not run or self._viewer() is None:
             return
         item = piece.item
         start = np.asarray(item.box.start) - np.asarray(run.origin_zyx)
@@ -541,7 +541,7 @@ class NemesisSession:
 
     def _reconstruction_end(self, ctx: ScanContext, run: ReconstructionRun, state: RunState) -> None:
         run.status = state.status
-        if self.scan is not ctx or self.reconstruction is not run:
+        if self.scan is not ctx or self.reconstruction is not run or self._viewer() is None:
             return
         self.scene.finish_layers()
         self.scene.refresh(RECON_ROLES)
@@ -585,7 +585,7 @@ class NemesisSession:
 
     def _attention_ready(self, ctx: ScanContext, result) -> None:
         index, maps = result
-        if self.scan is not ctx or index != self._selected:
+        if self.scan is not ctx or index != self._selected or self._viewer() is None:
             return
         self.attention = AttentionView(index, tuple(maps.token_zyx), maps)
         self.scene.show_attention(maps.plane, maps.axis, L.patch_world_affine(ctx.grid, index, ctx.geometry.patch))
