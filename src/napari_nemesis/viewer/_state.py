@@ -299,6 +299,9 @@ class NemesisSession:
         volume = volume_from_layer(np.asarray(layer.data), layer.metadata, layer_world_matrix(layer))
         if volume.source is None:
             volume.source = Path(str(layer.name))
+        if self.running("prepare"):  # the newest scan wins
+            self.cancel("prepare")
+            self.wait("prepare")
         weights = self.weights
         return self._start("prepare", prepare_job, volume, weights, self.models, wait=wait,
                            on_done=lambda result: self._scan_ready(layer, weights, *result),

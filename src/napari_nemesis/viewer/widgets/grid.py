@@ -76,6 +76,10 @@ class GridWidget(QWidget):
         self._refresh_scans()
         if self.session.scan is not None:
             self._on_scan(self.session.scan)
+        elif not self.session.running("prepare"):  # a scan opened before the widget: use the newest
+            scans = [lay for lay in self._scan_layers() if lay.metadata.get("kind") == "scan"]
+            if scans:
+                call_safely(self.session.use_scan_layer, scans[-1], wait=False)
 
     # ---- layout reacts to the session -------------------------------------------------------------
     def _unhook(self, *_args) -> None:
