@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "only --steps may grow, --checkpoint-every, --log-every, --workers may change)")
     p.add_argument("--init", default=None, metavar="CKPT",
                    help="start from these weights with a fresh optimizer and schedule (the model config comes from CKPT)")
+    p.add_argument("--events", action="store_true",
+                   help="print every progress event as one JSON line on standard output (for the Training widget)")
     add_json_flag(p)
     p.set_defaults(func=cmd_pretrain)
     register_downstream(sub)
@@ -61,10 +63,15 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    bar = TqdmProgress("pretrain", disable=not main_rank)
+    bar = TqdmProgress("pretrain", disable=not main_rank or args.events)
     log = JsonlLog(out / "log.jsonl") if main_rank else None
+    lines = None
+    if args.events and main_rank:
+        from .labels_cmds import JsonLinesOut
+
+        lines = JsonLinesOut()
     try:
-        result = pretrain(args.data, out, opts, resume=args.resume, progress=fan_out(bar, log))
+        result = pretrain(args.data, out, opts, resume=args.resume, progress=fan_out(bar, log, lines))
     finally:
         bar.close()
         if log is not None:
