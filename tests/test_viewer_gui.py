@@ -403,7 +403,8 @@ def test_widgets_drive_the_session(make_napari_viewer, tiny_weights, qtbot):
 
     viewer = make_napari_viewer()
     session = launch(viewer=viewer, widgets=True)
-    assert set(session.widgets) == {"Superpatch grid", "Reconstruction", "Organ probabilities"}
+    assert set(session.widgets) == {"Superpatch grid", "Reconstruction", "Organ probabilities", "Labelling",
+                                    "Training"}
     session.set_weights(*tiny_weights, wait=True)
     session.open_scan(_scan_volume(), wait=True)
     probs = session.widgets["Organ probabilities"]

@@ -604,7 +604,7 @@ class NemesisSession:
 
     # ---- widgets ----------------------------------------------------------------------------------
     def show_widgets(self) -> dict[str, Any]:
-        """Dock the three NEMESIS widgets (once) as tabs on the right."""
+        """Dock the NEMESIS widgets (once) as tabs on the right."""
         from .widgets import WIDGETS
 
         window = getattr(self.viewer, "window", None)

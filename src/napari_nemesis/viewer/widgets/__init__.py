@@ -4,14 +4,19 @@
 from __future__ import annotations
 
 from .grid import GridWidget
+from .labelling import LabellingWidget
 from .probabilities import ProbabilitiesWidget
 from .reconstruction import ReconstructionWidget
+from .training import TrainingWidget
 
 #: Dock title -> widget class (the manifest's display names).
 WIDGETS = {
     "Superpatch grid": GridWidget,
     "Reconstruction": ReconstructionWidget,
     "Organ probabilities": ProbabilitiesWidget,
+    "Labelling": LabellingWidget,
+    "Training": TrainingWidget,
 }
 
-__all__ = ["GridWidget", "ReconstructionWidget", "ProbabilitiesWidget", "WIDGETS"]
+__all__ = ["GridWidget", "ReconstructionWidget", "ProbabilitiesWidget", "LabellingWidget", "TrainingWidget",
+           "WIDGETS"]

@@ -1,0 +1,538 @@
+"""The Labelling dock's logic: the open scan's labels, the keys, fill, label next, progress colours.
+
+One :class:`LabellingController` per session (:func:`labelling_for`). It opens the labels of the
+session's scan in a labelling project (``labels.LabelProject``: the folder ``nemesis labels
+train`` trains from), with the scan already read (no second read) and the session's grid, so a
+superpatch index means the same box in the viewer and in the sidecar. The cursor
+(``labels.LabellingSession``) follows the shared selection; every action is one core call, saved
+before it returns (``labels.LabelStore``), then the grid is recoloured by label state
+(``session.show_grid_map``) and the state shows on hover (``session.set_grid_column``).
+
+Keys (``labels.KEYS``): 1-9 toggle an organ, Enter marks labelled and moves on, ``s`` skips,
+arrows and Page Up/Down move to a neighbour, ``n``/``p`` to the next/previous unlabelled
+superpatch, Ctrl+Z undoes. napari binds most of these keys itself (numbers switch a Labels layer's
+mode, arrows step the slider, Ctrl+Z undoes a brush stroke), so they are ours only where that
+cannot surprise anyone: while the keyboard focus is in the Labelling dock, and, in *labelling
+mode*, also on the canvas (:class:`LabellingKeys`); text fields always keep their keys.
+
+A scan with no file of its own (built in memory, or a layer that did not come from a file) is
+written once into the project (``PROJECT/images/<name>-<hash>.nii.gz``) so that training, which
+runs in another process, can read it; its voxels and so its labels are the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from psygnal import Signal, SignalGroup
+from qtpy.QtCore import QEvent, QObject, Qt
+from qtpy.QtCore import Signal as QtSignal
+
+from ..errors import NemesisError, NemesisInputError
+from ._workers import FAILED, RunState, start_job
+
+#: The map over the grid (``map:label state``) and the hover column.
+MAP_NAME = "label state"
+COLUMN = "label"
+#: Map value per state code (0 unlabelled, 1 labelled, 2 skipped): transparent, full, faint.
+STATE_VALUES = np.array([0.0, 1.0, 0.35], dtype=np.float32)
+STATE_RGB = (0.2, 0.9, 0.35)
+
+
+# ---- where labels are saved ------------------------------------------------------------------------
+def default_project_dir() -> Path:
+    """The labelling project used until the user picks another: ``$NEMESIS_LABELS_PROJECT``, else
+    ``labelling-project`` in ``$NEMESIS_CONFIG_DIR`` (tests) or in the user data folder."""
+    env = os.environ.get("NEMESIS_LABELS_PROJECT")
+    if env:
+        return Path(env).expanduser()
+    config = os.environ.get("NEMESIS_CONFIG_DIR")
+    if config:
+        return Path(config) / "labelling-project"
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("napari-nemesis", appauthor=False)) / "labelling-project"
+
+
+def _prefs_path() -> Path:
+    from ._settings import settings_path
+
+    return settings_path().parent / "labelling.json"
+
+
+def load_project_dir() -> Path:
+    """The project folder picked last time (remembered beside the viewer settings), or the default."""
+    try:
+        doc = json.loads(_prefs_path().read_text(encoding="utf-8"))
+        if isinstance(doc, dict) and doc.get("project"):
+            return Path(doc["project"])
+    except (OSError, ValueError):
+        pass
+    return default_project_dir()
+
+
+def save_project_dir(path: Path) -> None:
+    from ..atomic import write_json_atomic
+
+    try:
+        write_json_atomic(_prefs_path(), {"project": str(path)})
+    except OSError:
+        pass  # an unwritable config folder only loses the preference
+
+
+def scan_image_path(volume, project_root: Path) -> Path:
+    """The image file the project records for ``volume``: its own file when it came from one,
+    else a NIfTI copy written once into ``PROJECT/images`` (same voxels, so the same hash)."""
+    from ..data.io import write_volume
+    from ..labels import ScanFingerprint
+
+    source = Path(str(volume.source)) if volume.source is not None else None
+    if source is not None and source.is_file() and volume.meta.get("format") not in ("memory", "napari-layer"):
+        return source
+    stem = source.name if source is not None else "scan"
+    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
+        if stem.lower().endswith(ext):
+            stem = stem[: -len(ext)]
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or "scan"
+    digest = ScanFingerprint.of_volume(volume).voxel_sha256[:12]
+    path = Path(project_root) / "images" / f"{stem}-{digest}.nii.gz"
+    if not path.is_file():
+        write_volume(np.asarray(volume.array, dtype=np.float32), path, volume, dtype=np.float32)
+    return path
+
+
+# ---- jobs (worker threads; core calls only) -------------------------------------------------------
+def open_store_job(project_dir: Path, volume, superpatch: int, spacing_zyx, organs, *, cancel, report):
+    """Open (or start) the project with the session's grid and the scan's labels in it."""
+    from ..labels import PROJECT_FILE, LabelProject
+
+    report({"event": "stage", "name": "opening labels"})
+    project_dir = Path(project_dir)
+    new = not (project_dir / PROJECT_FILE).is_file()
+    project = LabelProject.open(project_dir, create=True, superpatch=superpatch, spacing_zyx=spacing_zyx,
+                                organs=organs if new else None)
+    image = scan_image_path(volume, project.root)
+    return project.store(image, volume=volume)
+
+
+def fill_job(store, source, threshold: int | None, overwrite: bool, scheme: str, *, cancel, report):
+    from ..labels import fill_from_segmentation
+
+    report({"event": "stage", "name": "presence from the segmentation"})
+    return fill_from_segmentation(store, source, threshold=threshold, overwrite=overwrite, scheme=scheme)
+
+
+class _Relay(QObject):
+    """Label changes from whatever thread made them (a fill runs in a worker) to the GUI thread."""
+
+    changed = QtSignal(object)
+
+
+class LabellingEvents(SignalGroup):
+    store = Signal(object)  # LabelStore | None: labels opened for the session's scan (or closed)
+    labels = Signal(object)  # list[int]: superpatches whose label changed
+    message = Signal(str)  # one line for the dock: opened, filled, refused, ...
+
+
+class LabellingController:
+    """The open scan's labels and what the Labelling dock's buttons and keys do to them."""
+
+    def __init__(self, session) -> None:
+        from ..data import ORGAN_NAMES
+
+        self._session = weakref.ref(session)
+        self.events = LabellingEvents()
+        self.project_dir: Path = load_project_dir()
+        #: the organ list a *new* project gets (a project keeps its own: a project setting)
+        self.new_project_organs: tuple[str, ...] = tuple(ORGAN_NAMES)
+        self.store = None
+        self.cursor = None
+        self.show_states = True
+        self.keys_on_canvas = False
+        self.message = ""
+        self._ctx = None
+        self._unsubscribe = None
+        self._open_state = RunState("labels")
+        self._fill_state = RunState("fill")
+        self._jobs: dict[str, Any] = {}
+        self._pending_next = False
+        self._relay = _Relay()
+        self._relay.changed.connect(self._labels_changed)
+        session.events.scan.connect(self._on_scan)
+        session.events.selection.connect(self._on_selection)
+        session.events.weights.connect(self._on_weights)
+        session.events.probabilities.connect(self._on_probabilities)
+        if session.scan is not None:
+            self.open_scan(wait=False)
+
+    @property
+    def session(self):
+        session = self._session()
+        if session is None:
+            raise NemesisInputError("this labelling controller's viewer was closed")
+        return session
+
+    # ---- opening ----------------------------------------------------------------------------------
+    def set_project(self, path, organs=None, wait: bool = True):
+        """Label into the project folder ``path`` (made on first use, with ``organs`` or the 8 BTCV
+        organs); the open scan's labels are opened there. Remembered for the next session."""
+        self.project_dir = Path(path).expanduser()
+        if organs:
+            self.new_project_organs = tuple(str(o) for o in organs)
+        save_project_dir(self.project_dir)
+        return self.open_scan(wait=wait)
+
+    def open_scan(self, wait: bool = True):
+        """Open the labels of the session's scan (in a worker: hashing a scan takes a moment)."""
+        session = self.session
+        ctx = session.scan
+        if ctx is None:
+            self._set_store(None, None)
+            return None
+        spacing = tuple(float(s) for s in ctx.prepared.pre.spacing_zyx)
+        job = start_job("labels", open_store_job, self.project_dir, ctx.prepared.volume, int(ctx.grid.superpatch),
+                        spacing, self.new_project_organs, state=self._open_state,
+                        on_done=lambda store: self._set_store(ctx, store),
+                        on_end=lambda st: self._job_ended("labels", st), description="opening labels")
+        self._jobs["labels"] = job
+        if wait:
+            job.wait()
+            if self._open_state.status == FAILED and job.exception is not None:
+                raise job.exception
+        return self.store if wait else job
+
+    def _job_ended(self, name: str, state: RunState) -> None:
+        self._jobs.pop(name, None)
+        if state.status == FAILED:
+            if name == "labels":  # never keep labelling into a project other than the one shown
+                self._set_store(None, None)
+            self._say(state.error)
+
+    def _say(self, text: str) -> None:
+        self.message = text
+        self.events.message.emit(text)
+
+    def _set_store(self, ctx, store) -> None:
+        session = self._session()
+        if session is None or (store is not None and session.scan is not ctx):
+            return  # a newer scan was opened meanwhile
+        if store is not None and tuple(store.grid.grid_shape_zyx) != tuple(ctx.grid.grid_shape):
+            raise NemesisInputError(f"{store.path}: the labels' grid {store.grid.grid_shape_zyx} is not the viewer's "
+                                    f"{ctx.grid.grid_shape}")
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        from ..labels import LabellingSession
+
+        self.store, self._ctx = store, ctx
+        self.cursor = None
+        if store is not None:
+            self.cursor = LabellingSession(store, session.selected if session.selected is not None else 0)
+            self._unsubscribe = store.subscribe(self._relay.changed.emit)
+            self._say(f"labels of {ctx.name}: {store.path}")
+        self._refresh()
+        self.events.store.emit(store)
+
+    def _on_scan(self, ctx) -> None:
+        if ctx is None:
+            self._set_store(None, None)
+        elif self._ctx is not ctx:
+            self.open_scan(wait=False)
+
+    def _on_weights(self, _choice) -> None:
+        if self.store is not None and self._current():
+            self._refresh()  # new weights cleared the session's hover columns
+
+    def _current(self) -> bool:
+        session = self._session()
+        return session is not None and self.store is not None and session.scan is self._ctx
+
+    # ---- showing ----------------------------------------------------------------------------------
+    def state_values(self) -> np.ndarray:
+        """The map's value per superpatch (0 unlabelled, 1 labelled, 0.35 skipped)."""
+        return STATE_VALUES[self.store.state_codes()]
+
+    def label_texts(self) -> np.ndarray:
+        """What hovering a superpatch says about its label."""
+        texts = np.empty(self.store.n, dtype=object)
+        for i, label in self.store.items():
+            if label.state == "labelled":
+                texts[i] = "labelled: " + (", ".join(label.organs) or "no organ")
+            elif label.state == "skipped":
+                texts[i] = "skipped"
+            else:
+                texts[i] = "unlabelled"
+        return texts
+
+    def set_show_states(self, shown: bool) -> None:
+        self.show_states = bool(shown)
+        session = self._session()
+        if session is None:
+            return
+        if self.show_states and self._current():
+            session.show_grid_map(MAP_NAME, self.state_values(), STATE_RGB)
+        else:
+            session.scene.set_visible(f"map:{MAP_NAME}", False)
+
+    def _refresh(self, indices=None) -> None:
+        session = self._session()
+        if session is None or session.scan is None:
+            return
+        if not self._current():
+            session.scene.remove([f"map:{MAP_NAME}"])
+            return
+        if self.show_states:
+            session.show_grid_map(MAP_NAME, self.state_values(), STATE_RGB)
+            session.scene.set_visible(f"map:{MAP_NAME}", True)
+        session.set_grid_column(COLUMN, self.label_texts())
+
+    def _labels_changed(self, indices) -> None:
+        if self._current():
+            self._refresh(indices)
+            self.events.labels.emit(list(indices))
+
+    def counter(self) -> str:
+        return self.cursor.counter() if self.cursor is not None else "no labels open"
+
+    # ---- the cursor and the keys -------------------------------------------------------------------
+    def _on_selection(self, index) -> None:
+        if self.cursor is not None and index is not None and self._current() and 0 <= index < self.store.n:
+            self.cursor.go_to(int(index))
+
+    def _need_cursor(self):
+        if self.cursor is None or not self._current():
+            raise NemesisInputError("no labels open: open a scan first (its labels open in the project "
+                                    f"{self.project_dir})")
+        return self.cursor
+
+    def _go(self, index: int | None, centre: bool = True) -> None:
+        if index is None:
+            return
+        session = self.session
+        session.select(int(index))
+        if centre:
+            session.centre_on(int(index))
+
+    def act(self, action: str, *args):
+        """One labelling action on the selected superpatch (``toggle``, ``accept``, ``skip``,
+        ``undo``, ``move``, ``next_unlabelled``, ``previous_unlabelled``); selects where it lands."""
+        cursor = self._need_cursor()
+        session = self.session
+        if action in ("toggle", "accept", "skip") and session.selected is None:
+            self._go(cursor.index)  # nothing selected yet: show what the next key would label
+            return None
+        before = cursor.index
+        result = getattr(cursor, action)(*args)
+        self._go(cursor.index, centre=cursor.index != before)
+        return result
+
+    def handle_key(self, key: str) -> bool:
+        """What a labelling key does (see ``labels.KEYS``); False when it is not one of ours.
+        A refused change (e.g. the sidecar cannot be written) becomes a notification."""
+        from ..labels import KEYS
+
+        if key not in KEYS or self.cursor is None or not self._current():
+            return False
+        action, arg = KEYS[key]
+        if action == "toggle" and int(arg) >= len(self.store.organs):
+            return False
+        try:
+            if action == "toggle":
+                self.act("toggle", int(arg))
+            elif action == "move":
+                self.act("move", *arg)
+            else:
+                self.act(action)
+        except NemesisError as exc:
+            _notify(str(exc))
+        return True
+
+    # ---- label next -------------------------------------------------------------------------------
+    def label_next(self, wait: bool = False) -> int | None:
+        """Select the unlabelled superpatch the current probe is least sure about. Uses the
+        session's last organ probabilities; runs them first when there are none."""
+        cursor = self._need_cursor()
+        session = self.session
+        result = session.probabilities
+        if result is not None and result.values.shape[0] == self.store.n:
+            index = cursor.label_next(result.values)
+            if index is None:
+                self._say("every superpatch is labelled or skipped")
+                return None
+            self._go(index)
+            self._say(f"label next: superpatch {index} (the probe's most uncertain unlabelled one)")
+            return index
+        self._pending_next = True
+        self._say("label next: computing the organ probabilities first")
+        session.run_probabilities(wait=wait)
+        return session.selected if wait else None
+
+    def _on_probabilities(self, result) -> None:
+        if self._pending_next and result is not None and self._current():
+            self._pending_next = False
+            self.label_next()
+
+    # ---- fill from a segmentation -----------------------------------------------------------------
+    def segmentation_array(self, layer) -> np.ndarray:
+        """A Labels layer's data as a label map on the scan's canonical voxel grid (refused when it
+        is not on the scan's grid)."""
+        from ._io import layer_world_matrix, volume_from_layer
+
+        volume = self.store.volume
+        data = np.asarray(layer.data)
+        if data.ndim != 3:
+            raise NemesisInputError(f"layer {layer.name}: a 3D label map is needed, this one is {data.ndim}D")
+        labels = volume_from_layer(data, layer.metadata, layer_world_matrix(layer))
+        if tuple(labels.shape) != tuple(volume.shape) or not np.allclose(labels.canonical_affine,
+                                                                          volume.canonical_affine, atol=1e-3):
+            raise NemesisInputError(f"layer {layer.name}: not on the scan's voxel grid ({tuple(labels.shape)} voxels, "
+                                    f"scan {tuple(volume.shape)}); open the label map that belongs to this scan")
+        return np.asarray(labels.array)
+
+    def fill(self, source, overwrite: bool = False, threshold: int | None = None, scheme: str = "auto",
+             wait: bool = True):
+        """Label every superpatch from a segmentation (a Labels layer or a label file) with the
+        core's presence rule (``labels.fill_from_segmentation``); hand labels are kept unless
+        ``overwrite``. ``threshold``: voxels at the model's spacing (default: the project's)."""
+        from ..labels import LabelProject
+
+        self._need_cursor()
+        store = self.store
+        if hasattr(source, "data") and hasattr(source, "metadata"):
+            what = f"layer {source.name}"
+            source = self.segmentation_array(source)
+        else:
+            what = str(source)
+            source = Path(str(source))
+        if threshold is None:
+            threshold = LabelProject.open(self.project_dir).threshold
+        job = start_job("fill", fill_job, store, source, threshold, bool(overwrite), scheme, state=self._fill_state,
+                        on_done=lambda res: self._filled(what, threshold, res),
+                        on_end=lambda st: self._job_ended("fill", st), description="fill from segmentation")
+        self._jobs["fill"] = job
+        if wait:
+            job.wait()
+            if self._fill_state.status == FAILED and job.exception is not None:
+                raise job.exception
+            return self._fill_state.result
+        return job
+
+    def _filled(self, what: str, threshold: int, res) -> None:
+        c = self.store.counts() if self.store is not None else {"labelled": 0}
+        self._say(f"filled from {what} ({res.scheme} ids, >= {threshold} voxels): {len(res.filled)} superpatches, "
+                  f"{len(res.changed)} changed, {len(res.kept)} kept (labelled or skipped by hand); "
+                  f"{c['labelled']} labelled now")
+
+    def wait(self, timeout_s: float = 60.0) -> None:
+        """Wait (GUI live) for the opening and fill jobs running now."""
+        for job in list(self._jobs.values()):
+            job.wait(int(timeout_s * 1000))
+
+
+_CONTROLLERS: "weakref.WeakKeyDictionary[Any, LabellingController]" = weakref.WeakKeyDictionary()
+
+
+def labelling_for(session) -> LabellingController:
+    """The labelling controller of a session (made on first use)."""
+    controller = _CONTROLLERS.get(session)
+    if controller is None:
+        controller = LabellingController(session)
+        _CONTROLLERS[session] = controller
+    return controller
+
+
+def _notify(text: str) -> None:
+    from napari.utils.notifications import show_error
+
+    show_error(" ".join(text.split()))
+
+
+# ---- keys -------------------------------------------------------------------------------------------
+_KEY_NAMES = {
+    **{getattr(Qt.Key, f"Key_{k}"): str(k) for k in range(1, 10)},
+    Qt.Key.Key_Return: "Return", Qt.Key.Key_Enter: "Enter", Qt.Key.Key_S: "s", Qt.Key.Key_N: "n",
+    Qt.Key.Key_P: "p", Qt.Key.Key_Left: "Left", Qt.Key.Key_Right: "Right", Qt.Key.Key_Up: "Up",
+    Qt.Key.Key_Down: "Down", Qt.Key.Key_PageUp: "PageUp", Qt.Key.Key_PageDown: "PageDown",
+}
+
+
+def key_name(event) -> str | None:
+    """The ``labels.KEYS`` name of a Qt key event, or None (other keys, other modifiers)."""
+    mods = event.modifiers() & ~Qt.KeyboardModifier.KeypadModifier
+    key = event.key()
+    if key == Qt.Key.Key_Z and mods == Qt.KeyboardModifier.ControlModifier:
+        return "Control-Z"
+    if mods != Qt.KeyboardModifier.NoModifier:
+        return None
+    return _KEY_NAMES.get(key)
+
+
+def _takes_text(widget) -> bool:
+    from qtpy.QtWidgets import QAbstractSpinBox, QComboBox, QLineEdit, QPlainTextEdit, QTextEdit
+
+    if isinstance(widget, (QLineEdit, QAbstractSpinBox, QTextEdit, QPlainTextEdit)):
+        return True
+    return isinstance(widget, QComboBox) and widget.isEditable()
+
+
+class LabellingKeys(QObject):
+    """Routes the labelling keys to the controller where they are unambiguous.
+
+    An application event filter, child of the Labelling dock (it goes when the dock goes): a key
+    pressed while the focus is in the dock, or on napari's canvas in labelling mode, is taken
+    before napari's own shortcuts (the ``ShortcutOverride`` is accepted, the key press handled);
+    text fields keep their keys, and any other key or place is left alone.
+    """
+
+    def __init__(self, controller: LabellingController, dock, viewer) -> None:
+        super().__init__(dock)
+        from qtpy.QtWidgets import QApplication
+
+        self._controller = weakref.ref(controller)
+        self._dock = dock
+        qt_viewer = getattr(getattr(viewer, "window", None), "_qt_viewer", None)
+        self._canvas = weakref.ref(qt_viewer) if qt_viewer is not None else (lambda: None)
+        QApplication.instance().installEventFilter(self)
+
+    def _ours(self, widget) -> bool:
+        from qtpy.QtWidgets import QWidget
+
+        if not isinstance(widget, QWidget) or _takes_text(widget):
+            return False
+        controller = self._controller()
+        if controller is None:
+            return False
+        try:
+            if widget is self._dock or self._dock.isAncestorOf(widget):
+                return True
+            canvas = self._canvas()
+            return bool(controller.keys_on_canvas and canvas is not None
+                        and (widget is canvas or canvas.isAncestorOf(widget)))
+        except RuntimeError:  # a Qt object already deleted
+            return False
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt's name)
+        kind = event.type()
+        if kind not in (QEvent.Type.KeyPress, QEvent.Type.ShortcutOverride):
+            return False
+        name = key_name(event)
+        if name is None:
+            return False
+        from qtpy.QtWidgets import QApplication, QWidget
+
+        target = obj if isinstance(obj, QWidget) else QApplication.focusWidget()
+        if not self._ours(target):
+            return False
+        controller = self._controller()
+        if controller is None or controller.cursor is None:
+            return False
+        if kind == QEvent.Type.ShortcutOverride:
+            event.accept()  # "this widget wants the key": no napari shortcut fires, a KeyPress follows
+            return True
+        return controller.handle_key(name)

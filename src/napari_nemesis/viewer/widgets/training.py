@@ -1,0 +1,293 @@
+"""Training dock: mode, data, schedule; Train / Stop / Resume; progress, ETA, the live plot; the result."""
+
+from __future__ import annotations
+
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, \
+    QLineEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget
+
+from .._settings import DEVICES
+from .._state import session_for
+from .._training import MODE_TITLES, MODES, TrainingConfig, training_for
+from ._common import call_safely, follow, wrapped_label
+
+#: What "steps" counts in each mode, and the command's default.
+STEP_UNITS = {"linear": ("full-batch steps", 200), "finetune": ("epochs", 8), "pretrain": ("steps", 200)}
+#: The plot is redrawn at most this often (ms): drawing costs the GUI thread a few ms.
+PLOT_REDRAW_MS = 400
+
+
+class TrainingWidget(QWidget):
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self.session.widgets.setdefault("Training", self)
+        self.controller = training_for(self.session)
+        cfg = self.controller.config
+
+        self.mode = QComboBox()
+        self.mode.addItems([MODE_TITLES[m] for m in MODES])
+        self.mode.setCurrentIndex(MODES.index(cfg.mode))
+        self.encoder = _path_row("the session's weights (bundled if none picked)", cfg.checkpoint, self._pick_encoder)
+        self.use_project = QCheckBox("the labelling project")
+        self.use_project.setChecked(cfg.use_project)
+        self.project = _path_row("the Labelling dock's project", cfg.project, self._pick_project)
+        self.dataset = _path_row("none (a folder of scans with label maps)", cfg.dataset, self._pick_dataset)
+        self.label_ratio = QDoubleSpinBox()
+        self.label_ratio.setRange(0.05, 1.0)
+        self.label_ratio.setSingleStep(0.05)
+        self.label_ratio.setValue(cfg.label_ratio)
+        self.label_ratio.setToolTip("Share of the dataset folder's labelled scans used (nested subsets, as "
+                                    "'nemesis probe --label-ratio'); the project's labels are all used")
+        self.steps = QSpinBox()
+        self.steps.setRange(0, 10**7)
+        self.steps.setSpecialValueText("default")
+        self.steps.setValue(cfg.steps)
+        self.lr = QDoubleSpinBox()
+        self.lr.setDecimals(6)
+        self.lr.setRange(0.0, 1.0)
+        self.lr.setSingleStep(1e-4)
+        self.lr.setSpecialValueText("default")
+        self.lr.setValue(cfg.lr)
+        self.batch = QSpinBox()
+        self.batch.setRange(0, 256)
+        self.batch.setSpecialValueText("default")
+        self.batch.setValue(cfg.batch)
+        self.device = QComboBox()
+        self.device.addItems(list(DEVICES))
+        self.device.setCurrentText(cfg.device)
+        self.out = _path_row("PROJECT/runs/<mode>-<date-time>", cfg.out, self._pick_out)
+        self.apply_when_done = QCheckBox("use the new head for the heatmaps when done")
+        self.apply_when_done.setChecked(cfg.apply_when_done)
+        self.train_button = QPushButton("Train")
+        self.stop_button = QPushButton("Stop")
+        self.resume_button = QPushButton("Resume")
+        self.bar = QProgressBar()
+        self.bar.setTextVisible(True)
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0)
+        self.bar.setFormat("idle")
+        self.eta = wrapped_label("")
+        self.status = wrapped_label("Runs in a separate process: napari stays responsive, and its memory "
+                                    "(GPU included) is freed when it ends.")
+        self.plot = LivePlot()
+        self.use_new = QPushButton("Use the new weights")
+        self.use_bundled = QPushButton("Back to the bundled weights")
+        self.use_encoder = QPushButton("Use as encoder")
+        self.use_encoder.setToolTip("A pretraining run's checkpoint becomes the encoder of the next run")
+
+        what = QGroupBox("What to train")
+        form = QFormLayout(what)
+        form.addRow("mode", self.mode)
+        form.addRow("encoder", self.encoder)
+        data = QGroupBox("Data")
+        data_form = QFormLayout(data)
+        data_form.addRow(self.use_project, self.project)
+        data_form.addRow("dataset folder", self.dataset)
+        data_form.addRow("label ratio", self.label_ratio)
+        schedule = QGroupBox("Schedule")
+        schedule_form = QFormLayout(schedule)
+        self.steps_label = "steps"
+        schedule_form.addRow("steps", self.steps)
+        schedule_form.addRow("learning rate", self.lr)
+        schedule_form.addRow("batch", self.batch)
+        schedule_form.addRow("device", self.device)
+        schedule_form.addRow("output folder", self.out)
+        self._schedule_form = schedule_form
+        buttons = QHBoxLayout()
+        for button in (self.train_button, self.stop_button, self.resume_button):
+            buttons.addWidget(button)
+        result = QHBoxLayout()
+        for button in (self.use_new, self.use_bundled, self.use_encoder):
+            result.addWidget(button)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(what)
+        layout.addWidget(data)
+        layout.addWidget(schedule)
+        layout.addWidget(self.apply_when_done)
+        layout.addLayout(buttons)
+        layout.addWidget(self.bar)
+        layout.addWidget(self.eta)
+        layout.addWidget(self.status)
+        layout.addWidget(self.plot, 1)
+        layout.addLayout(result)
+
+        self.mode.currentIndexChanged.connect(lambda _i: self._mode_changed())
+        self.train_button.clicked.connect(lambda: call_safely(self.train))
+        self.stop_button.clicked.connect(lambda: call_safely(self.controller.stop))
+        self.resume_button.clicked.connect(lambda: call_safely(self.controller.resume))
+        self.use_new.clicked.connect(lambda: call_safely(self.controller.apply))
+        self.use_bundled.clicked.connect(lambda: call_safely(self.controller.use_bundled))
+        self.use_encoder.clicked.connect(lambda: call_safely(self._use_encoder))
+        self.dataset.edit.textChanged.connect(lambda _t: self._mode_changed())
+        follow(self.controller.events.run, self._on_run, self)
+        self._mode_changed()
+        self._on_run(self.controller.run)
+
+    # ---- the form ---------------------------------------------------------------------------------------
+    def config(self) -> TrainingConfig:
+        """The dock's fields as a :class:`TrainingConfig`."""
+        return TrainingConfig(
+            mode=MODES[self.mode.currentIndex()], use_project=self.use_project.isChecked(),
+            project=self.project.text(), dataset=self.dataset.text(), steps=self.steps.value(),
+            lr=self.lr.value(), label_ratio=self.label_ratio.value(), batch=self.batch.value(),
+            device=self.device.currentText(), out=self.out.text(), checkpoint=self.encoder.text(),
+            apply_when_done=self.apply_when_done.isChecked(),
+        )
+
+    def train(self):
+        """What the Train button does."""
+        return self.controller.start(self.config())
+
+    def _mode_changed(self) -> None:
+        mode = MODES[self.mode.currentIndex()]
+        unit, default = STEP_UNITS[mode]
+        label = self._schedule_form.labelForField(self.steps)
+        if label is not None:
+            label.setText(unit)
+        self.steps.setSpecialValueText(f"default ({default})")
+        self.label_ratio.setEnabled(mode != "pretrain" and bool(self.dataset.text()))
+        self.use_project.setText("the project's scans" if mode == "pretrain" else "the labelling project")
+        self.apply_when_done.setEnabled(mode != "pretrain")
+
+    def _use_encoder(self) -> None:
+        self.encoder.setText(self.controller.use_as_encoder())
+        self.mode.setCurrentIndex(MODES.index("linear"))
+
+    def _pick(self, row, title: str, folder: bool) -> None:
+        if folder:
+            path = QFileDialog.getExistingDirectory(self, title, row.text())
+        else:
+            path, _ = QFileDialog.getOpenFileName(self, title, row.text(), "safetensors (*.safetensors)")
+        if path:
+            row.setText(path)
+
+    def _pick_encoder(self) -> None:
+        self._pick(self.encoder, "NEMESIS checkpoint", folder=False)
+
+    def _pick_project(self) -> None:
+        self._pick(self.project, "Labelling project folder", folder=True)
+
+    def _pick_dataset(self) -> None:
+        self._pick(self.dataset, "Dataset folder (BTCV layout, nnU-Net layout or a JSON list)", folder=True)
+
+    def _pick_out(self) -> None:
+        self._pick(self.out, "Run folder", folder=True)
+
+    # ---- the run ----------------------------------------------------------------------------------------
+    def _on_run(self, run) -> None:
+        running = run is not None and run.running
+        self.train_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        self.resume_button.setEnabled(not running and run is not None and run.status == "stopped")
+        self.use_new.setEnabled(not running and run is not None and bool(run.head))
+        self.use_encoder.setEnabled(not running and run is not None and bool(run.encoder))
+        if run is None:
+            return
+        self.bar.setRange(0, max(1, run.total))
+        self.bar.setValue(min(run.step, max(1, run.total)))
+        self.bar.setFormat(f"{run.status}: %v/%m" if run.total else run.status)
+        eta = f"; about {_duration(run.eta_s)} left" if running and run.eta_s is not None else ""
+        where = f" (pid {self.controller.pid})" if running and self.controller.pid else ""
+        self.eta.setText(f"{MODE_TITLES[run.mode]}{where}, {_duration(run.elapsed_s)} so far{eta}; run folder "
+                         f"{run.out}")
+        self.status.setText(run.message)
+        self.plot.show_run(run)
+
+
+class LivePlot(QWidget):
+    """Training loss and held-out AUROC against the step (matplotlib in the dock), redrawn at most
+    every :data:`PLOT_REDRAW_MS` with the points that arrived meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(3.4, 2.3), dpi=90, layout="constrained")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(190)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.canvas)
+        self.loss_axes = self.figure.add_subplot(111)
+        self.auroc_axes = self.loss_axes.twinx()
+        (self.loss_line,) = self.loss_axes.plot([], [], color="tab:blue", lw=1.0, label="training loss")
+        (self.auroc_line,) = self.auroc_axes.plot([], [], color="tab:orange", marker="o", ms=4, lw=1.2,
+                                                  label="held-out AUROC")
+        self.loss_axes.set_xlabel("step", fontsize=8)
+        self.loss_axes.set_ylabel("loss", fontsize=8, color="tab:blue")
+        self.auroc_axes.set_ylabel("AUROC", fontsize=8, color="tab:orange")
+        self.auroc_axes.set_ylim(0.0, 1.0)
+        for ax in (self.loss_axes, self.auroc_axes):
+            ax.tick_params(labelsize=7)
+        self._run = None
+        self._drawn = (-1, -1, None)
+        self.draws = 0
+        self._timer = QTimer(self)
+        self._timer.setInterval(PLOT_REDRAW_MS)
+        self._timer.timeout.connect(self._redraw)
+        self._timer.start()
+
+    def show_run(self, run) -> None:
+        """Remember the run; its new points are drawn at the next redraw tick."""
+        self._run = run
+
+    def _redraw(self) -> None:
+        run = self._run
+        if run is None:
+            return
+        key = (len(run.loss), len(run.auroc), id(run))
+        if key == self._drawn:
+            return
+        self._drawn = key
+        self.loss_line.set_data(run.loss_steps, run.loss)
+        self.auroc_line.set_data(run.auroc_steps, run.auroc)
+        self.loss_axes.set_xlim(0, max(1, run.total, run.step))
+        if run.loss:
+            lo, hi = min(run.loss), max(run.loss)
+            pad = 0.05 * (hi - lo) or 0.05 * abs(hi) or 0.01
+            self.loss_axes.set_ylim(lo - pad, hi + pad)
+        self.loss_axes.set_title(MODE_TITLES.get(run.mode, run.mode), fontsize=8)
+        self.canvas.draw_idle()
+        self.draws += 1
+
+
+class _PathRow(QWidget):
+    """A path field with a browse button."""
+
+    def __init__(self, placeholder: str, text: str, pick) -> None:
+        super().__init__()
+        self.edit = QLineEdit(text)
+        self.edit.setPlaceholderText(placeholder)
+        browse = QPushButton("...")
+        browse.setMaximumWidth(32)
+        browse.clicked.connect(pick)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.edit, 1)
+        row.addWidget(browse)
+
+    def text(self) -> str:
+        return self.edit.text().strip()
+
+    def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)
+        self.edit.setText(text)
+
+
+def _path_row(placeholder: str, text: str, pick) -> _PathRow:
+    return _PathRow(placeholder, text, pick)
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
