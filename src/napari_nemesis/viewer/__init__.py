@@ -27,7 +27,8 @@ def launch(scan: Any = None, viewer: Any = None, widgets: bool = True):
     ``scan``: a path (NIfTI, NRRD, MetaImage, DICOM folder), a ``data.Volume`` or an Image layer
     of ``viewer``; None keeps the viewer's current scan (or none). ``viewer``: a napari viewer,
     default the current one or a new one. ``widgets``: dock the Superpatch grid, Reconstruction,
-    Organ probabilities, Labelling and Training widgets. Returns the :class:`~._state.NemesisSession` the widgets use:
+    Organ probabilities, Labelling and Training widgets. Returns the
+    :class:`~._state.NemesisSession` the widgets use:
     ``select(i)``, ``selected``, ``run_probabilities(wait=True)``,
     ``run_reconstruction(strategy, ratio, noise, seed, scope, wait=True)``, ``layers``.
     """
