@@ -254,8 +254,8 @@ def test_pretrain_events_flag_prints_json_lines(tmp_path):
     write_phantom_dataset(tmp_path / "data", cases=1, seed=3, shape=(24, 32, 32))
     ckpt = save_checkpoint(build_model("tiny", superpatch=16, patch=8, depth=1), tmp_path / "tiny.safetensors")
     out = subprocess.run([sys.executable, "-m", "napari_nemesis.cli", "pretrain", str(tmp_path / "data"), "--out",
-                          str(tmp_path / "run"), "--init", str(ckpt), "--steps", "3", "--batch", "1", "--log-every", "1",
-                          "--events", "--json", "--device", "cpu"], capture_output=True, text=True)
+                          str(tmp_path / "run"), "--init", str(ckpt), "--steps", "3", "--batch", "1",
+                          "--log-every", "1", "--events", "--json", "--device", "cpu"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     kinds = [line.get("event") for line in lines]

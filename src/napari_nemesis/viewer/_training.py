@@ -258,7 +258,7 @@ class TrainingController:
         cfg = (config or self.config).checked()
         self.config = cfg
         project = self._project_dir(cfg)
-        out = Path(cfg.out).expanduser() if cfg.out else project / "runs" / f"{cfg.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = Path(cfg.out).expanduser() if cfg.out else _new_run_dir(project / "runs", cfg.mode)
         commands = self.build(cfg, out)
         out.mkdir(parents=True, exist_ok=True)
         encoder = self._encoder(cfg)
@@ -492,6 +492,15 @@ def _apply_event(run: TrainingRun, event: dict[str, Any]) -> None:
         run.message = f"stopping: state saved at step {event.get('step', run.step)}"
     elif kind == "end":
         run.step = int(event.get("total") or event.get("steps") or run.step)
+
+
+def _new_run_dir(runs: Path, mode: str) -> Path:
+    """``RUNS/<mode>-<date-time>`` (``-2``, ``-3``, ... when started within the same second)."""
+    base = runs / f"{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out, k = base, 2
+    while out.exists():
+        out, k = base.with_name(f"{base.name}-{k}"), k + 1
+    return out
 
 
 def _read_json(path: Path) -> dict[str, Any]:
