@@ -176,6 +176,34 @@ def test_finetune_and_pretraining_run_in_a_child_process(trainer, qtbot):
     assert widget.encoder.text() == resumed.encoder and widget.mode.currentIndex() == 0
 
 
+@pytest.mark.gui
+def test_a_dataset_folder_is_filled_into_a_project_then_trained(trainer, qtbot, tmp_path):
+    from napari_nemesis.data import write_phantom_dataset
+    from napari_nemesis.labels import LabelProject
+
+    session, widget, _docks = trainer
+    controller = widget.controller
+    write_phantom_dataset(tmp_path / "data", cases=2, seed=5, shape=(40, 48, 48))
+    widget.dataset.setText(str(tmp_path / "data"))
+    widget.use_project.setChecked(False)
+    widget.label_ratio.setValue(0.5)
+    widget.steps.setValue(5)
+    widget.apply_when_done.setChecked(False)
+    planned = controller.build(widget.config(), tmp_path / "planned")
+    assert [c.args[:2] for c in planned] == [["labels", "fill"], ["labels", "train"]]  # half of the 2 cases
+    widget.label_ratio.setValue(1.0)
+    widget.train_button.click()
+    run = controller.run
+    assert [c.args[:2] for c in run.commands] == [["labels", "fill"]] * 2 + [["labels", "train"]]
+    assert controller.wait(300).status == "done", run.message
+    project = LabelProject.open(run.out / "dataset-project")  # made with the viewer's grid
+    assert len(project.scans) == 2 and project.superpatch == 32
+    assert project.spacing_zyx == tuple(session.scan.prepared.pre.spacing_zyx)
+    result = json.loads((run.out / "train.json").read_text())
+    assert result["n_scans"] == 2 and result["cv_over"] == "scans" and run.head == result["head"]
+    assert session.weights.probe != run.head  # not applied when not asked
+
+
 def controller_labelling_image(session) -> str:
     from napari_nemesis.viewer._labelling import labelling_for
 
