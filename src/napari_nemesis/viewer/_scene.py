@@ -9,6 +9,13 @@ picking), ``grid_lines`` (Vectors: the lattice, lines in 2D and wireframe in 3D)
 (Vectors: the selected box's outline for the current view), ``prob:<organ>`` (organ
 heatmaps), ``noisy``, ``masked``, ``reconstruction``, ``abs_error``, ``error_map``,
 ``attention_plane``, ``attention_axis``.
+
+Adding a napari layer costs the GUI thread 100-300 ms (its controls, its visual, a frame) on a
+machine without a GPU, so the layers a run fills are made before any run, when the scan's grid is
+drawn (:meth:`Scene.prepare_results`): hidden, blank, one per event-loop turn. A run then only
+gives them data; a layer stays hidden until it holds a result, and keeps the user's visibility
+choices from then on. While a reconstruction runs, layers are redrawn without thumbnails (the
+layer list repaints each time one changes); the final redraw brings them up to date.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import _layers as L
+from ._jobs import ReconstructionTargets
 
 RECON_ROLES = ("noisy", "masked", "reconstruction", "abs_error")
 GRID_ROLES = ("grid", "grid_lines", "selection")
@@ -26,6 +34,8 @@ ATTENTION_ROLES = ("attention_plane", "attention_axis")
 OVERLAY_ROLES = ("grid_lines", "selection", "grid")  # kept on top, in this order (grid topmost)
 #: Air in HU: what a reconstruction layer shows where nothing was reconstructed yet.
 EMPTY_HU = -1024.0
+#: ``layer.metadata`` key: the layer was made (or cleared) ahead of a result and holds none yet.
+BLANK = "nemesis_blank"
 _SELECTION_RGBA = (1.0, 0.85, 0.0, 1.0)
 _SELECTION_COLOR = "#ff7a00"
 _SELECTION_WIDTH_MM = 3.0
@@ -44,7 +54,9 @@ class Scene:
         self._layers: dict[str, Any] = {}
         self._linked: list[Any] = []
         self._added = False
-        self._pending_layers: list[tuple[str, np.ndarray, np.ndarray]] = []
+        self._pending: dict[str, Any] = {}  # role -> a function making its layer, one per event-loop turn
+        self._recon: tuple[ReconstructionTargets, np.ndarray] | None = None  # arrays to give the layers
+        self._recon_running = False
         self._features = None
 
     # ---- bookkeeping ---------------------------------------------------------------------------
@@ -84,6 +96,7 @@ class Scene:
             return layer
         if layer is not None:
             self.remove([role])
+        self._pending.pop(role, None)
         add = getattr(self.viewer, f"add_{kind}")
         layer = add(data, axis_labels=L.AXIS_LABELS, units=L.UNITS, **transform, **kwargs)
         layer.metadata["nemesis_role"] = role
@@ -151,11 +164,9 @@ class Scene:
         QTimer.singleShot(0, self._apply_features)
 
     def flush(self) -> None:
-        """Apply now whatever waits for its event-loop turn (features, hidden result layers)."""
+        """Apply now what waits for its event-loop turn and a script expects to see (features)."""
         if self._features is not None:
             self._apply_features()
-        if self._pending_layers:
-            self.finish_layers()
 
     def _apply_features(self) -> None:
         pending, self._features = self._features, None
@@ -181,7 +192,8 @@ class Scene:
                 self.show_heatmap(grid, organ, values[:, k], organ in visible)
         self.raise_overlays()
 
-    def show_heatmap(self, grid, organ: str, values: np.ndarray, visible: bool = True) -> None:
+    def show_heatmap(self, grid, organ: str, values: np.ndarray, visible: bool = True, blank: bool = False) -> None:
+        """An organ's heatmap (``blank``: made ahead of its values, hidden, all zero)."""
         from napari.utils.colormaps import Colormap
 
         role = prob_role(organ)
@@ -198,6 +210,7 @@ class Scene:
             layer.visible = visible
         else:
             layer.colorbar.visible = True  # shown while the heatmap is
+        layer.metadata[BLANK] = blank
 
     def show_grid_map(self, role: str, grid, values: np.ndarray, rgb, name: str, limits=(0.0, 1.0)) -> None:
         """Any per-superpatch values as a block heatmap over the grid (e.g. label states)."""
@@ -217,93 +230,181 @@ class Scene:
         if layer is not None:
             layer.visible = bool(visible)
 
-    def show_error_map(self, grid, rmse_hu: np.ndarray) -> None:
+    def show_error_map(self, grid, rmse_hu: np.ndarray, blank: bool = False) -> None:
+        """The per-superpatch masked-patch RMSE (HU) as a block heatmap; updated in place, shown when
+        it first holds a value (``blank``: made or cleared ahead of them, hidden)."""
         from napari.utils.colormaps import Colormap
 
         values = L.block_image(rmse_hu, grid.grid_shape)
-        limits = _error_limits(values)
+        limits = (0.0, 1.0) if blank else _error_limits(values)
+        shown = not blank and bool(np.isfinite(values).any())
         existing = self.get("error_map")
         if existing is not None and existing.data.shape == values.shape:  # the common case: new values only
             existing.data[...] = values
+            if blank:
+                existing.metadata[BLANK] = True
+                existing.visible = False
+            elif shown and existing.metadata.get(BLANK):
+                existing.metadata[BLANK] = False
+                existing.visible = True
             if tuple(existing.contrast_limits) != limits:
                 existing.contrast_limits = limits  # redraws
             else:
-                existing.refresh()
+                existing.refresh(thumbnail=not self._recon_running)
             return
         existed = existing is not None
         layer = self._put(
             "error_map", "image", values, L.grid_world_affine(grid), name="reconstruction error map (RMSE HU)",
             colormap=Colormap(_inferno_over_ct(), name="nemesis error"), contrast_limits=limits,
             opacity=0.5, blending="translucent", interpolation2d="nearest", interpolation3d="nearest",
+            visible=shown,
         )
         layer.contrast_limits = limits
         if not existed:
             layer.colorbar.visible = True
+        layer.visible = shown
+        layer.metadata[BLANK] = not shown
         self.raise_overlays()
 
-    # ---- reconstruction ------------------------------------------------------------------------
-    def begin_reconstruction(self, shape, world: np.ndarray) -> dict[str, np.ndarray]:
-        """The arrays of the reconstruction layers for ``shape`` placed by ``world``: the existing
-        layers' arrays reset in place when the shape fits, else new ones.
-
-        Adding a napari layer costs the GUI thread a frame or more, so only the visible
-        ``reconstruction`` layer is made now; the three hidden ones follow one per event-loop
-        turn (:meth:`finish_layers` makes any still pending at once).
-        """
-        arrays: dict[str, np.ndarray] = {}
-        self._pending_layers = []
+    # ---- result layers made ahead of any run ----------------------------------------------------
+    def prepare_results(self, grid, organs) -> None:
+        """Make the layers a run fills: the four reconstruction layers, the error map and the
+        heatmaps of ``organs`` (those shown), hidden and blank, one per event-loop turn. Layers
+        already there (an earlier scan's) are blanked and hidden in place."""
+        box_world = L.box_world_affine(grid, (0, 0, 0))
+        zeros = np.zeros(grid.n, dtype=np.float32)
+        makers: dict[str, Any] = {}
         for role in RECON_ROLES:
-            fill = 0.0 if role == "abs_error" else EMPTY_HU
+            makers[role] = lambda role=role: self._make_recon_layer(role, _placeholder(role), box_world)
+        for organ in organs:
+            makers[prob_role(organ)] = lambda organ=organ: self.show_heatmap(grid, organ, zeros, False, blank=True)
+        makers["error_map"] = lambda: self.show_error_map(grid, zeros, blank=True)
+        self._recon = None
+        for role, make in makers.items():
             layer = self.get(role)
-            if layer is not None and tuple(layer.data.shape) == tuple(shape):
-                layer.data[...] = fill
-                _set_transform(layer, L.transform_kwargs(world))
-                layer.refresh()
-                arrays[role] = layer.data
-                continue
-            arrays[role] = np.full(shape, fill, dtype=np.float32)
-            self._pending_layers.append((role, arrays[role], world))
-        first = [p for p in self._pending_layers if p[0] == "reconstruction"]
-        if first:
-            self._pending_layers.remove(first[0])
-            self._make_recon_layer(*first[0])
-        self._link_contrast()
-        self.raise_overlays()
+            if layer is None:
+                self._pending[role] = make
+            elif role in RECON_ROLES:
+                self._blank(layer, _placeholder(role), box_world)
+            else:
+                make()  # the grid may have changed: new blank values and transform, in place
         self._schedule_pending()
-        return arrays
+
+    def clear_results(self) -> None:
+        """The results are out of date (new weights, a new scan): blank and hide the result layers
+        in place (a run never pays for making them again); the attention view goes."""
+        self.remove(ATTENTION_ROLES)
+        self._recon = None
+        for role in RECON_ROLES + ("error_map",) + tuple(self.roles_with_prefix("prob:")):
+            layer = self.get(role)
+            if layer is None:
+                continue
+            if role in RECON_ROLES:
+                self._blank(layer, _placeholder(role), None)
+            else:
+                layer.metadata[BLANK] = True
+                layer.visible = False
+
+    def _blank(self, layer, data: np.ndarray, world: np.ndarray | None) -> None:
+        layer.metadata[BLANK] = True
+        layer.visible = False
+        layer.data = data  # frees a whole-scan array; hidden, so nothing is sliced or drawn
+        if world is not None:
+            _set_transform(layer, L.transform_kwargs(world))
+
+    @property
+    def pending(self) -> list[str]:
+        """Roles whose layers are still to be made (one per event-loop turn)."""
+        return list(self._pending)
 
     def _schedule_pending(self) -> None:
-        if self._pending_layers:
+        if self._pending:
             from qtpy.QtCore import QTimer
 
             QTimer.singleShot(0, self._make_next_pending)
 
     def _make_next_pending(self) -> None:
-        if not self._pending_layers or self.viewer is None:
+        if not self._pending or not self._alive():
             return
-        self._make_recon_layer(*self._pending_layers.pop(0))
+        role = next(iter(self._pending))
+        self._pending.pop(role)()
         self._link_contrast()
         self.raise_overlays()
         self._schedule_pending()
 
-    def finish_layers(self) -> None:
-        """Make every reconstruction layer still waiting for its event-loop turn."""
-        while self._pending_layers:
-            self._make_recon_layer(*self._pending_layers.pop(0))
+    def _make_now(self, roles) -> None:
+        for role in roles:
+            make = self._pending.pop(role, None)
+            if make is not None:
+                make()
         self._link_contrast()
         self.raise_overlays()
+
+    def _alive(self) -> bool:
+        viewer = self.viewer
+        window = getattr(viewer, "window", None) if viewer is not None else None
+        return viewer is not None and (window is None or hasattr(window, "_qt_window"))
+
+    # ---- reconstruction ------------------------------------------------------------------------
+    def begin_reconstruction(self, shape, world: np.ndarray) -> ReconstructionTargets:
+        """The arrays a reconstruction of ``shape`` placed by ``world`` writes into: the layers' own
+        where their shape fits, else new ones, readied (reset or allocated) by the job's thread.
+        The layers take them, and the new placement, at their next redraw (:meth:`refresh`)."""
+        self._make_now(RECON_ROLES)
+        for role in RECON_ROLES:  # removed by the user since: made again (the only time a run adds one)
+            if self.get(role) is None:
+                self._make_recon_layer(role, _placeholder(role), world)
+        self._link_contrast()
+        self.raise_overlays()
+        reuse = {}
+        for role in RECON_ROLES:
+            layer = self.get(role)
+            if not layer.metadata.get(BLANK) and tuple(layer.data.shape) == tuple(shape):
+                reuse[role] = layer.data
+        targets = ReconstructionTargets(shape, {r: 0.0 if r == "abs_error" else EMPTY_HU for r in RECON_ROLES}, reuse)
+        self._recon = (targets, np.asarray(world))
+        self._recon_running = True
+        return targets
+
+    def _adopt(self) -> None:
+        """Give the reconstruction layers the run's arrays and placement once the job readied them;
+        a layer made ahead of any result is shown then (the reconstruction; the others on demand)."""
+        if self._recon is None or self._recon[0].arrays is None:
+            return
+        targets, world = self._recon
+        self._recon = None
+        transform = L.transform_kwargs(world)
+        for role, array in targets.arrays.items():
+            layer = self.get(role)
+            if layer is None:
+                continue
+            if layer.data is not array:
+                layer.data = array
+            _set_transform(layer, transform)
+            if layer.metadata.get(BLANK):
+                layer.metadata[BLANK] = False
+                layer.visible = role == "reconstruction"
+
+    def finish_layers(self) -> None:
+        """The reconstruction ended: the layers take its arrays if they have not yet, and the next
+        :meth:`refresh` brings their thumbnails up to date."""
+        self._adopt()
+        self._recon = None  # a job that failed before readying its arrays leaves the layers as they were
+        self._recon_running = False
 
     def _make_recon_layer(self, role: str, data: np.ndarray, world: np.ndarray):
         names = {"noisy": "noisy input", "masked": "masked input", "reconstruction": "reconstruction",
                  "abs_error": "absolute error (HU)"}
         if role == "abs_error":
-            kwargs = {"colormap": "inferno", "contrast_limits": (0.0, 200.0), "visible": False}
+            kwargs = {"colormap": "inferno", "contrast_limits": (0.0, 200.0)}
         else:
             scan = self.get("scan")
             limits = tuple(scan.contrast_limits) if scan is not None else L.window_limits(
                 *L.WINDOW_PRESETS[L.DEFAULT_WINDOW])
-            kwargs = {"colormap": "gray", "contrast_limits": limits, "visible": role == "reconstruction"}
-        return self._put(role, "image", data, world, name=names[role], **kwargs)
+            kwargs = {"colormap": "gray", "contrast_limits": limits}
+        layer = self._put(role, "image", data, world, name=names[role], visible=False, **kwargs)
+        layer.metadata[BLANK] = True
+        return layer
 
     def paste(self, role: str, slices, array: np.ndarray) -> None:
         layer = self.get(role)
@@ -311,10 +412,14 @@ class Scene:
             layer.data[slices] = array
 
     def refresh(self, roles) -> None:
+        """Redraw these layers (hidden ones cost nothing). While a reconstruction runs, without
+        thumbnails: a new thumbnail repaints the layer list, which shares the frame's stall."""
+        if any(role in RECON_ROLES for role in roles):
+            self._adopt()
         for role in roles:
             layer = self.get(role)
             if layer is not None:
-                layer.refresh()
+                layer.refresh(thumbnail=not self._recon_running)
 
     def _link_contrast(self) -> None:
         from napari.experimental import link_layers, unlink_layers
@@ -394,6 +499,11 @@ class Scene:
                           vector_style="line", opacity=1.0)
         layer.edge_width = _SELECTION_WIDTH_MM / cell_mm
         self.raise_overlays()
+
+
+def _placeholder(role: str) -> np.ndarray:
+    """A reconstruction layer's data before any run: one voxel (air, or no error)."""
+    return np.full((1, 1, 1), 0.0 if role == "abs_error" else EMPTY_HU, dtype=np.float32)
 
 
 def _set_transform(layer, transform: dict[str, Any]) -> None:

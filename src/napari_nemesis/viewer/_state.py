@@ -317,6 +317,7 @@ class NemesisSession:
         self._attention_cache = AttentionCache()
         self.scene.remove(["selection"])
         self.scene.show_grid(prepared.grid)
+        self.scene.prepare_results(prepared.grid, self.visible_organs)  # hidden, so no run adds a layer
         self.scene.orient_camera()
         self._grid_columns = {}
         self.events.scan.emit(self.scan)
@@ -337,8 +338,7 @@ class NemesisSession:
         self.probabilities = None
         self.reconstruction = None
         self.attention = None
-        self.scene.remove(self.scene.roles_with_prefix("prob:"))
-        self.scene.remove(RECON_ROLES + ("error_map",) + ATTENTION_ROLES)
+        self.scene.clear_results()  # blanked and hidden in place: no run pays for making them again
         self._grid_columns = {}
         self.events.probabilities.emit(None)
         self.events.reconstruction.emit(None)
