@@ -221,6 +221,100 @@ def screenshot_tour(session, out: Path, strategy: str = "dual", ratio: float = 0
     scan.rendering, scan.contrast_limits = saved
     _restore(before)
     focus_on_organ(session, "liver")
+
+    # 6-7. labelling (the Labelling dock, the grid by label state), then a probe trained from the
+    # labels in the background and its heatmaps (the Training dock's plot); in a throw-away project
+    if session.scan is not None and _is_sample(session.scan.prepared.volume.source):
+        shots.update(labelling_tour(session, out))
+    return shots
+
+
+def _is_sample(source) -> bool:
+    from ..sample_data import sample_ct_path
+
+    return source is not None and Path(str(source)).resolve() == sample_ct_path().resolve()
+
+
+def label_and_train(session, project=None, fill: bool = True, timeout_s: float = 900.0) -> dict:
+    """The labelling workflow on the sample CT, as a user does it in the two docks: the labels
+    filled from the scan's organ label map (``fill``), then "Train" (linear probe, in a child
+    process); returns once the heatmaps show the new head. ``label_to_heatmap_seconds`` is the
+    time from "Train" to those heatmaps. ``project``: the labelling project (default: the dock's)."""
+    import time
+
+    from ..sample_data import sample_btcv_labels_path
+    from ._labelling import labelling_for
+    from ._training import TrainingConfig, training_for
+
+    labelling = labelling_for(session)
+    if project is not None:
+        labelling.set_project(project, wait=True)
+    labelling.wait()
+    if labelling.store is None:
+        raise RuntimeError(f"no labels open: {labelling.message}")
+    if fill:
+        labelling.fill(sample_btcv_labels_path(), wait=True)
+    training = training_for(session)
+    config = TrainingConfig(mode="linear", device=session.settings.device, apply_when_done=True)
+    t0 = time.perf_counter()
+    run = training.start(config)
+    training.wait(timeout_s)
+    if run.status != "done":
+        raise RuntimeError(f"training from labels ended {run.status}: {run.message}")
+    while time.perf_counter() - t0 < timeout_s and not (
+            session.probabilities is not None and session.probabilities.weights.probe == run.head):
+        training.wait(0.05)
+        _settle(session.viewer, 1)
+    seconds = time.perf_counter() - t0
+    return {"label_to_heatmap_seconds": seconds, "run": run, "labelled": labelling.store.counts()["labelled"]}
+
+
+def labelling_tour(session, out: Path, organ: str = "liver") -> dict[str, Path]:
+    """Screenshots of the Labelling dock (grid coloured by label state) and of the Training dock
+    after a probe trained from those labels updated the heatmaps. The labels go to a temporary
+    project; the dock's own project is restored afterwards."""
+    import tempfile
+
+    from ..sample_data import sample_btcv_labels_path
+    from ._labelling import labelling_for
+
+    out = Path(out)
+    viewer = session.viewer
+    labelling = labelling_for(session)
+    previous = labelling.project_dir
+    shots: dict[str, Path] = {}
+    with tempfile.TemporaryDirectory(prefix="nemesis-tour-") as tmp:
+        try:
+            labelling.set_project(Path(tmp) / "labelling-project", wait=True)
+            store = labelling.store
+            labelling.fill(sample_btcv_labels_path(), wait=True)
+            index = focus_on_organ(session, organ)
+            for name in session.probabilities.organs if session.probabilities else ():
+                session.set_organ_visible(name, False)
+            # a labelling session half-way: two superpatches still to do, one skipped, one corrected
+            others = [i for i in range(store.n) if i != index]
+            store.set(others[-1], (), "unlabelled")
+            store.set(others[-2], (), "unlabelled")
+            store.set(others[0], (), "skipped")
+            session.select(index)
+            labelling.act("toggle", store.organs.index("pancreas"))
+            labelling.set_show_states(True)
+            _raise_dock(session, "Labelling")
+            _settle(viewer)
+            shots["labelling"] = save_window(viewer, out / "viewer_labelling.png")
+
+            result = label_and_train(session, fill=False)
+            focus_on_organ(session, organ)
+            labelling.set_show_states(False)
+            _raise_dock(session, "Training")
+            widget = session.widgets.get("Training")
+            if widget is not None:
+                widget.plot._redraw()
+            _settle(viewer, 10)
+            shots["training"] = save_window(viewer, out / "viewer_training.png")
+            session.label_to_heatmap_seconds = result["label_to_heatmap_seconds"]
+        finally:
+            labelling.set_project(previous, wait=True)
     return shots
 
 

@@ -144,6 +144,7 @@ class LabellingWidget(QWidget):
             self.organ_grid.removeWidget(box)
             box.deleteLater()
         self.organ_checks = {}
+        self.project.setText(str(self.controller.project_dir))
         if store is None:
             self.saved_at.setText(f"Labels are saved in the project {self.controller.project_dir} once a scan is open.")
         else:

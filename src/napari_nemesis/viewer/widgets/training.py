@@ -220,7 +220,7 @@ class LivePlot(QWidget):
         self.loss_axes.set_xlabel("step", fontsize=8)
         self.loss_axes.set_ylabel("loss", fontsize=8, color="tab:blue")
         self.auroc_axes.set_ylabel("AUROC", fontsize=8, color="tab:orange")
-        self.auroc_axes.set_ylim(0.0, 1.0)
+        self.auroc_axes.set_ylim(0.0, 1.05)
         for ax in (self.loss_axes, self.auroc_axes):
             ax.tick_params(labelsize=7)
         self._run = None
