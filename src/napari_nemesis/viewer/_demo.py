@@ -235,14 +235,14 @@ def _is_sample(source) -> bool:
     return source is not None and Path(str(source)).resolve() == sample_ct_path().resolve()
 
 
-def label_and_train(session, project=None, fill: bool = True, timeout_s: float = 900.0) -> dict:
-    """The labelling workflow on the sample CT, as a user does it in the two docks: the labels
-    filled from the scan's organ label map (``fill``), then "Train" (linear probe, in a child
-    process); returns once the heatmaps show the new head. ``label_to_heatmap_seconds`` is the
-    time from "Train" to those heatmaps. ``project``: the labelling project (default: the dock's)."""
+def label_and_train(session, fill_from=None, project=None, before_train=None, timeout_s: float = 900.0) -> dict:
+    """The labelling workflow as a user does it in the two docks: the labels filled from a label
+    map (``fill_from``: a file or an array on the scan's grid; None keeps the labels as they are),
+    then "Train" (linear probe, in a child process); returns once the heatmaps show the new head.
+    ``label_to_heatmap_seconds`` is the time from "Train" to those heatmaps. ``project``: the
+    labelling project (default: the dock's); ``before_train()`` is called just before "Train"."""
     import time
 
-    from ..sample_data import sample_btcv_labels_path
     from ._labelling import labelling_for
     from ._training import TrainingConfig, training_for
 
@@ -252,20 +252,20 @@ def label_and_train(session, project=None, fill: bool = True, timeout_s: float =
     labelling.wait()
     if labelling.store is None:
         raise RuntimeError(f"no labels open: {labelling.message}")
-    if fill:
-        labelling.fill(sample_btcv_labels_path(), wait=True)
+    if fill_from is not None:
+        labelling.fill(fill_from, wait=True)
     training = training_for(session)
     config = TrainingConfig(mode="linear", device=session.settings.device, apply_when_done=True)
+    if before_train is not None:
+        before_train()
     t0 = time.perf_counter()
     run = training.start(config)
-    training.wait(timeout_s)
+    training.wait(timeout_s)  # the run, then its head applied and the probabilities shown
+    seconds = time.perf_counter() - t0
     if run.status != "done":
         raise RuntimeError(f"training from labels ended {run.status}: {run.message}")
-    while time.perf_counter() - t0 < timeout_s and not (
-            session.probabilities is not None and session.probabilities.weights.probe == run.head):
-        training.wait(0.05)
-        _settle(session.viewer, 1)
-    seconds = time.perf_counter() - t0
+    if session.probabilities is None or session.probabilities.weights.probe != run.head:
+        raise RuntimeError(f"the heatmaps of the new head {run.head} were not shown")
     return {"label_to_heatmap_seconds": seconds, "run": run, "labelled": labelling.store.counts()["labelled"]}
 
 
@@ -303,7 +303,7 @@ def labelling_tour(session, out: Path, organ: str = "liver") -> dict[str, Path]:
             _settle(viewer)
             shots["labelling"] = save_window(viewer, out / "viewer_labelling.png")
 
-            result = label_and_train(session, fill=False)
+            result = label_and_train(session)
             focus_on_organ(session, organ)
             labelling.set_show_states(False)
             _raise_dock(session, "Training")
