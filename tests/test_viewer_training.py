@@ -112,6 +112,8 @@ def test_linear_probe_stops_resumes_and_updates_the_heatmaps(trainer, qtbot, tin
     x, y = widget.plot.loss_line.get_data()
     assert len(x) == len(run.loss) > 0 and list(y) == run.loss  # the plot holds the points received
     assert widget.resume_button.isEnabled() and "Resume" in widget.status.text()
+    widget.out.setText(str(run.out))  # as after a restart of napari: the run named by its folder
+    controller.run = None
     widget.resume_button.click()
     resumed = controller.run
     assert resumed.resumed and resumed.out == run.out

@@ -63,6 +63,8 @@ class TrainingWidget(QWidget):
         self.train_button = QPushButton("Train")
         self.stop_button = QPushButton("Stop")
         self.resume_button = QPushButton("Resume")
+        self.resume_button.setToolTip("Continue a stopped run where it saved: the last one, or the run in the "
+                                      "output folder")
         self.bar = QProgressBar()
         self.bar.setTextVisible(True)
         self.bar.setRange(0, 1)
@@ -117,7 +119,7 @@ class TrainingWidget(QWidget):
         self.mode.currentIndexChanged.connect(lambda _i: self._mode_changed())
         self.train_button.clicked.connect(lambda: call_safely(self.train))
         self.stop_button.clicked.connect(lambda: call_safely(self.controller.stop))
-        self.resume_button.clicked.connect(lambda: call_safely(self.controller.resume))
+        self.resume_button.clicked.connect(lambda: call_safely(self.resume))
         self.use_new.clicked.connect(lambda: call_safely(self.controller.apply))
         self.use_bundled.clicked.connect(lambda: call_safely(self.controller.use_bundled))
         self.use_encoder.clicked.connect(lambda: call_safely(self._use_encoder))
@@ -140,6 +142,11 @@ class TrainingWidget(QWidget):
     def train(self):
         """What the Train button does."""
         return self.controller.start(self.config())
+
+    def resume(self):
+        """What the Resume button does: the run in the output folder if one is named there (e.g. a
+        run stopped in an earlier napari session), else the last run."""
+        return self.controller.resume(self.out.text() or None)
 
     def _mode_changed(self) -> None:
         mode = MODES[self.mode.currentIndex()]
@@ -181,7 +188,7 @@ class TrainingWidget(QWidget):
         running = run is not None and run.running
         self.train_button.setEnabled(not running)
         self.stop_button.setEnabled(running)
-        self.resume_button.setEnabled(not running and run is not None and run.status == "stopped")
+        self.resume_button.setEnabled(not running)
         self.use_new.setEnabled(not running and run is not None and bool(run.head))
         self.use_encoder.setEnabled(not running and run is not None and bool(run.encoder))
         if run is None:
