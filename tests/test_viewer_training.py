@@ -94,6 +94,8 @@ def _wait_for_steps(run, qtbot, timeout_s=120.0) -> None:
 def test_linear_probe_stops_resumes_and_updates_the_heatmaps(trainer, qtbot, tiny_weights):
     session, widget, docks = trainer
     controller = widget.controller
+    session.viewer.window.show()  # the plot draws only while it can be seen
+    widget.parent().raise_()
     widget.steps.setValue(3000)  # long enough to stop in the middle (each full-batch step ~1 ms)
     widget.device.setCurrentText("cpu")
     widget.train_button.click()
@@ -111,6 +113,7 @@ def test_linear_probe_stops_resumes_and_updates_the_heatmaps(trainer, qtbot, tin
     qtbot.waitUntil(lambda: widget.plot.draws > 0, timeout=5000)
     x, y = widget.plot.loss_line.get_data()
     assert len(x) == len(run.loss) > 0 and list(y) == run.loss  # the plot holds the points received
+    assert widget.plot.full_draws <= 2  # the axes once or twice; the points blitted over them
     assert widget.resume_button.isEnabled() and "Resume" in widget.status.text()
     widget.out.setText(str(run.out))  # as after a restart of napari: the run named by its folder
     controller.run = None
