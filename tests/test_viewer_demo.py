@@ -26,6 +26,11 @@ def test_ui_section_switch_table_and_target():
     assert "worst stall 80 ms" in "\n".join(ui.table_lines(res))
     assert ui.table_lines({"ui": {"skipped": "no display and no Xvfb"}}) == ["viewer: skipped (no display and no Xvfb)"]
     assert ui.targets({}) == [] and ui.table_lines({}) == []
+    # the keys that explain a stall, when a run has them
+    lines = "\n".join(ui.table_lines({**res, "ui_max_stall_events": "MetaCall:QObject, UpdateRequest:_QtMainWindow",
+                                     "ui_frame_results_ms": 70.0, "ui_open_max_stall_ms": 300.0}))
+    assert "handled: MetaCall:QObject, UpdateRequest:_QtMainWindow" in lines
+    assert "results shown: 70 ms" in lines and "worst stall 300 ms" in lines
 
 
 @pytest.mark.gui
@@ -38,8 +43,13 @@ def test_ui_measurement_runs_both_jobs(tmp_path, monkeypatch):
     monkeypatch.setenv("NEMESIS_CONFIG_DIR", str(tmp_path / "config"))
     weights = g.make_tiny_weights(tmp_path)
     res = measure_ui(scan=g._scan_volume(), weights=weights)
-    for key in ("ui_max_stall_ms", "ui_recon_seconds", "ui_probabilities_seconds", "ui_rerun_max_stall_ms"):
+    for key in ("ui_max_stall_ms", "ui_recon_seconds", "ui_probabilities_seconds", "ui_rerun_max_stall_ms",
+                "ui_open_max_stall_ms", "ui_frame_results_ms"):
         assert np.isfinite(res[key]) and res[key] >= 0, key
+    assert isinstance(res["ui_max_stall_events"], str)
+    # default settings, the user's neither read nor written (the weights picked here stay in the run)
+    assert not (tmp_path / "config" / "viewer.json").exists()
+    assert os.environ["NEMESIS_CONFIG_DIR"] == str(tmp_path / "config")
     assert res["ui_ticks"] > 10 and res["ui_superpatches"] == 12
     assert res["ui_reconstruction"]["psnr_masked"] is not None
 

@@ -36,6 +36,7 @@ OVERLAY_ROLES = ("grid_lines", "selection", "grid")  # kept on top, in this orde
 EMPTY_HU = -1024.0
 #: ``layer.metadata`` key: the layer was made (or cleared) ahead of a result and holds none yet.
 BLANK = "nemesis_blank"
+_WARM = "nemesis_drawn_once"  # its visual was drawn once (shaders built)
 _SELECTION_RGBA = (1.0, 0.85, 0.0, 1.0)
 _SELECTION_COLOR = "#ff7a00"
 _SELECTION_WIDTH_MM = 3.0
@@ -55,8 +56,13 @@ class Scene:
         self._linked: list[Any] = []
         self._added = False
         self._pending: dict[str, Any] = {}  # role -> a function making its layer, one per event-loop turn
-        self._recon: tuple[ReconstructionTargets, np.ndarray] | None = None  # arrays to give the layers
+        # the running reconstruction's arrays, where to place them and the roles that took theirs
+        self._recon: tuple[ReconstructionTargets, np.ndarray, set[str]] | None = None
         self._recon_running = False
+        self._adopt_scheduled = False
+        self._to_show: list[Any] = []  # layers to show on the next event-loop turn
+        self._warming = False
+        self._warmed_text = False
         self._features = None
 
     # ---- bookkeeping ---------------------------------------------------------------------------
@@ -164,9 +170,12 @@ class Scene:
         QTimer.singleShot(0, self._apply_features)
 
     def flush(self) -> None:
-        """Apply now what waits for its event-loop turn and a script expects to see (features)."""
+        """Apply now what waits for its event-loop turn and a script expects to see (features,
+        layers to show)."""
         if self._features is not None:
             self._apply_features()
+        if self._to_show:
+            self._show_waiting()
 
     def _apply_features(self) -> None:
         pending, self._features = self._features, None
@@ -193,21 +202,37 @@ class Scene:
         self.raise_overlays()
 
     def show_heatmap(self, grid, organ: str, values: np.ndarray, visible: bool = True, blank: bool = False) -> None:
-        """An organ's heatmap (``blank``: made ahead of its values, hidden, all zero)."""
+        """An organ's heatmap (``blank``: made ahead of its values, hidden, all zero). New values go
+        into the layer's array in place: assigning a new array makes napari recompute the extents
+        and re-slice every layer."""
         from napari.utils.colormaps import Colormap
 
         role = prob_role(organ)
-        existed = self.get(role) is not None
+        image = L.block_image(values, grid.grid_shape)
+        world = L.grid_world_affine(grid)
+        layer = self.get(role)
+        if layer is not None and layer.data.shape == image.shape:  # the common case: new values only
+            layer.data[...] = image
+            _set_transform(layer, L.transform_kwargs(world))
+            if tuple(layer.contrast_limits) != (0.0, 1.0):
+                layer.contrast_limits = (0.0, 1.0)
+            if layer.visible != visible:
+                layer.visible = visible  # showing a layer slices and redraws it
+            elif visible:
+                layer.refresh(extent=False, highlight=False)
+            layer.metadata[BLANK] = blank
+            return
+        existed = layer is not None
         rgb = L.ORGAN_COLORS.get(organ, (1.0, 1.0, 1.0))
         layer = self._put(
-            role, "image", L.block_image(values, grid.grid_shape), L.grid_world_affine(grid),
+            role, "image", image, world,
             name=f"P({organ})", colormap=Colormap(L.heatmap_colors(rgb, max_alpha=0.8), name=f"nemesis {organ}"),
             contrast_limits=(0.0, 1.0), opacity=0.45, blending="translucent", interpolation2d="nearest",
             interpolation3d="nearest", visible=visible,
         )
         if existed:
             layer.contrast_limits = (0.0, 1.0)
-            layer.visible = visible
+            _show(layer, visible)
         else:
             layer.colorbar.visible = True  # shown while the heatmap is
         layer.metadata[BLANK] = blank
@@ -228,7 +253,7 @@ class Scene:
     def set_visible(self, role: str, visible: bool) -> None:
         layer = self.get(role)
         if layer is not None:
-            layer.visible = bool(visible)
+            _show(layer, visible)
 
     def show_error_map(self, grid, rmse_hu: np.ndarray, blank: bool = False) -> None:
         """The per-superpatch masked-patch RMSE (HU) as a block heatmap; updated in place, shown when
@@ -243,14 +268,14 @@ class Scene:
             existing.data[...] = values
             if blank:
                 existing.metadata[BLANK] = True
-                existing.visible = False
+                _show(existing, False)
             elif shown and existing.metadata.get(BLANK):
                 existing.metadata[BLANK] = False
-                existing.visible = True
+                self._show_later(existing)
             if tuple(existing.contrast_limits) != limits:
                 existing.contrast_limits = limits  # redraws
             else:
-                existing.refresh(thumbnail=not self._recon_running)
+                existing.refresh(thumbnail=not self._recon_running, extent=False, highlight=False)
             return
         existed = existing is not None
         layer = self._put(
@@ -262,7 +287,7 @@ class Scene:
         layer.contrast_limits = limits
         if not existed:
             layer.colorbar.visible = True
-        layer.visible = shown
+        _show(layer, shown)
         layer.metadata[BLANK] = not shown
         self.raise_overlays()
 
@@ -303,19 +328,36 @@ class Scene:
                 self._blank(layer, _placeholder(role), None)
             else:
                 layer.metadata[BLANK] = True
-                layer.visible = False
+                _show(layer, False)
 
     def _blank(self, layer, data: np.ndarray, world: np.ndarray | None) -> None:
         layer.metadata[BLANK] = True
-        layer.visible = False
+        _show(layer, False)
         layer.data = data  # frees a whole-scan array; hidden, so nothing is sliced or drawn
         if world is not None:
             _set_transform(layer, L.transform_kwargs(world))
 
+    def _show_later(self, layer) -> None:
+        """Show a layer on the next event-loop turn: its first frame (a new visual, a colorbar)
+        then does not share a stall with the redraw the current turn already asked for."""
+        self._to_show.append(layer)
+        if len(self._to_show) == 1:
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, self._show_waiting)
+
+    def _show_waiting(self) -> None:
+        waiting, self._to_show = self._to_show, []
+        if self._alive():
+            for layer in waiting:
+                if layer in self.viewer.layers and not layer.metadata.get(BLANK):
+                    _show(layer, True)
+
     @property
     def pending(self) -> list[str]:
-        """Roles whose layers are still to be made (one per event-loop turn)."""
-        return list(self._pending)
+        """Roles whose layers are still to be made (one per event-loop turn), then ``warm-up``
+        until they were drawn once."""
+        return list(self._pending) + (["warm-up"] if self._warming else [])
 
     def _schedule_pending(self) -> None:
         if self._pending:
@@ -330,7 +372,48 @@ class Scene:
         self._pending.pop(role)()
         self._link_contrast()
         self.raise_overlays()
-        self._schedule_pending()
+        if self._pending:
+            self._schedule_pending()
+        else:
+            from qtpy.QtCore import QTimer
+
+            self._warming = True
+            QTimer.singleShot(0, self._warm_up)
+
+    def _warm_up(self) -> None:
+        """Draw each blank result layer once, off screen, one per event-loop turn, the first with
+        the characters colorbar ticks use: a visual's first frame builds and compiles its shaders,
+        and each new character of text is rendered into the shared glyph atlas (0.1-0.3 s in all
+        under software OpenGL), which the frame showing a run's first result should not pay."""
+        self._warming = False
+        if not self._alive():
+            return
+        roles = RECON_ROLES + ("error_map",) + tuple(self.roles_with_prefix("prob:"))
+        layers = [self.get(role) for role in roles]
+        layers = [lay for lay in layers
+                  if lay is not None and lay.metadata.get(BLANK) and not lay.visible and not lay.metadata.get(_WARM)]
+        if not layers:
+            return
+        layer, text = layers[0], _text_overlay(self.viewer)  # shares the colorbars' font
+        saved = (text.visible, text.text) if text is not None and not self._warmed_text else None
+        try:
+            layer.visible = True
+            if saved is not None:
+                text.text, text.visible = "0123456789.-+e", True
+            self.viewer.screenshot(canvas_only=True, flash=False)
+        except Exception:  # no canvas (a headless viewer): nothing to warm
+            return
+        finally:
+            layer.visible = False
+            if saved is not None:
+                text.visible, text.text = saved
+        self._warmed_text = True
+        layer.metadata[_WARM] = True
+        if len(layers) > 1:
+            from qtpy.QtCore import QTimer
+
+            self._warming = True
+            QTimer.singleShot(0, self._warm_up)
 
     def _make_now(self, roles) -> None:
         for role in roles:
@@ -362,33 +445,64 @@ class Scene:
             if not layer.metadata.get(BLANK) and tuple(layer.data.shape) == tuple(shape):
                 reuse[role] = layer.data
         targets = ReconstructionTargets(shape, {r: 0.0 if r == "abs_error" else EMPTY_HU for r in RECON_ROLES}, reuse)
-        self._recon = (targets, np.asarray(world))
+        self._recon = (targets, np.asarray(world), set())
         self._recon_running = True
         return targets
 
-    def _adopt(self) -> None:
-        """Give the reconstruction layers the run's arrays and placement once the job readied them;
-        a layer made ahead of any result is shown then (the reconstruction; the others on demand)."""
+    def _adopt(self, everything: bool = False) -> None:
+        """Give the reconstruction layers the run's arrays and placement once the job readied them:
+        the shown ones now (a blank reconstruction layer is shown then), the hidden ones one per
+        later event-loop turn (each new array re-computes the viewer's extents), or ``everything``."""
         if self._recon is None or self._recon[0].arrays is None:
             return
-        targets, world = self._recon
-        self._recon = None
-        transform = L.transform_kwargs(world)
+        targets, world, adopted = self._recon
         for role, array in targets.arrays.items():
             layer = self.get(role)
-            if layer is None:
+            if role in adopted or layer is None:
                 continue
-            if layer.data is not array:
-                layer.data = array
-            _set_transform(layer, transform)
-            if layer.metadata.get(BLANK):
-                layer.metadata[BLANK] = False
-                layer.visible = role == "reconstruction"
+            shown = layer.visible or (role == "reconstruction" and layer.metadata.get(BLANK))
+            if everything or shown:
+                self._adopt_one(layer, role, array, world)
+                adopted.add(role)
+        self._adopt_later()
+
+    def _adopt_later(self) -> None:
+        if self._recon is None:
+            return
+        targets, world, adopted = self._recon
+        waiting = [r for r in targets.arrays if r not in adopted and self.get(r) is not None]
+        if not waiting:
+            self._recon = None
+            return
+        if self._adopt_scheduled:
+            return
+        from qtpy.QtCore import QTimer
+
+        def next_one(recon=self._recon) -> None:
+            self._adopt_scheduled = False
+            if self._recon is not recon or not self._alive():
+                return
+            role = next((r for r in targets.arrays if r not in adopted and self.get(r) is not None), None)
+            if role is not None:
+                self._adopt_one(self.get(role), role, targets.arrays[role], world)
+                adopted.add(role)
+            self._adopt_later()
+
+        self._adopt_scheduled = True
+        QTimer.singleShot(0, next_one)
+
+    def _adopt_one(self, layer, role: str, array: np.ndarray, world: np.ndarray) -> None:
+        if layer.data is not array:
+            layer.data = array
+        _set_transform(layer, L.transform_kwargs(world))
+        if layer.metadata.get(BLANK):
+            layer.metadata[BLANK] = False
+            _show(layer, role == "reconstruction")
 
     def finish_layers(self) -> None:
         """The reconstruction ended: the layers take its arrays if they have not yet, and the next
         :meth:`refresh` brings their thumbnails up to date."""
-        self._adopt()
+        self._adopt(everything=True)
         self._recon = None  # a job that failed before readying its arrays leaves the layers as they were
         self._recon_running = False
 
@@ -419,7 +533,7 @@ class Scene:
         for role in roles:
             layer = self.get(role)
             if layer is not None:
-                layer.refresh(thumbnail=not self._recon_running)
+                layer.refresh(thumbnail=not self._recon_running, extent=False, highlight=False)
 
     def _link_contrast(self) -> None:
         from napari.experimental import link_layers, unlink_layers
@@ -499,6 +613,20 @@ class Scene:
                           vector_style="line", opacity=1.0)
         layer.edge_width = _SELECTION_WIDTH_MM / cell_mm
         self.raise_overlays()
+
+
+def _text_overlay(viewer):
+    """The canvas's text overlay (napari 0.9: ``viewer.canvas.overlays.text``), or None."""
+    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
+    text = getattr(overlays, "text", None) if overlays is not None else None
+    return text if text is not None else getattr(viewer, "text_overlay", None)
+
+
+def _show(layer, visible: bool) -> None:
+    """Set a layer's visibility only if it changes: each assignment re-lays the canvas overlays
+    (about 15 ms under software OpenGL) even when nothing changes."""
+    if layer.visible != bool(visible):
+        layer.visible = bool(visible)
 
 
 def _placeholder(role: str) -> np.ndarray:

@@ -1,0 +1,151 @@
+"""What keeps napari's event loop free while a job runs: result layers made before any run and
+filled in place, arrays readied by the job's thread, job threads below the GUI's priority, and the
+benchmark that watches the loop."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from test_viewer_gui import _scan_volume, make_tiny_weights
+
+RESULTS = ("noisy", "masked", "reconstruction", "abs_error", "error_map", "prob:liver")
+
+
+@pytest.fixture(autouse=True)
+def _config_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEMESIS_CONFIG_DIR", str(tmp_path / "config"))
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    return make_tiny_weights(tmp_path_factory.mktemp("weights"))
+
+
+# ---- no Qt -------------------------------------------------------------------------------------------
+def test_reconstruction_targets_reset_fitting_arrays_in_place_and_allocate_the_rest():
+    from napari_nemesis.viewer._jobs import ReconstructionTargets
+
+    fitting = np.ones((3, 4, 5), np.float32)
+    other = np.ones((2, 2, 2), np.float32)
+    targets = ReconstructionTargets((3, 4, 5), {"reconstruction": -1024.0, "abs_error": 0.0, "masked": -1024.0},
+                                    reuse={"reconstruction": fitting, "masked": other})
+    assert targets.arrays is None  # nothing done on the thread that made it
+    arrays = targets.ready()
+    assert arrays["reconstruction"] is fitting and np.all(fitting == -1024.0)  # reset in place
+    assert arrays["masked"] is not other and np.all(other == 1.0)  # a misfit is left alone
+    assert arrays["masked"].shape == arrays["abs_error"].shape == (3, 4, 5)
+    assert arrays["masked"].dtype == np.float32 and np.all(arrays["abs_error"] == 0.0)
+    assert targets.ready() is arrays  # readied once
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_lower_thread_priority_lowers_only_the_calling_thread():
+    from napari_nemesis.viewer._workers import JOB_NICE, lower_thread_priority
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = nice()
+    seen = {}
+
+    def work() -> None:
+        seen["ok"] = lower_thread_priority()
+        seen["nice"] = nice()
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert seen["ok"] and seen["nice"] >= JOB_NICE
+    assert nice() == before  # this thread (the GUI's, in napari) keeps its priority
+
+
+# ---- in a viewer -------------------------------------------------------------------------------------
+@pytest.mark.gui
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_jobs_and_generator_jobs_run_below_the_gui_thread(qtbot):
+    from napari_nemesis.viewer._workers import JOB_NICE, RunState, start_job
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def function_job(*, cancel, report):
+        return nice()
+
+    def generator_job(*, cancel, report):
+        yield nice()
+
+    gui = nice()
+    job = start_job("f", function_job, state=RunState("f"), notify=False)
+    assert job.wait(30000) and job.state.result >= JOB_NICE
+    yielded = []
+    job = start_job("g", generator_job, state=RunState("g"), on_yield=yielded.append, notify=False)
+    assert job.wait(30000) and yielded and yielded[0] >= JOB_NICE
+    assert nice() == gui
+
+
+@pytest.fixture
+def session(make_napari_viewer, tiny_weights, qtbot):
+    from napari_nemesis.viewer import launch
+
+    viewer = make_napari_viewer()
+    s = launch(viewer=viewer, widgets=False)
+    s.set_weights(*tiny_weights, wait=True)
+    s.open_scan(_scan_volume(), wait=True)
+    qtbot.waitUntil(lambda: not s.scene.pending, timeout=60000)  # made one per event-loop turn
+    return s
+
+
+@pytest.mark.gui
+def test_runs_fill_the_layers_made_when_the_scan_opened_and_add_none(session, tiny_weights):
+    from napari_nemesis.viewer._scene import BLANK
+
+    viewer = session.viewer
+    session.select(2)  # (selecting draws the selection outline: a layer of its own)
+    made = {role: session.layers[role] for role in RESULTS}
+    for layer in made.values():  # ready before any run: hidden, holding nothing
+        assert not layer.visible and layer.metadata[BLANK]
+    before = list(viewer.layers)
+
+    session.run_probabilities(wait=True)
+    session.run_reconstruction("dual", 0.75, 0.0, 0, scope="scan", wait=True)
+    session.run_reconstruction("plane", 0.5, 0.0, 1, scope="selected", wait=True)
+    assert list(viewer.layers) == before  # no run added (or removed) a layer
+    assert all(session.layers[role] is layer for role, layer in made.items())
+    shown = {role for role, layer in made.items() if layer.visible}
+    assert shown == {"reconstruction", "error_map", "prob:liver"}  # the rest on demand
+    assert not any(layer.metadata[BLANK] for layer in made.values())
+    box = session.scan.grid.box(2, clip=True)
+    assert made["masked"].data.shape == made["reconstruction"].data.shape == box.shape
+
+    # new weights make the results stale: the same layers are blanked and hidden, arrays freed
+    session.set_weights(*tiny_weights, wait=True)
+    assert list(viewer.layers) == before
+    for role, layer in made.items():
+        assert not layer.visible and layer.metadata[BLANK], role
+    assert made["reconstruction"].data.size == 1
+    session.run_reconstruction("dual", 0.75, 0.0, 0, scope="scan", wait=True)
+    assert list(viewer.layers) == before and made["reconstruction"].visible
+    assert made["reconstruction"].data.shape == session.scan.prepared.pre.shape
+
+
+@pytest.mark.gui
+def test_stall_meter_names_what_the_gui_thread_handled_during_the_worst_delay(qapp):
+    from qtpy.QtCore import QEvent
+
+    from napari_nemesis.bench.ui import _StallMeter
+
+    meter = _StallMeter()
+    meter.ticks[:] = [(1.0, 3.0), (2.0, 150.0), (3.0, 20.0)]
+    T = QEvent.Type
+    meter.events[:] = [(1.5, T.Paint, "Early"), (1.86, T.MetaCall, "QObject"), (1.9, T.Timer, "QTimer"),
+                       (1.92, T.ChildAdded, "QWidget"), (1.95, T.UpdateRequest, "_QtMainWindow"),
+                       (1.96, T.Paint, "CanvasBackendDesktop"), (1.97, T.MetaCall, "QObject"), (2.5, T.Paint, "Late")]
+    worst, events = meter.worst()
+    assert worst == 150.0
+    # in order, each once; the meter's own ticks and bookkeeping events left out
+    assert events == ["MetaCall:QObject", "UpdateRequest:_QtMainWindow", "Paint:CanvasBackendDesktop"]
