@@ -297,3 +297,28 @@ def test_pretrain_events_flag_prints_json_lines(tmp_path):
     logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert logged == lines[:-1]
     assert "it/s" not in out.stderr  # no progress bar beside the events
+
+
+# ---- the benchmark's training figures --------------------------------------------------------------------
+@pytest.mark.gui
+def test_bench_times_train_to_heatmaps_while_watching_the_event_loop(trainer):
+    from test_viewer_labelling import _organ_map
+
+    from napari_nemesis.bench.ui import _StallMeter, _timed_training, table_lines, targets
+
+    session, widget, _docks = trainer
+    labels = _organ_map(session.scan.prepared.volume.shape)
+    res = _timed_training(session, _StallMeter(), lambda _m: None, labels)
+    run = widget.controller.run
+    assert run.status == "done" and session.probabilities.weights.probe == run.head  # the heatmaps changed
+    assert res["ui_ticks_training"] > 10 and np.isfinite(res["ui_max_stall_ms_training"])
+    assert 0 < res["ui_training_seconds"] < res["label_to_heatmap_seconds"]
+    assert res["ui_training_labelled"] == 12  # the fill labelled every superpatch
+    # the GUI thread never waited for the training: no stall near the length of the run
+    assert res["ui_max_stall_ms_training"] < 1000 * res["ui_training_seconds"] / 2
+    full = {"ui": {}, "ui_max_stall_ms": 50.0, "ui_stall_p99_ms": 20.0, "ui_frame_ms": 30.0, "ui_scan": "s",
+            "ui_superpatches": 12, "ui_device": "cpu", "ui_probabilities_seconds": 1.0, "ui_recon_seconds": 2.0,
+            "ui_rerun_max_stall_ms": 40.0, "ui_rerun_stall_p99_ms": 20.0, "ui_rerun_probabilities_seconds": 1.0,
+            "ui_rerun_recon_seconds": 2.0, **res}
+    assert "Train -> new heatmaps" in "\n".join(table_lines(full))
+    assert [name for name, _v, _ok in targets(full)][-1] == "viewer stall while training < 100 ms"

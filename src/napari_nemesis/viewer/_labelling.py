@@ -397,9 +397,9 @@ class LabellingController:
 
     def fill(self, source, overwrite: bool = False, threshold: int | None = None, scheme: str = "auto",
              wait: bool = True):
-        """Label every superpatch from a segmentation (a Labels layer or a label file) with the
-        core's presence rule (``labels.fill_from_segmentation``); hand labels are kept unless
-        ``overwrite``. ``threshold``: voxels at the model's spacing (default: the project's)."""
+        """Label every superpatch from a segmentation (a Labels layer, a label file or an array on
+        the scan's canonical grid) with the core's presence rule (``labels.fill_from_segmentation``);
+        hand labels are kept unless ``overwrite``. ``threshold``: voxels at the model's spacing (default: the project's)."""
         from ..labels import LabelProject
 
         self._need_cursor()
@@ -407,6 +407,8 @@ class LabellingController:
         if hasattr(source, "data") and hasattr(source, "metadata"):
             what = f"layer {source.name}"
             source = self.segmentation_array(source)
+        elif isinstance(source, np.ndarray):  # already on the scan's canonical (z, y, x) grid
+            what = "a label array"
         else:
             what = str(source)
             source = Path(str(source))
