@@ -399,7 +399,8 @@ class LabellingController:
              wait: bool = True):
         """Label every superpatch from a segmentation (a Labels layer, a label file or an array on
         the scan's canonical grid) with the core's presence rule (``labels.fill_from_segmentation``);
-        hand labels are kept unless ``overwrite``. ``threshold``: voxels at the model's spacing (default: the project's)."""
+        hand labels are kept unless ``overwrite``. ``threshold``: voxels at the model's spacing
+        (default: the project's)."""
         from ..labels import LabelProject
 
         self._need_cursor()
