@@ -227,9 +227,7 @@ def measure_ui(strategy: str = "dual", ratio: float = 0.75, noise: float = 0.03,
                 from ..sample_data import sample_btcv_labels_path
 
                 labels = sample_btcv_labels_path()
-            training = _timed_training(session, meter, log, labels) if labels is not None else {}
-            return {
-                **training,
+            result = {
                 "ui_max_stall_ms": first["max_stall_ms"],
                 "ui_probabilities_seconds": first["probabilities_seconds"],
                 "ui_recon_seconds": first["recon_seconds"],
@@ -250,6 +248,9 @@ def measure_ui(strategy: str = "dual", ratio: float = 0.75, noise: float = 0.03,
                 "ui_reconstruction": {"strategy": strategy, "ratio": ratio, "noise": noise, "seed": seed,
                                       **session.reconstruction.metrics()},
             }
+            if labels is not None:  # last: the new head replaces the results above
+                result.update(_timed_training(session, meter, log, labels))
+            return result
         finally:
             viewer.close()
 
