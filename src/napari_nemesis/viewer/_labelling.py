@@ -476,6 +476,16 @@ def key_name(event) -> str | None:
     return _KEY_NAMES.get(key)
 
 
+def _canvas_of(viewer):
+    """The widget holding napari's canvas (and its sliders) in the viewer's window, or None."""
+    from qtpy.QtWidgets import QWidget
+
+    window = getattr(getattr(viewer, "window", None), "_qt_window", None)
+    if window is None:
+        return None
+    return next((w for w in window.findChildren(QWidget) if type(w).__name__ == "QtViewer"), None)
+
+
 def _takes_text(widget) -> bool:
     from qtpy.QtWidgets import QAbstractSpinBox, QComboBox, QLineEdit, QPlainTextEdit, QTextEdit
 
@@ -499,8 +509,8 @@ class LabellingKeys(QObject):
 
         self._controller = weakref.ref(controller)
         self._dock = dock
-        qt_viewer = getattr(getattr(viewer, "window", None), "_qt_viewer", None)
-        self._canvas = weakref.ref(qt_viewer) if qt_viewer is not None else (lambda: None)
+        canvas = _canvas_of(viewer)
+        self._canvas = weakref.ref(canvas) if canvas is not None else (lambda: None)
         QApplication.instance().installEventFilter(self)
 
     def _ours(self, widget) -> bool:

@@ -121,7 +121,7 @@ class LabellingWidget(QWidget):
         self.fill_file_button.clicked.connect(self._fill_from_file)
         follow(c.events.store, self._on_store, self)
         follow(c.events.labels, lambda _i: self._show_selected(), self)
-        follow(c.events.message, self.message.setText, self)
+        follow(c.events.message, lambda text: self.message.setText(text), self)
         follow(self.session.events.selection, lambda _i: self._show_selected(), self)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
