@@ -170,6 +170,8 @@ def test_finetune_and_pretraining_run_in_a_child_process(trainer, qtbot):
     assert controller.wait(60).status == "stopped", run.message
     assert (run.out / "last.state.json").is_file() and run.step < 300
     scans = json.loads((run.out / "pretrain-scans.json").read_text())
+    listing = Path(run.commands[0].args[1])  # named by its content in the project: its cache is reused
+    assert listing.parent.name == "pretraining" and json.loads(listing.read_text()) == scans
     assert [Path(s["image"]) for s in scans] == [Path(controller_labelling_image(session)).resolve()]
     controller.resume()
     resumed = controller.run

@@ -236,11 +236,18 @@ class TrainingController:
         unique = list(dict.fromkeys(Path(p).resolve() for p in images))
         if not unique:
             raise NemesisInputError("nothing to pretrain on: open a scan, or give a dataset folder")
-        out.mkdir(parents=True, exist_ok=True)
-        listing = out / "pretrain-scans.json"
+        import hashlib
+
         from ..atomic import write_json_atomic
 
-        write_json_atomic(listing, [{"image": str(p), "id": f"scan{k:03d}"} for k, p in enumerate(unique)])
+        # the scan list is named by its content, in the project: the same scans again reuse the
+        # preprocessed cache ``nemesis pretrain`` keeps per data path; the run folder keeps a copy
+        entries = [{"image": str(p), "id": f"scan{k:03d}"} for k, p in enumerate(unique)]
+        digest = hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:12]
+        listing = self._project_dir(cfg) / "pretraining" / f"scans-{digest}.json"
+        if not listing.is_file():
+            write_json_atomic(listing, entries)
+        write_json_atomic(out / "pretrain-scans.json", entries)
         steps = cfg.steps or DEFAULT_PRETRAIN_STEPS
         args = ["pretrain", str(listing), "--out", str(out), "--init", str(encoder or default_checkpoint_path()),
                 "--steps", str(steps), "--events", "--json", *common]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, \
-    QLineEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget
+    QLabel, QLineEdit, QProgressBar, QPushButton, QSizePolicy, QSpinBox, QVBoxLayout, QWidget
 
 from .._settings import DEVICES
 from .._state import session_for
@@ -15,6 +17,8 @@ from ._common import call_safely, follow, wrapped_label
 STEP_UNITS = {"linear": ("full-batch steps", 200), "finetune": ("epochs", 8), "pretrain": ("steps", 200)}
 #: The plot is redrawn at most this often (ms): drawing costs the GUI thread a few ms.
 PLOT_REDRAW_MS = 400
+#: While a run goes on, its progress text is rewritten at most this often (s).
+TEXT_REFRESH_S = 1.0
 
 
 class TrainingWidget(QWidget):
@@ -70,9 +74,10 @@ class TrainingWidget(QWidget):
         self.bar.setRange(0, 1)
         self.bar.setValue(0)
         self.bar.setFormat("idle")
-        self.eta = wrapped_label("")
-        self.status = wrapped_label("Runs in a separate process: napari stays responsive, and its memory "
-                                    "(GPU included) is freed when it ends.")
+        self.eta = _steady_label("", lines=2)
+        self.status = _steady_label("Runs in a separate process: napari stays responsive, and its memory "
+                                    "(GPU included) is freed when it ends.", lines=4)
+        self._shown_at = 0.0
         self.plot = LivePlot()
         self.use_new = QPushButton("Use the new weights")
         self.use_bundled = QPushButton("Back to the bundled weights")
@@ -193,15 +198,21 @@ class TrainingWidget(QWidget):
         self.use_encoder.setEnabled(not running and run is not None and bool(run.encoder))
         if run is None:
             return
-        self.bar.setRange(0, max(1, run.total))
-        self.bar.setValue(min(run.step, max(1, run.total)))
-        self.bar.setFormat(f"{run.status}: %v/%m" if run.total else run.status)
+        self.plot.show_run(run)
+        now = time.monotonic()
+        if running and now - self._shown_at < TEXT_REFRESH_S and run.status == self.bar.property("status"):
+            return  # text at most once a second while it runs: each change repaints part of the dock
+        self._shown_at = now
+        self.bar.setProperty("status", run.status)
+        _set(self.bar.setRange, (0, max(1, run.total)), (self.bar.minimum(), self.bar.maximum()))
+        _set(self.bar.setValue, min(run.step, max(1, run.total)), self.bar.value())
+        _set(self.bar.setFormat, f"{run.status}: %v/%m" if run.total else run.status, self.bar.format())
         eta = f"; about {_duration(run.eta_s)} left" if running and run.eta_s is not None else ""
         where = f" (pid {self.controller.pid})" if running and self.controller.pid else ""
-        self.eta.setText(f"{MODE_TITLES[run.mode]}{where}, {_duration(run.elapsed_s)} so far{eta}; run folder "
-                         f"{run.out}")
-        self.status.setText(run.message)
-        self.plot.show_run(run)
+        _set(self.eta.setText, f"{MODE_TITLES[run.mode]}{where}, {_duration(run.elapsed_s)} so far{eta}; run folder "
+             f"{run.out}", self.eta.text())
+        _set(self.status.setText, run.message, self.status.text())
+        self.status.setToolTip(run.message)
 
 
 class LivePlot(QWidget):
@@ -320,6 +331,20 @@ class _PathRow(QWidget):
 
     def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)
         self.edit.setText(text)
+
+
+def _set(setter, value, current) -> None:
+    """Call a Qt setter only when the value changes (each call repaints, a text may re-lay out)."""
+    if value != current:
+        setter(*value) if isinstance(value, tuple) else setter(value)
+
+
+def _steady_label(text: str, lines: int) -> QLabel:
+    """A wrapped label of a fixed number of lines: new text never re-lays out the dock."""
+    label = wrapped_label(text)
+    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+    label.setFixedHeight(lines * label.fontMetrics().lineSpacing() + 4)
+    return label
 
 
 def _path_row(placeholder: str, text: str, pick) -> _PathRow:
