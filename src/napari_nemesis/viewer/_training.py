@@ -396,7 +396,7 @@ class TrainingController:
         auroc = result.get("auroc_mean")
         estimate = "-" if auroc is None else f"{auroc:.3f}"
         run.message = (f"done: {result.get('n_labelled')} labelled superpatches, held-out AUROC {estimate} "
-                       f"({result.get('estimate')}); head {run.head}")
+                       f"({result.get('estimate')}); new head {Path(run.head).name} in the run folder")
 
     # ---- using the result -------------------------------------------------------------------------------
     def apply(self, run: TrainingRun | None = None) -> None:

@@ -343,7 +343,7 @@ def _steady_label(text: str, lines: int) -> QLabel:
     """A wrapped label of a fixed number of lines: new text never re-lays out the dock."""
     label = wrapped_label(text)
     label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
-    label.setFixedHeight(lines * label.fontMetrics().lineSpacing() + 4)
+    label.setFixedHeight(lines * label.fontMetrics().lineSpacing() + 2 * label.fontMetrics().descent() + 4)
     return label
 
 
