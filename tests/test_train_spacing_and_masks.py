@@ -87,6 +87,17 @@ def test_probe_on_a_raw_folder_prepares_at_the_checkpoints_spacing(setup, tmp_pa
     assert res["spacing_zyx"] == list(COARSE)
 
 
+def test_pretraining_from_a_checkpoint_prepares_a_raw_folder_at_its_spacing(setup, tmp_path, monkeypatch):
+    from napari_nemesis.train.pretrain import PretrainOptions, pretrain
+
+    root, ckpt = setup
+    monkeypatch.setenv("NEMESIS_CACHE_DIR", str(tmp_path / "usercache"))
+    opts = PretrainOptions(steps=1, batch=1, init_checkpoint=str(ckpt), log_every=1, checkpoint_every=10)
+    res = pretrain(root / "data", tmp_path / "run", opts)
+    # the continued run sees the scans as the --init weights did, and records that spacing
+    assert load_checkpoint(res["checkpoint"]).checkpoint_extra["spacing_zyx"] == list(COARSE)
+
+
 def test_the_noise_level_never_changes_the_mask(setup):
     torch.manual_seed(0)
     model = build_model("tiny", superpatch=8, patch=4, depth=1)

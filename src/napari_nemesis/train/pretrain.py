@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import inside_fraction, open_dataset
+from ..data import inside_fraction
 from ..errors import NemesisCancelled, NemesisInputError
 from ..model import NemesisMAE, build_model, load_checkpoint
 from .events import CancelFn, ProgressFn, check_cancel, emit
+from .probe import dataset_for
 from .runtime import autocast, default_bf16, init_distributed, resolve_device, weights_digest
 from .state import load_train_state, save_train_state
 
@@ -213,12 +214,12 @@ def _pretrain(data, out_dir, opts, resume, progress, cancel, device, bf16, dist)
             model = build_model(opts.preset, **opts.model_overrides).to(device)
         opt = make_optimizer(model, opts)
     cfg = model.cfg
-    # ---- data ---------------------------------------------------------------------------------
+    # ---- data: a raw folder at the spacing the --init/--resume weights were trained at ----------
     if dist.is_main:
-        cache = open_dataset(data, superpatch=cfg.superpatch, include_unlabelled=True)
+        cache = dataset_for(data, model, include_unlabelled=True)
     dist.barrier()
     if not dist.is_main:
-        cache = open_dataset(data, superpatch=cfg.superpatch, include_unlabelled=True)
+        cache = dataset_for(data, model, include_unlabelled=True)
     if not cache.case_ids:
         raise NemesisInputError(f"{data}: no scans to pretrain on")
     # the spacing the model sees, recorded with every checkpoint (inference uses it by default)

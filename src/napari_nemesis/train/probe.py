@@ -393,10 +393,11 @@ def training_case_ids(cache, ratio: float = 1.0, seed: int = 0) -> list[str]:
     return [c.case_id for c in label_ratio_subset(train_cases, ratio, seed)]
 
 
-def dataset_for(data, model: NemesisMAE, spacing_zyx=None, label_scheme: str = "auto", progress=None, cancel=None):
-    """The labelled dataset a probe of ``model`` trains on: a cache as it is (an explicit
-    ``spacing_zyx`` must match it), or a raw folder prepared at ``spacing_zyx``, else at the
-    spacing the checkpoint was pretrained at, else the default."""
+def dataset_for(data, model: NemesisMAE, spacing_zyx=None, label_scheme: str = "auto", progress=None, cancel=None,
+                include_unlabelled: bool = False):
+    """The dataset ``model`` trains on (a probe; with ``include_unlabelled``, pretraining): a cache as
+    it is (an explicit ``spacing_zyx`` must match it), or a raw folder prepared at ``spacing_zyx``,
+    else at the spacing the checkpoint was pretrained at, else the default."""
     from ..data import DEFAULT_SPACING_ZYX, is_cache, open_dataset
 
     kwargs: dict[str, Any] = {}
@@ -406,7 +407,7 @@ def dataset_for(data, model: NemesisMAE, spacing_zyx=None, label_scheme: str = "
         recorded = (getattr(model, "checkpoint_extra", None) or {}).get("spacing_zyx")
         kwargs["spacing_zyx"] = spacing_from_metadata(recorded) if recorded is not None else DEFAULT_SPACING_ZYX
     return open_dataset(data, superpatch=model.cfg.superpatch, label_scheme=label_scheme, progress=progress,
-                        cancel=cancel, **kwargs)
+                        cancel=cancel, include_unlabelled=include_unlabelled, **kwargs)
 
 
 def run_probe(
