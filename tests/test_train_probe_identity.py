@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from napari_nemesis.cli import main
-from napari_nemesis.data import ORGAN_NAMES, open_dataset, write_phantom_dataset
+from napari_nemesis.data import ORGAN_NAMES, open_dataset
 from napari_nemesis.errors import NemesisCheckpointError
 from napari_nemesis.model import build_model, load_checkpoint, save_checkpoint
 from napari_nemesis.train.inference import infer_scan
@@ -33,15 +33,12 @@ SPACING = (16.0, 14.0, 14.0)
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, phantom_data, tiny_checkpoint):
     root = tmp_path_factory.mktemp("identity")
-    write_phantom_dataset(root / "data", cases=5, seed=3, shape=(20, 28, 28))
-    cache = open_dataset(root / "data", superpatch=8, spacing_zyx=SPACING, cache_dir=root / "cache")
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(build_model("tiny", superpatch=8, patch=4, depth=1), root / "a" / "model.safetensors")
-    torch.manual_seed(1)
-    other = save_checkpoint(build_model("tiny", superpatch=8, patch=4, depth=1), root / "b" / "model.safetensors")
-    return root, cache, ckpt, other
+    cache = open_dataset(phantom_data, superpatch=8, spacing_zyx=SPACING, cache_dir=root / "cache")
+    ckpt = tiny_checkpoint(root / "a" / "model.safetensors", seed=0)
+    other = tiny_checkpoint(root / "b" / "model.safetensors", seed=1)
+    return phantom_data, cache, ckpt, other
 
 
 def test_encoder_digest_covers_the_encoder_only_and_survives_float16_storage(tmp_path):
@@ -60,7 +57,7 @@ def test_encoder_digest_covers_the_encoder_only_and_survives_float16_storage(tmp
 
 
 def test_probe_records_its_encoder_spacing_and_superpatch(setup, tmp_path):
-    root, cache, ckpt, _ = setup
+    data, cache, ckpt, _ = setup
     model = load_checkpoint(ckpt)
     res = run_probe(cache, model, ProbeOptions(epochs=5, batch=16), out_dir=tmp_path)
     head, meta = load_probe(res["probe"])
@@ -72,10 +69,10 @@ def test_probe_records_its_encoder_spacing_and_superpatch(setup, tmp_path):
 
 
 def test_infer_scan_refuses_a_head_of_another_encoder(setup, tmp_path):
-    root, cache, ckpt, other = setup
+    data, cache, ckpt, other = setup
     res = run_probe(cache, load_checkpoint(ckpt), ProbeOptions(epochs=2, batch=16), out_dir=tmp_path)
     head, meta = load_probe(res["probe"])
-    scan = root / "data" / "imagesTr" / "img0005.nii.gz"
+    scan = data / "imagesTr" / "img0005.nii.gz"
     ok = infer_scan(scan, load_checkpoint(ckpt), head, meta["organs"])
     assert ok.info["spacing_source"] == "probe" and ok.info["spacing_zyx"] == list(SPACING)
     with pytest.raises(NemesisCheckpointError) as err:
@@ -86,7 +83,7 @@ def test_infer_scan_refuses_a_head_of_another_encoder(setup, tmp_path):
 
 
 def test_a_head_without_an_encoder_digest_is_refused(setup, tmp_path):
-    root, cache, ckpt, _ = setup
+    data, cache, ckpt, _ = setup
     model = load_checkpoint(ckpt)
     legacy = {"organs": list(ORGAN_NAMES), "threshold": 0.5, "superpatch": 8, "spacing_zyx": list(SPACING)}
     with pytest.raises(NemesisCheckpointError, match="records no encoder digest"):
@@ -99,10 +96,10 @@ def test_a_head_without_an_encoder_digest_is_refused(setup, tmp_path):
     check_probe_matches(model, load_probe(tmp_path / "p.safetensors")[1])
 
 
-def test_infer_cli_pairs_a_checkpoint_with_the_probe_beside_it(setup, capsys):
-    root, cache, ckpt, other = setup
-    scan = root / "data" / "imagesTr" / "img0005.nii.gz"
-    out = root / "infer_out"
+def test_infer_cli_pairs_a_checkpoint_with_the_probe_beside_it(setup, tmp_path, capsys):
+    data, cache, ckpt, other = setup
+    scan = data / "imagesTr" / "img0005.nii.gz"
+    out = tmp_path / "infer_out"
     # no probe beside the other checkpoint: refused rather than silently using the bundled head
     assert main(["infer", str(scan), "--checkpoint", str(other), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
@@ -135,7 +132,7 @@ def test_bundled_probe_matches_the_bundled_model():
 
 @pytest.mark.slow
 def test_encode_features_and_finetune_items_work_on_any_superpatches(setup):
-    root, cache, ckpt, _ = setup
+    data, cache, ckpt, _ = setup
     model = load_checkpoint(ckpt)
     ids = cache.train_ids[:1]
     feats, labels, where = extract_features(model, cache, ids, batch=5)

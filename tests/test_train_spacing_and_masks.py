@@ -18,9 +18,8 @@ from napari_nemesis.data import (
     open_dataset,
     preprocess,
     read_volume,
-    write_phantom_dataset,
 )
-from napari_nemesis.model import build_model, load_checkpoint, make_mask, save_checkpoint
+from napari_nemesis.model import build_model, load_checkpoint, make_mask
 from napari_nemesis.train.inference import (
     infer_scan,
     reconstruct_superpatches,
@@ -33,14 +32,11 @@ COARSE = (16.0, 14.0, 14.0)
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("spacing")
-    write_phantom_dataset(root / "data", cases=5, seed=3, shape=(20, 28, 28))
-    torch.manual_seed(0)
-    model = build_model("tiny", superpatch=8, patch=4, depth=1)
+def setup(tmp_path_factory, phantom_data, tiny_checkpoint):
     # a checkpoint that records the (coarse) spacing it was pretrained at, as pretrain writes it
-    ckpt = save_checkpoint(model, root / "run" / "last.safetensors", extra={"spacing_zyx": list(COARSE)})
-    return root, ckpt
+    ckpt = tiny_checkpoint(tmp_path_factory.mktemp("spacing") / "run" / "last.safetensors",
+                           extra={"spacing_zyx": list(COARSE)})
+    return phantom_data, ckpt
 
 
 def test_spacing_has_one_explicit_representation():
@@ -52,8 +48,8 @@ def test_spacing_has_one_explicit_representation():
 
 
 def test_reconstruct_uses_the_checkpoints_spacing_unless_told(setup, tmp_path, capsys):
-    root, ckpt = setup
-    scan = root / "data" / "imagesTr" / "img0001.nii.gz"
+    data, ckpt = setup
+    scan = data / "imagesTr" / "img0001.nii.gz"
     model = load_checkpoint(ckpt)
     res = reconstruct_scan(scan, model, "plane", 0.5, batch=16)
     assert res["spacing_zyx"] == list(COARSE) and res["spacing_source"] == "checkpoint"
@@ -65,12 +61,12 @@ def test_reconstruct_uses_the_checkpoints_spacing_unless_told(setup, tmp_path, c
 
 
 def test_a_probe_trained_at_native_spacing_is_applied_at_native_spacing(setup, tmp_path):
-    root, ckpt = setup
-    cache = open_dataset(root / "data", superpatch=8, spacing_zyx="native", cache_dir=root / "native")
+    data, ckpt = setup
+    cache = open_dataset(data, superpatch=8, spacing_zyx="native", cache_dir=tmp_path / "native")
     res = run_probe(cache, load_checkpoint(ckpt), ProbeOptions(epochs=2, batch=32), out_dir=tmp_path)
     head, meta = load_probe(res["probe"])
     assert meta["spacing_zyx"] == "native" and res["spacing_zyx"] == "native"
-    scan = root / "data" / "imagesTr" / "img0002.nii.gz"
+    scan = data / "imagesTr" / "img0002.nii.gz"
     out = infer_scan(scan, load_checkpoint(ckpt), head, meta["organs"], batch=32)
     native = read_volume(scan).spacing
     assert out.info["spacing_source"] == "probe"
@@ -81,19 +77,19 @@ def test_a_probe_trained_at_native_spacing_is_applied_at_native_spacing(setup, t
 
 
 def test_probe_on_a_raw_folder_prepares_at_the_checkpoints_spacing(setup, tmp_path, monkeypatch):
-    root, ckpt = setup
+    data, ckpt = setup
     monkeypatch.setenv("NEMESIS_CACHE_DIR", str(tmp_path / "usercache"))
-    res = run_probe(root / "data", load_checkpoint(ckpt), ProbeOptions(epochs=2, batch=32))
+    res = run_probe(data, load_checkpoint(ckpt), ProbeOptions(epochs=2, batch=32))
     assert res["spacing_zyx"] == list(COARSE)
 
 
 def test_pretraining_from_a_checkpoint_prepares_a_raw_folder_at_its_spacing(setup, tmp_path, monkeypatch):
     from napari_nemesis.train.pretrain import PretrainOptions, pretrain
 
-    root, ckpt = setup
+    data, ckpt = setup
     monkeypatch.setenv("NEMESIS_CACHE_DIR", str(tmp_path / "usercache"))
     opts = PretrainOptions(steps=1, batch=1, init_checkpoint=str(ckpt), log_every=1, checkpoint_every=10)
-    res = pretrain(root / "data", tmp_path / "run", opts)
+    res = pretrain(data, tmp_path / "run", opts)
     # the continued run sees the scans as the --init weights did, and records that spacing
     assert load_checkpoint(res["checkpoint"]).checkpoint_extra["spacing_zyx"] == list(COARSE)
 
@@ -130,8 +126,8 @@ def test_norm_pix_reconstruction_does_not_use_the_masked_patches_own_statistics(
 
 
 def test_csv_world_boxes_stop_at_the_scan(setup, tmp_path):
-    root, ckpt = setup
-    scan = root / "data" / "imagesTr" / "img0003.nii.gz"
+    data, ckpt = setup
+    scan = data / "imagesTr" / "img0003.nii.gz"
     model = build_model("tiny", superpatch=8, patch=4, depth=1)
     res = infer_scan(scan, model, ProbeHead(model.cfg.embed_dim), ["a"] * 8, spacing_zyx=COARSE, batch=32)
     rows = list(csv.DictReader(open(write_infer_outputs(res, tmp_path)["csv"])))
@@ -150,15 +146,15 @@ def test_csv_world_boxes_stop_at_the_scan(setup, tmp_path):
 
 
 def test_pretraining_and_probing_caches_do_not_evict_each_other(setup, tmp_path, monkeypatch):
-    root, _ = setup
+    source, _ = setup
     monkeypatch.setenv("NEMESIS_CACHE_DIR", str(tmp_path / "usercache"))
     data = tmp_path / "data"
     (data / "imagesTs").mkdir(parents=True)
     for sub in ("imagesTr", "labelsTr"):
         (data / sub).mkdir()
-        for f in (root / "data" / sub).iterdir():
+        for f in (source / sub).iterdir():
             (data / sub / f.name).write_bytes(f.read_bytes())
-    (data / "imagesTs" / "img0061.nii.gz").write_bytes((root / "data" / "imagesTr" / "img0001.nii.gz").read_bytes())
+    (data / "imagesTs" / "img0061.nii.gz").write_bytes((source / "imagesTr" / "img0001.nii.gz").read_bytes())
     pre = open_dataset(data, superpatch=8, spacing_zyx=COARSE, include_unlabelled=True)
     probe = open_dataset(data, superpatch=8, spacing_zyx=COARSE)
     assert pre.path != probe.path
