@@ -281,3 +281,18 @@ def test_torch_datasets_with_workers(phantoms, tmp_path):
     patch, labels = grid[0]
     assert patch.shape == (1, 8, 8, 8) and labels.shape == (8,)
     assert len(grid) == open_cache(tmp_path / "c").grid("0001").n
+
+
+def test_replace_folder_swaps_in_a_whole_folder(tmp_path):
+    from napari_nemesis.data.datasets import replace_folder
+
+    dest, new = tmp_path / "dest", tmp_path / ".new"
+    new.mkdir()
+    (new / "b.txt").write_text("new")
+    replace_folder(new, dest)  # no folder there yet
+    assert [p.name for p in dest.iterdir()] == ["b.txt"] and not new.exists()
+    new.mkdir()
+    (new / "c.txt").write_text("newer")
+    replace_folder(new, dest)  # the old folder goes whole, not merged
+    assert [p.name for p in dest.iterdir()] == ["c.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dest"]  # nothing left aside

@@ -202,7 +202,10 @@ def test_export_is_read_by_nemesis_probe(setup, tmp_path, capsys):
                  "--json"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["n_train_superpatches"] + res["n_test_superpatches"] == 22
-    assert main(["labels", "export", str(project.root), str(out)]) == 0  # an earlier export is replaced
+    (out / "stale.txt").write_text("from an earlier export")
+    assert main(["labels", "export", str(project.root), str(out)]) == 0  # an earlier export is replaced whole
+    assert not (out / "stale.txt").exists() and open_cache(out).case_ids == cache.case_ids
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # nothing left aside
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("mine")
     assert main(["labels", "export", str(project.root), str(tmp_path / "foreign")]) == 2

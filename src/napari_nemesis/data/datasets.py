@@ -45,6 +45,8 @@ __all__ = [
     "SuperpatchCache",
     "CACHE_FORMAT",
     "CACHE_VERSION",
+    "cache_index",
+    "replace_folder",
     "default_cache_dir",
     "find_cases",
     "split_cases",
@@ -453,6 +455,38 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     write_json_atomic(path, obj)
 
 
+def cache_index(spacing_zyx, superpatch: int, data_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]:
+    """A cache's ``index.json`` before its cases: what every writer of a cache records (format,
+    version, spacing, HU window, image dtype, superpatch size, presence rule, organs, source folder),
+    then ``fields`` (split, ``cases``, ...). One place, so every cache is read the same way."""
+    return {
+        "format": CACHE_FORMAT,
+        "version": CACHE_VERSION,
+        "spacing": _spacing_json(as_spacing(spacing_zyx)),
+        "window": list(HU_WINDOW),
+        "image_dtype": CACHE_IMAGE_DTYPE,
+        "superpatch": int(superpatch),
+        "presence_threshold": PRESENCE_THRESHOLD,
+        "organs": list(ORGAN_NAMES),
+        "organ_ids": list(ORGAN_IDS),
+        "data_dir": str(Path(data_dir).resolve()),
+        **fields,
+    }
+
+
+def replace_folder(new: Path, dest: Path) -> None:
+    """Move the finished folder ``new`` to ``dest``. An existing ``dest`` is renamed aside first
+    (``.old-<name>-<pid>``, a name the writers' cleanups remove) and deleted after, so ``dest`` is
+    always a whole folder, old or new, never half of each."""
+    if not dest.exists():
+        os.replace(new, dest)
+        return
+    aside = dest.with_name(f".old-{dest.name}-{os.getpid()}")
+    os.replace(dest, aside)
+    os.replace(new, dest)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def _load_index(out_dir: Path) -> dict[str, Any] | None:
     index_path = out_dir / "index.json"
     if not index_path.is_file():
@@ -560,21 +594,7 @@ def prepare_cache(
     rule = split_rule(cases)
     split_of = {c.case_id: "train" for c in train}
     split_of.update({c.case_id: "test" for c in test})
-    index: dict[str, Any] = {
-        "format": CACHE_FORMAT,
-        "version": CACHE_VERSION,
-        "spacing": spacing,
-        "window": list(HU_WINDOW),
-        "image_dtype": CACHE_IMAGE_DTYPE,
-        "superpatch": superpatch,
-        "presence_threshold": PRESENCE_THRESHOLD,
-        "organs": list(ORGAN_NAMES),
-        "organ_ids": list(ORGAN_IDS),
-        "data_dir": str(data_dir.resolve()),
-        "split_rule": rule,
-        "split": SPLIT_RULES[rule],
-        "cases": {},
-    }
+    index = cache_index(spacing, superpatch, data_dir, split_rule=rule, split=SPLIT_RULES[rule], cases={})
     result = CacheIndex(out_dir, as_spacing(spacing), superpatch, index["cases"], split_rule=rule)
     wanted = {c.case_id for c in cases}
     for cid in sorted(set(old["cases"]) - wanted if old else ()):
@@ -613,13 +633,7 @@ def prepare_cache(
                     "label": _source_record(case.label) if case.label is not None else None,
                 }
                 _check(cancel, "prepare")
-                if case_dir.exists():
-                    trash = out_dir / "cases" / f".old-{case.case_id}-{os.getpid()}"
-                    os.replace(case_dir, trash)
-                    os.replace(tmp, case_dir)
-                    shutil.rmtree(trash, ignore_errors=True)
-                else:
-                    os.replace(tmp, case_dir)
+                replace_folder(tmp, case_dir)
             finally:
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)

@@ -59,16 +59,8 @@ def export_project(project: LabelProject | str | os.PathLike, out_dir: str | os.
     ``out_dir`` must be new, empty, or an earlier export (which is replaced whole: the new
     export is built beside it and renamed into place). Returns a summary dict.
     """
-    from ..data import (
-        HU_WINDOW,
-        ORGAN_IDS,
-        ORGAN_NAMES,
-        PRESENCE_THRESHOLD,
-        SuperpatchGrid,
-        organ_voxel_counts,
-        preprocess,
-    )
-    from ..data.datasets import CACHE_FORMAT, CACHE_IMAGE_DTYPE, CACHE_VERSION
+    from ..data import ORGAN_NAMES, PRESENCE_THRESHOLD, SuperpatchGrid, organ_voxel_counts, preprocess
+    from ..data.datasets import CACHE_IMAGE_DTYPE, cache_index, replace_folder
     from ..train.events import check_cancel, emit
 
     if not isinstance(project, LabelProject):
@@ -164,28 +156,10 @@ def export_project(project: LabelProject | str | os.PathLike, out_dir: str | os.
             split_over = "superpatches"
             for cid in cases:
                 cases[cid]["split"] = "test" if cid in test_ids else "train"
-        index = {
-            "format": CACHE_FORMAT,
-            "version": CACHE_VERSION,
-            "spacing": list(project.spacing_zyx),
-            "window": list(HU_WINDOW),
-            "image_dtype": CACHE_IMAGE_DTYPE,
-            "superpatch": s,
-            "presence_threshold": PRESENCE_THRESHOLD,
-            "organs": list(ORGAN_NAMES),
-            "organ_ids": list(ORGAN_IDS),
-            "data_dir": str(project.root.resolve()),
-            EXPORT_KEY: {"project": str(project.root.resolve()), "revisions": revisions, "split_over": split_over},
-            "cases": cases,
-        }
-        write_json_atomic(tmp / "index.json", index)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        export = {"project": str(project.root.resolve()), "revisions": revisions, "split_over": split_over}
+        write_json_atomic(tmp / "index.json", cache_index(project.spacing_zyx, s, project.root,
+                                                          **{EXPORT_KEY: export}, cases=cases))
+        replace_folder(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
