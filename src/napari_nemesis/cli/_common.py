@@ -1,4 +1,5 @@
-"""Small helpers shared by the command modules: JSON output and thread settings."""
+"""Small helpers shared by the command modules: JSON output, progress bars, and the flags several
+commands take (one definition each, so their help reads the same everywhere)."""
 
 from __future__ import annotations
 
@@ -114,3 +115,16 @@ def add_spacing_flag(p, default_help: str) -> None:
 
 def add_json_flag(p) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of standard output")
+
+
+DEVICES = ["auto", "cpu", "cuda", "mps"]
+
+
+def add_checkpoint_flag(p) -> None:
+    """``--checkpoint CKPT``: the NEMESIS weights to use, the bundled ones when not given."""
+    p.add_argument("--checkpoint", default=None, help="NEMESIS checkpoint (default: the bundled weights)")
+
+
+def add_device_flag(p, default: str = "auto", help: str | None = None) -> None:
+    """``--device auto|cpu|cuda|mps`` (``auto``: CUDA, else MPS, else CPU)."""
+    p.add_argument("--device", default=default, choices=DEVICES, help=help)

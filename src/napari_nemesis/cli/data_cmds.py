@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from ._common import add_json_flag, add_label_scheme_flag, parse_spacing, print_json
+from ._common import add_json_flag, add_label_scheme_flag, add_spacing_flag, parse_spacing, print_json
 
 
 class _Bar:
@@ -53,8 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("data_dir", metavar="DATA_DIR")
     p.add_argument("--out", required=True, metavar="CACHE", help="cache folder to create or update")
-    p.add_argument("--spacing", nargs="+", metavar="MM", default=None,
-                   help="target spacing x y z in mm (default 1.5 1.5 2.0), or 'none' for native")
+    add_spacing_flag(p, "1.5 1.5 2.0")
     p.add_argument("--superpatch", type=int, default=128, help="superpatch size for the presence "
                    "labels stored in the index (default 128)")
     p.add_argument("--include-unlabelled", action="store_true",
@@ -90,8 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--labels", metavar="LABELMAP", default=None,
                    help="label map (BTCV, TotalSegmentator or AMOS ids: see --label-scheme)")
     add_label_scheme_flag(i)
-    i.add_argument("--spacing", nargs="+", metavar="MM", default=None,
-                   help="model spacing x y z in mm (default 1.5 1.5 2.0), or 'none' for native")
+    add_spacing_flag(i, "1.5 1.5 2.0")
     i.add_argument("--superpatch", type=int, default=128, help="superpatch size (default 128)")
     i.add_argument("--series-uid", default=None, help="DICOM series to read from a directory")
     add_json_flag(i)

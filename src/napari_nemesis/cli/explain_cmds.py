@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_json_flag, print_json
+from ._common import add_checkpoint_flag, add_device_flag, add_json_flag, add_spacing_flag, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,13 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the query token's position in the superpatch's token grid")
     p.add_argument("--block", type=int, default=-1,
                    help="encoder block, from 0; negative counts from the end (default -1: the last)")
-    p.add_argument("--checkpoint", default=None, help="NEMESIS checkpoint (default: the bundled weights)")
+    add_checkpoint_flag(p)
     p.add_argument("--out", default=None, help="output folder (default: ./<scan>_nemesis)")
-    p.add_argument("--spacing", nargs="+", metavar="MM", default=None,
-                   help="spacing x y z in mm, or 'native' for the scan's own (default: the spacing the checkpoint "
-                   "was pretrained at, else 1.5 1.5 2.0)")
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"],
-                   help="device (default cpu: one superpatch is quick)")
+    add_spacing_flag(p, "the spacing the checkpoint was pretrained at, else 1.5 1.5 2.0")
+    add_device_flag(p, "cpu", help="device (default cpu: one superpatch is quick)")
     add_json_flag(p)
     p.set_defaults(func=cmd_attention)
 

@@ -13,7 +13,15 @@ import signal
 import sys
 from pathlib import Path
 
-from ._common import TqdmProgress, add_json_flag, add_label_scheme_flag, parse_spacing, print_json
+from ._common import (
+    TqdmProgress,
+    add_checkpoint_flag,
+    add_device_flag,
+    add_json_flag,
+    add_label_scheme_flag,
+    parse_spacing,
+    print_json,
+)
 
 #: Exit status of a run stopped on request (as for Ctrl-C), with its state saved.
 EXIT_STOPPED = 130
@@ -69,13 +77,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("project")
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--mode", default="linear", choices=["linear", "finetune"])
-    t.add_argument("--checkpoint", default=None, help="NEMESIS checkpoint (default: the bundled weights)")
+    add_checkpoint_flag(t)
     t.add_argument("--epochs", type=int, default=None, help="default 200 full-batch steps (linear) / 8 epochs (finetune)")
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--batch", type=int, default=8, help="superpatches per forward pass")
     t.add_argument("--folds", type=int, default=5, help="cross-validation folds (at most one per scan or superpatch)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    add_device_flag(t)
     t.add_argument("--bf16", action="store_true", help="bf16 autocast")
     t.add_argument("--checkpoint-every", type=int, default=50, help="steps between resumable saves (0: only on stop)")
     t.add_argument("--log-every", type=int, default=1, help="steps between step events")
@@ -90,10 +98,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "organ probabilities, most uncertain first.")
     n.add_argument("project")
     n.add_argument("scan", help="scan id or image path (added to the project if needed)")
-    n.add_argument("--checkpoint", default=None, help="NEMESIS checkpoint (default: the bundled weights)")
+    add_checkpoint_flag(n)
     n.add_argument("--probe", default=None, help="probe head (default: beside --checkpoint, or the bundled head)")
     n.add_argument("--top", type=int, default=5)
-    n.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    add_device_flag(n)
     add_json_flag(n)
     n.set_defaults(func=cmd_next)
 

@@ -7,7 +7,16 @@ import os
 from pathlib import Path
 
 from ..atomic import write_json_atomic
-from ._common import TqdmProgress, add_json_flag, add_label_scheme_flag, add_spacing_flag, parse_spacing, print_json
+from ._common import (
+    TqdmProgress,
+    add_checkpoint_flag,
+    add_device_flag,
+    add_json_flag,
+    add_label_scheme_flag,
+    add_spacing_flag,
+    parse_spacing,
+    print_json,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    add_device_flag(p)
     bf = p.add_mutually_exclusive_group()
     bf.add_argument("--bf16", dest="bf16", action="store_true", default=None, help="bf16 autocast (default on CUDA)")
     bf.add_argument("--no-bf16", dest="bf16", action="store_false")
@@ -90,7 +99,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _device_args(p) -> None:
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    add_device_flag(p)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
     p.add_argument("--batch", type=int, default=None, help="superpatches per forward pass")
 
@@ -109,7 +118,7 @@ def register_downstream(sub: argparse._SubParsersAction) -> None:
                        "BCE. Trains on the training split (fixed epochs), reports per-organ AUROC and macro F1 on "
                        "the test split; saves OUT/probe.safetensors.")
     p.add_argument("data", help="a labelled dataset folder or a cache")
-    p.add_argument("--checkpoint", default=None, help="NEMESIS checkpoint (default: the bundled weights)")
+    add_checkpoint_flag(p)
     p.add_argument("--mode", default="linear", choices=["linear", "finetune"])
     p.add_argument("--label-ratio", type=float, default=1.0, help="fraction of training scans with labels (nested subsets)")
     p.add_argument("--epochs", type=int, default=None, help="default 200 full-batch steps (linear) / 8 epochs (finetune)")
@@ -126,7 +135,7 @@ def register_downstream(sub: argparse._SubParsersAction) -> None:
                        description="Linear probe and fine-tune of the checkpoint and a linear probe of a randomly "
                        "initialised encoder of the same config, across label ratios, beside the paper's numbers.")
     e.add_argument("data")
-    e.add_argument("--checkpoint", default=None, help="NEMESIS checkpoint (default: the bundled weights)")
+    add_checkpoint_flag(e)
     e.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.25, 0.5, 1.0])
     e.add_argument("--no-finetune", action="store_true")
     e.add_argument("--no-random", action="store_true", help="skip the random-encoder baseline")
@@ -142,7 +151,7 @@ def register_downstream(sub: argparse._SubParsersAction) -> None:
 
     i = sub.add_parser("infer", help="per-superpatch organ probabilities for a whole scan (CSV + NIfTI maps)")
     i.add_argument("scan")
-    i.add_argument("--checkpoint", default=None, help="NEMESIS checkpoint (default: bundled)")
+    add_checkpoint_flag(i)
     i.add_argument("--probe", default=None, help="probe head (default: the bundled one; with --checkpoint, the "
                    "probe.safetensors saved beside it). A head trained on another encoder is refused")
     i.add_argument("--out", default=None, help="output folder (default: ./<scan>_nemesis)")
@@ -153,7 +162,7 @@ def register_downstream(sub: argparse._SubParsersAction) -> None:
 
     r = sub.add_parser("reconstruct", help="mask, noise and reconstruct a whole scan; PSNR/SSIM; NIfTI outputs")
     r.add_argument("scan")
-    r.add_argument("--checkpoint", default=None, help="NEMESIS checkpoint (default: bundled)")
+    add_checkpoint_flag(r)
     r.add_argument("--mask", default="dual", choices=["random", "plane", "axis", "dual"])
     r.add_argument("--ratio", type=float, default=0.75)
     r.add_argument("--noise", type=float, default=0.0, help="Gaussian noise sigma in window units (0.03 ~ 13 HU)")
