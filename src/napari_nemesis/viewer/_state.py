@@ -31,6 +31,8 @@ from ._settings import Settings, load_settings, save_settings
 from ._workers import CANCELLED, DONE, FAILED, RUNNING, Job, RunState, start_job
 
 JOBS = ("prepare", "weights", "probabilities", "reconstruction", "attention")
+#: Jobs whose progress a dock shows (or that come and go with the cursor): no napari activity bar.
+_DOCK_PROGRESS = ("probabilities", "reconstruction", "attention")
 SCOPES = ("selected", "scan")
 _REFRESH_S = 1.0  # redraw growing reconstruction layers at most this often (a frame is costly)
 
@@ -212,13 +214,13 @@ class NemesisSession:
 
         kwargs = {k: v for k, v in handlers.items() if k != "on_end"}
         job = start_job(name, fn, *args, state=state, on_end=ended, on_event=progressed,
-                        description=kwargs.pop("description", name), **kwargs)
+                        description=kwargs.pop("description", name), activity=name not in _DOCK_PROGRESS, **kwargs)
         self._jobs[name] = job
         self.events.run.emit(name, state)
         if not wait:
             return job
         job.wait()
-        self.scene.flush()  # a script sees everything the job shows
+        self.scene.settle()  # a script sees (and the benchmark times) everything the job shows
         if state.status == FAILED and job.exception is not None:
             raise job.exception
         return state.result if state.status == DONE else None
@@ -435,14 +437,16 @@ class NemesisSession:
         self.scene.set_grid_features(ctx.grid.grid_shape, self._grid_columns)
         self.events.grid_columns.emit(dict(self._grid_columns))
 
-    def show_grid_map(self, name: str, values, rgb=(1.0, 0.85, 0.0), limits=(0.0, 1.0)) -> None:
+    def show_grid_map(self, name: str, values, rgb=(1.0, 0.85, 0.0), limits=(0.0, 1.0),
+                      visible: bool | None = None) -> None:
         """Per-superpatch values (e.g. label states) as a block heatmap over the grid, layer role
-        ``map:<name>``; updated in place when shown again."""
+        ``map:<name>``; updated in place when shown again. ``visible``: show or hide the layer
+        (None: shown when made, then as the user left it)."""
         ctx = self._need_scan()
         values = np.asarray(values, dtype=np.float32)
         if values.shape != (ctx.n,):
             raise NemesisInputError(f"map {name!r}: {values.shape} values for {ctx.n} superpatches")
-        self.scene.show_grid_map(f"map:{name}", ctx.grid, values, rgb, name, limits)
+        self.scene.show_grid_map(f"map:{name}", ctx.grid, values, rgb, name, limits, visible)
 
     @property
     def grid_columns(self) -> dict[str, np.ndarray]:
@@ -467,7 +471,12 @@ class NemesisSession:
         if self.scan is not ctx or self._viewer() is None:
             return
         self.probabilities = result
-        self.scene.show_probabilities(ctx.grid, result.values, result.organs, self.visible_organs)
+
+        def show() -> None:  # on the next event-loop turn: the canvas's frame does not share this one
+            if self.probabilities is result and self.scan is ctx:
+                self.scene.show_probabilities(ctx.grid, result.values, result.organs, self.visible_organs)
+
+        self.scene.later("probabilities", show)
         for k, organ in enumerate(result.organs):
             self._grid_columns[f"P({organ})"] = result.values[:, k]
         self.scene.set_grid_features(ctx.grid.grid_shape, self._grid_columns)
@@ -512,10 +521,11 @@ class NemesisSession:
             raise NemesisInputError("reconstruction is already running; wait for it or press Cancel")
         run = ReconstructionRun(strategy, float(ratio), float(noise), int(seed), scope, indices, tuple(origin),
                                 ScanReconstruction(ctx.prepared, keys=()), len(indices) if indices else ctx.n)
+        self.scene.flush()  # what the last run still had to show, before its layers are reused
         self.reconstruction = run
         targets = self.scene.begin_reconstruction(shape, L.box_world_affine(ctx.grid, origin))
-        if self.scene.get("error_map") is not None:
-            self.scene.show_error_map(ctx.grid, run.error_rmse_hu())  # cleared; made at the first piece otherwise
+        if self.scene.get("error_map") is not None:  # cleared (made at the first piece otherwise), a turn later
+            self._show_reconstruction_later(ctx, run, refresh=False)
         self._last_refresh = time.monotonic()
         self.events.reconstruction.emit(run)
         return self._start("reconstruction", reconstruction_job, ctx.prepared, self.models, self.weights.checkpoint,
@@ -538,17 +548,31 @@ class NemesisSession:
         now = time.monotonic()
         if now - self._last_refresh >= _REFRESH_S or run.done == run.total:
             self._last_refresh = now
-            self.scene.refresh(RECON_ROLES)
-            self.scene.show_error_map(ctx.grid, run.error_rmse_hu())
+            self._show_reconstruction_later(ctx, run)
         self.events.reconstruction.emit(run)
+
+    def _show_reconstruction_later(self, ctx: ScanContext, run: ReconstructionRun, refresh: bool = True,
+                                   end: bool = False) -> None:
+        """Redraw the reconstruction layers and the error map on the next event-loop turn (one
+        waiting redraw at most: the newest replaces it); ``end``: the run ended, the layers take
+        its arrays first."""
+
+        def show() -> None:
+            if self.scan is not ctx or self.reconstruction is not run:
+                return
+            if end:
+                self.scene.finish_layers()
+            if refresh or end:
+                self.scene.refresh(RECON_ROLES)
+            self.scene.show_error_map(ctx.grid, run.error_rmse_hu())
+
+        self.scene.later("reconstruction", show)
 
     def _reconstruction_end(self, ctx: ScanContext, run: ReconstructionRun, state: RunState) -> None:
         run.status = state.status
         if self.scan is not ctx or self.reconstruction is not run or self._viewer() is None:
             return
-        self.scene.finish_layers()
-        self.scene.refresh(RECON_ROLES)
-        self.scene.show_error_map(ctx.grid, run.error_rmse_hu())
+        self._show_reconstruction_later(ctx, run, end=True)
         if run.done:
             self._grid_columns["recon RMSE (HU)"] = run.error_rmse_hu()
             self.scene.set_grid_features(ctx.grid.grid_shape, self._grid_columns)
