@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data import HU_WINDOW
 from . import _layers as L
 from ._jobs import ReconstructionTargets
 
@@ -37,6 +38,8 @@ EMPTY_HU = -1024.0
 #: ``layer.metadata`` key: the layer was made (or cleared) ahead of a result and holds none yet.
 BLANK = "nemesis_blank"
 _WARM = "nemesis_drawn_once"  # its visual was drawn once (shaders built)
+#: The error map's contrast-limit range: a masked-patch RMSE (HU) lies within the model's HU window.
+_ERROR_RANGE = (0.0, float(HU_WINDOW[1] - HU_WINDOW[0]))
 _SELECTION_RGBA = (1.0, 0.85, 0.0, 1.0)
 _SELECTION_COLOR = "#ff7a00"
 _SELECTION_WIDTH_MM = 3.0
@@ -62,6 +65,7 @@ class Scene:
         self._adopt_scheduled = False
         self._to_show: list[Any] = []  # layers to show on the next event-loop turn
         self._later: dict[str, Any] = {}  # key -> layer work for the next event-loop turn (newest wins)
+        self._canvas = None  # napari's VispyCanvas, found on first use
         self._warming = False
         self._warmed_text = False
         self._features = None
@@ -198,6 +202,24 @@ class Scene:
         if self._alive():
             for update in waiting.values():
                 update()
+            self.place_overlays()
+
+    def place_overlays(self) -> None:
+        """Place the canvas overlays (colorbars) now if a change asked napari to: it would do so
+        while drawing the next frame, and an overlay placed there (at a fractional position it
+        always finds moved) asks for a second frame, two frames in one stall. Relies on napari's
+        private canvas (0.9); without it, nothing happens."""
+        canvas = self._vispy_canvas()
+        if canvas is not None and getattr(canvas, "_needs_overlay_position_update", False):
+            place = getattr(canvas, "_update_overlay_canvas_positions", None)
+            if place is not None:
+                place()
+
+    def _vispy_canvas(self):
+        if self._canvas is None and self._alive():
+            window = getattr(getattr(self.viewer, "window", None), "_qt_window", None)
+            self._canvas = getattr(getattr(window, "_qt_viewer", None), "canvas", None)
+        return self._canvas
 
     @property
     def busy(self) -> bool:
@@ -278,7 +300,7 @@ class Scene:
             layer.contrast_limits = (0.0, 1.0)
             _show(layer, visible)
         else:
-            layer.colorbar.visible = True  # shown while the heatmap is
+            _show_colorbar(layer)  # shown while the heatmap is
         layer.metadata[BLANK] = blank
 
     def show_grid_map(self, role: str, grid, values: np.ndarray, rgb, name: str, limits=(0.0, 1.0),
@@ -327,6 +349,7 @@ class Scene:
         shown = not blank and bool(np.isfinite(values).any())
         existing = self.get("error_map")
         if existing is not None and existing.data.shape == values.shape:  # the common case: new values only
+            _fix_range(existing, _ERROR_RANGE)
             existing.data[...] = values
             if blank:
                 existing.metadata[BLANK] = True
@@ -346,9 +369,10 @@ class Scene:
             opacity=0.5, blending="translucent", interpolation2d="nearest", interpolation3d="nearest",
             visible=shown,
         )
+        _fix_range(layer, _ERROR_RANGE)
         layer.contrast_limits = limits
         if not existed:
-            layer.colorbar.visible = True
+            _show_colorbar(layer)
         _show(layer, shown)
         layer.metadata[BLANK] = not shown
         self.raise_overlays()
@@ -415,6 +439,7 @@ class Scene:
             for layer in waiting:
                 if layer in self.viewer.layers and not layer.metadata.get(BLANK):
                     _show(layer, True)
+            self.place_overlays()
 
     @property
     def pending(self) -> list[str]:
@@ -435,6 +460,7 @@ class Scene:
         self._pending.pop(role)()
         self._link_contrast()
         self.raise_overlays()
+        self.place_overlays()
         if self._pending:
             self._schedule_pending()
         else:
@@ -447,7 +473,10 @@ class Scene:
         """Draw each blank result layer once, off screen, one per event-loop turn, the first with
         the characters colorbar ticks use: a visual's first frame builds and compiles its shaders,
         and each new character of text is rendered into the shared glyph atlas (0.1-0.3 s in all
-        under software OpenGL), which the frame showing a run's first result should not pay."""
+        under software OpenGL), which the frame showing a run's first result should not pay.
+
+        ``_warming`` stays set while this runs: the screenshot handles events, and a warm-up
+        started meanwhile would save (and later restore) the text overlay shown here."""
         self._warming = False
         if not self._alive():
             return
@@ -460,6 +489,7 @@ class Scene:
             return
         layer, text = layers[0], _text_overlay(self.viewer)  # shares the colorbars' font
         saved = (text.visible, text.text) if text is not None and not self._warmed_text else None
+        self._warming = True
         try:
             layer.visible = True
             if saved is not None:
@@ -468,9 +498,11 @@ class Scene:
         except Exception:  # no canvas (a headless viewer): nothing to warm
             return
         finally:
+            self._warming = False
             layer.visible = False
             if saved is not None:
                 text.visible, text.text = saved
+            self.place_overlays()
         self._warmed_text = True
         layer.metadata[_WARM] = True
         if len(layers) > 1:
@@ -557,6 +589,7 @@ class Scene:
             if role is not None:
                 self._adopt_one(self.get(role), role, targets.arrays[role], world)
                 adopted.add(role)
+                self.place_overlays()
             self._adopt_later()
 
         self._adopt_scheduled = True
@@ -698,6 +731,23 @@ def _show(layer, visible: bool) -> None:
     (about 15 ms under software OpenGL) even when nothing changes."""
     if layer.visible != bool(visible):
         layer.visible = bool(visible)
+
+
+def _show_colorbar(layer) -> None:
+    """Show the layer's colorbar at the canvas's top left, where colorbars stack downwards: their
+    place then does not depend on the width of their tick labels. At the top right (napari's
+    default) they sit side by side from the right edge, so new limits with wider digits move
+    them, and napari moves overlays while it draws a frame, which asks for a second frame."""
+    layer.colorbar.position = "top_left"
+    layer.colorbar.visible = True
+
+
+def _fix_range(layer, limits_range: tuple[float, float]) -> None:
+    """Give a layer the whole range its contrast limits can take, once: napari widens the range
+    to fit new limits, and each change re-lays out the layer controls' slider (and with it the
+    dock beside the canvas, which repaints the canvas a second time in the same stall)."""
+    if tuple(layer.contrast_limits_range) != tuple(limits_range):
+        layer.contrast_limits_range = limits_range
 
 
 def _placeholder(role: str) -> np.ndarray:
