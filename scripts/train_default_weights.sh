@@ -6,7 +6,8 @@
 #   scripts/train_default_weights.sh WORK_DIR            (defaults below; override with env vars)
 #   STEPS=6000 BATCH=32 DEVICE=cuda WORKERS=12 scripts/train_default_weights.sh runs/defaults
 #
-# Writes WORK_DIR/{pretrain,probe,eval}/ and WORK_DIR/bundle/{nemesis_small,probe_small}.safetensors
+# Writes WORK_DIR/{pretrain,probe,eval}/ and WORK_DIR/bundle/{nemesis_small,probe_small}.safetensors; the
+# probe head is trained on the float16 bundled model itself, so its recorded encoder digest is that model's.
 set -euo pipefail
 W=${1:-runs/default-weights}
 CT=${CT:-../shared/data/ct/abdomen_ct.nii.gz}
@@ -48,38 +49,45 @@ if [ -n "${BUDGET_S:-}" ]; then
 fi
 
 echo "== pretrain"
-# A stopped recipe continues its run exactly where it was saved (every 250 steps and on Ctrl-C).
-RESUME=""
-[ -f "$W/pretrain/last.state.json" ] && RESUME="--resume"
-$NEMESIS pretrain "$W/cache_pretrain" --out "$W/pretrain" --preset small --steps "$STEPS" --batch "$BATCH" \
-    --lr "$LR" --workers "$WORKERS" --device "$DEVICE" --seed "$SEED" --checkpoint-every 250 --log-every 50 --json \
-    $RESUME | tail -n 1 > "$W/pretrain_result.json"
+# A stopped recipe continues its run exactly where it was saved (every 250 steps and on Ctrl-C);
+# a finished run is not repeated.
+DONE_STEPS=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['step'])" "$W/pretrain/last.state.json" 2>/dev/null || echo 0)
+if [ "$DONE_STEPS" -lt "$STEPS" ]; then
+    RESUME=""
+    [ -f "$W/pretrain/last.state.json" ] && RESUME="--resume"
+    $NEMESIS pretrain "$W/cache_pretrain" --out "$W/pretrain" --preset small --steps "$STEPS" --batch "$BATCH" \
+        --lr "$LR" --workers "$WORKERS" --device "$DEVICE" --seed "$SEED" --checkpoint-every 250 --log-every 50 --json \
+        $RESUME | tail -n 1 > "$W/pretrain_result.json"
+else
+    echo "   already trained ($DONE_STEPS steps)"
+fi
 [ -n "${STOP_AFTER_PRETRAIN:-}" ] && { echo "stopped after pretraining (STOP_AFTER_PRETRAIN)"; exit 0; }
 
-echo "== probe head (phantom labels, training split only)"
-$NEMESIS prepare "$W/probe_phantoms" --out "$W/cache_probe"
-$NEMESIS probe "$W/cache_probe" --checkpoint "$W/pretrain/last.safetensors" --out "$W/probe" --device "$DEVICE" \
-    --batch 16 --json | tail -n 1 > "$W/probe_result.json"
-
-echo "== evaluate (Tables II-III on the 30-case probe phantom set)"
-$NEMESIS evaluate "$W/cache_probe" --checkpoint "$W/pretrain/last.safetensors" --device "$DEVICE" --batch 16 \
-    --out "$W/eval" --json | tail -n 1 > "$W/evaluate_result.json" || echo "evaluate failed (weights are still bundled)"
-
-echo "== bundle (float16 model + probe head)"
+echo "== bundle the model (float16); the probe below is trained on exactly these weights"
 mkdir -p "$W/bundle"
 $PY - "$W" <<'PYEOF'
-import sys, shutil, torch
+import sys, torch
 from pathlib import Path
+from napari_nemesis.data import open_cache
 from napari_nemesis.model import load_checkpoint, save_checkpoint
 from napari_nemesis.model.checkpoint import checkpoint_extra
 w = Path(sys.argv[1])
 model = load_checkpoint(w / "pretrain" / "last.safetensors")
 extra = checkpoint_extra(w / "pretrain" / "last.safetensors")
+extra.setdefault("spacing_zyx", list(open_cache(w / "cache_pretrain").spacing_zyx))  # runs from before it was recorded
 extra.update({"trained_on": "60 phantom scans (seed 1, size small) + TotalSegmentator example CT (CC BY 4.0)",
               "recipe": "scripts/train_default_weights.sh"})
 save_checkpoint(model, w / "bundle" / "nemesis_small.safetensors", extra=extra, dtype=torch.float16)
-shutil.copy(w / "probe" / "probe.safetensors", w / "bundle" / "probe_small.safetensors")
-for p in sorted((w / "bundle").iterdir()):
-    print(p, p.stat().st_size)
 PYEOF
-echo "done: $W/bundle"
+
+echo "== probe head (phantom labels, training split only) on the bundled model"
+$NEMESIS prepare "$W/probe_phantoms" --out "$W/cache_probe"
+$NEMESIS probe "$W/cache_probe" --checkpoint "$W/bundle/nemesis_small.safetensors" --out "$W/probe" --device "$DEVICE" \
+    --batch 16 --json | tail -n 1 > "$W/probe_result.json"
+cp "$W/probe/probe.safetensors" "$W/bundle/probe_small.safetensors"
+ls -l "$W/bundle"
+
+echo "== evaluate (Tables II-III on the 30-case probe phantom set)"
+$NEMESIS evaluate "$W/cache_probe" --checkpoint "$W/bundle/nemesis_small.safetensors" --device "$DEVICE" --batch 16 \
+    --out "$W/eval" --json | tail -n 1 > "$W/evaluate_result.json" || echo "evaluate failed (weights are still bundled)"
+echo "done: $W/bundle (copy both files into src/napari_nemesis/weights/)"
