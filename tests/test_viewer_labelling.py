@@ -272,3 +272,26 @@ def test_modules_named_by_the_manifest_do_not_import_torch():
     code = f"import sys, {', '.join(modules)}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ---- the label-state map -----------------------------------------------------------------------------
+@pytest.mark.gui
+def test_label_state_map_is_hidden_until_something_is_labelled(labelling, qtbot):
+    """An all-unlabelled map draws nothing but would cost every canvas frame a layer: it shows
+    with the first labelled or skipped superpatch and hides again when that is undone."""
+    session, _widget, c = labelling
+    layer = session.layers["map:label state"]
+    assert not layer.visible and not np.any(layer.data > 0)
+    session.select(3)
+    c.act("skip")
+    qtbot.waitUntil(lambda: layer.visible, timeout=10000)
+    assert layer.data[np.unravel_index(3, session.scan.grid.grid_shape)] > 0
+    c.act("undo")
+    qtbot.waitUntil(lambda: not layer.visible, timeout=10000)
+    c.set_show_states(False)  # the dock's tick box: hidden even with labels
+    session.select(4)
+    c.act("skip")
+    qtbot.wait(50)
+    assert not layer.visible
+    c.set_show_states(True)
+    assert layer.visible

@@ -149,3 +149,89 @@ def test_stall_meter_names_what_the_gui_thread_handled_during_the_worst_delay(qa
     assert worst == 150.0
     # in order, each once; the meter's own ticks and bookkeeping events left out
     assert events == ["MetaCall:QObject", "UpdateRequest:_QtMainWindow", "Paint:CanvasBackendDesktop"]
+
+
+@pytest.mark.gui
+def test_layer_changes_wait_for_the_next_event_loop_turn(session, qtbot):
+    """A result handler leaves the layers alone in its own turn (the canvas's frame would share
+    its stall); the newest update of a kind replaces a waiting one; clearing results drops them."""
+    import dataclasses
+
+    scene = session.scene
+    calls: list[str] = []
+    scene.later("a", lambda: calls.append("a1"))
+    scene.later("b", lambda: calls.append("b"))
+    scene.later("a", lambda: calls.append("a2"))
+    assert calls == [] and scene.busy
+    qtbot.waitUntil(lambda: not scene.busy, timeout=5000)
+    assert calls == ["b", "a2"]
+    scene.later("c", lambda: calls.append("c"))
+    scene.flush()  # what a script expects to see, now
+    assert calls[-1] == "c" and not scene.busy
+    scene.later("d", lambda: calls.append("d"))
+    scene.clear_results()
+    qtbot.wait(50)
+    assert "d" not in calls
+
+    result = session.run_probabilities(wait=True)
+    layer = session.layers["prob:liver"]
+    shown = layer.data.copy()
+    session._probabilities_ready(session.scan, dataclasses.replace(result, values=1.0 - result.values))
+    assert np.array_equal(layer.data, shown)  # not in the handler's turn
+    qtbot.waitUntil(lambda: not scene.busy, timeout=5000)
+    assert np.allclose(layer.data, 1.0 - shown)
+
+
+@pytest.mark.gui
+def test_runs_a_dock_shows_open_no_activity_bar_and_colorbars_stay_put(session):
+    """Probabilities and reconstruction report progress in their docks only: napari's activity
+    bar animates a spinner (a window repaint 30 times a second) while one is open. Colorbars sit
+    at the top left, and the error map's limits move within a fixed range: new limits then move
+    no overlay and re-lay out no slider."""
+    from napari.utils import progress
+
+    opened = []
+    progress._all_instances.events.changed.connect(lambda event: opened.extend(event.added))
+    session.run_probabilities(wait=True)
+    session.run_reconstruction("dual", 0.75, 0.0, 0, scope="scan", wait=True)
+    assert opened == []
+    error_map = session.layers["error_map"]
+    assert tuple(error_map.contrast_limits_range) == (0.0, 425.0)  # the model's HU window, -175..250
+    low, high = error_map.contrast_limits
+    assert 0.0 <= low < high <= 425.0
+    for role in ("prob:liver", "error_map"):
+        assert str(session.layers[role].colorbar.position) == "top_left"
+    canvas = session.scene._vispy_canvas()
+    if canvas is not None and hasattr(canvas, "_needs_overlay_position_update"):
+        assert not canvas._needs_overlay_position_update  # placed before the frame, not while drawing
+
+
+@pytest.mark.gui
+def test_jobs_without_a_dock_get_an_activity_bar_a_turn_later(qtbot):
+    from napari.utils import progress
+
+    from napari_nemesis.viewer._workers import RunState, start_job
+
+    opened = []
+    progress._all_instances.events.changed.connect(lambda event: opened.extend(event.added))
+    started = threading.Event()
+    release = threading.Event()
+
+    def job(*, cancel, report):
+        started.set()
+        release.wait(10)
+        return 1
+
+    running = start_job("j", job, state=RunState("j"), notify=False)
+    assert opened == []  # not in the turn that started the job
+    qtbot.waitUntil(lambda: bool(opened), timeout=5000)
+    release.set()
+    assert running.wait(30000)
+    qtbot.waitUntil(lambda: opened[0] not in progress._all_instances, timeout=5000)
+    opened.clear()
+    release.clear()
+    running = start_job("j", job, state=RunState("j"), notify=False, activity=False)
+    release.set()
+    assert running.wait(30000)
+    qtbot.wait(50)
+    assert opened == []

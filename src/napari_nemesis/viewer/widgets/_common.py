@@ -42,6 +42,23 @@ def wrapped_label(text: str = "") -> QLabel:
     return label
 
 
+def set_progress(bar: QProgressBar, maximum: int, value: int, text: str) -> None:
+    """Set a progress bar (range 0..``maximum``), painted with the next window update.
+    ``QProgressBar.setValue`` repaints at once, and a repaint redraws the whole window (10-25 ms
+    of a software-rendered one) inside whatever handler reported progress."""
+    if (bar.maximum(), bar.value(), bar.format()) == (maximum, value, text) and bar.minimum() == 0:
+        return
+    bar.setUpdatesEnabled(False)
+    try:
+        bar.setRange(0, maximum)
+        bar.setValue(value)
+        if bar.format() != text:
+            bar.setFormat(text)
+    finally:
+        bar.setUpdatesEnabled(True)
+    bar.update()
+
+
 class RunControls(QWidget):
     """Run and Cancel buttons, a progress bar and a status line for one session job."""
 
@@ -72,16 +89,12 @@ class RunControls(QWidget):
         running = state.status == RUNNING
         self.run_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
-        self.bar.setRange(0, max(1, state.total))
-        self.bar.setValue(state.done if running or state.status != DONE else max(1, state.total))
         if running:
-            self.bar.setFormat(f"%v/%m {state.message}" if state.total else state.message or "working")
-        elif state.status == DONE:
-            self.bar.setFormat("done")
-        elif state.status == CANCELLED:
-            self.bar.setFormat("cancelled")
-        elif state.status == FAILED:
-            self.bar.setFormat("failed")
+            text = f"%v/%m {state.message}" if state.total else state.message or "working"
+        else:
+            text = {DONE: "done", CANCELLED: "cancelled", FAILED: "failed"}.get(state.status, self.bar.format())
+        value = state.done if running or state.status != DONE else max(1, state.total)
+        set_progress(self.bar, max(1, state.total), value, text)
 
 
 class DeviceRow(QWidget):

@@ -41,9 +41,9 @@ class ReconstructionWidget(QWidget):
         self.device = DeviceRow(self.session)
         self.controls = RunControls(self.session, "reconstruction", "Reconstruct", self.run)
         self.metrics = wrapped_label("PSNR and SSIM appear here after a run.")
-        # room for the three lines a run writes: new text then never re-lays out the dock (its
-        # repaint would share a stall with the canvas's frame)
-        self.metrics.setMinimumHeight(3 * self.metrics.fontMetrics().lineSpacing() + 4)
+        # room for the lines a run writes (its first wraps in a narrow dock): new text then does
+        # not resize the label and move what is below it (a repaint sharing the canvas's stall)
+        self.metrics.setMinimumHeight(4 * self.metrics.fontMetrics().lineSpacing() + 4)
         self.attention = QCheckBox("attention under the cursor")
         self.attention_info = wrapped_label(_ATTENTION_HELP)
 

@@ -11,7 +11,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QF
 from .._settings import DEVICES
 from .._state import session_for
 from .._training import MODE_TITLES, MODES, TrainingConfig, training_for
-from ._common import call_safely, follow, wrapped_label
+from ._common import call_safely, follow, set_progress, wrapped_label
 
 #: What "steps" counts in each mode, and the command's default.
 STEP_UNITS = {"linear": ("full-batch steps", 200), "finetune": ("epochs", 8), "pretrain": ("steps", 200)}
@@ -204,9 +204,8 @@ class TrainingWidget(QWidget):
             return  # text at most once a second while it runs: each change repaints part of the dock
         self._shown_at = now
         self.bar.setProperty("status", run.status)
-        _set(self.bar.setRange, (0, max(1, run.total)), (self.bar.minimum(), self.bar.maximum()))
-        _set(self.bar.setValue, min(run.step, max(1, run.total)), self.bar.value())
-        _set(self.bar.setFormat, f"{run.status}: %v/%m" if run.total else run.status, self.bar.format())
+        set_progress(self.bar, max(1, run.total), min(run.step, max(1, run.total)),
+                     f"{run.status}: %v/%m" if run.total else run.status)
         eta = f"; about {_duration(run.eta_s)} left" if running and run.eta_s is not None else ""
         where = f" (pid {self.controller.pid})" if running and self.controller.pid else ""
         _set(self.eta.setText, f"{MODE_TITLES[run.mode]}{where}, {_duration(run.elapsed_s)} so far{eta}; run folder "
