@@ -24,7 +24,7 @@ import json
 import os
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ from ..atomic import atomic_path, write_json_atomic
 from ..errors import NemesisCancelled, NemesisCheckpointError, NemesisInputError
 from ..train.events import CancelFn, ProgressFn, emit
 from ..train.probe import ProbeHead, ProbeModel, ProbeOptions
+from ..train.runtime import single_thread
+from ..train.state import optimizer_tensors, restore_optimizer
 from .project import LabelProject
 
 __all__ = ["TrainOptions", "train_from_labels", "plan_folds", "RUN_FILES"]
@@ -157,32 +159,12 @@ def plan_folds(groups: list[str], folds: int = 5, seed: int = 0) -> tuple[list[t
 
 
 # ---- resumable state ------------------------------------------------------------------------
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for idx, st in sd["state"].items():
-        for name, val in st.items():
-            if torch.is_tensor(val):
-                tensors[f"opt.{idx}.{name}"] = val.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(idx), {})[name] = val
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], doc: dict[str, Any],
-                       device: torch.device) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for key, val in tensors.items():
-        if key.startswith("opt."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = val if name == "step" else val.to(device)
-    for idx, sc in doc.get("scalars", {}).items():
-        state.setdefault(int(idx), {}).update(sc)
-    opt.load_state_dict({"state": state, "param_groups": doc["param_groups"]})
-
-
 class _RunState:
-    """``state.json`` (+ ``state.safetensors`` while a fit is in progress), token-matched."""
+    """``state.json`` (+ ``state.safetensors`` while a fit is in progress), token-matched.
+
+    A fit's weights and optimizer are stored as every resumable run stores them
+    (``train.state.optimizer_tensors``); the JSON also says where in the list of fits the run is.
+    """
 
     def __init__(self, out: Path) -> None:
         self.out = out
@@ -335,7 +317,7 @@ def train_from_labels(
         start = state.doc["step"] if f == state.doc["fit"] else 0
         tensors = resumed if f == state.doc["fit"] else None
         emit(progress, "stage", name=name, fit=f, fits=len(fits))
-        with _one_thread(opts.mode == "linear"):
+        with single_thread() if opts.mode == "linear" else nullcontext():  # a head's steps are tiny
             net = _fit(f, name, train_idx, start, tensors, model, checkpoint, features, y, patches, items, opts,
                        device, state, sum(steps[:f]), sum(steps), progress, stop_requested)
         if test_idx is None:
@@ -383,19 +365,6 @@ def train_from_labels(
     emit(progress, "end", step=sum(steps), total=sum(steps), auroc_mean=result["auroc_mean"],
          f1_macro=result["f1_macro"], head=result_head)
     return result
-
-
-@contextmanager
-def _one_thread(on: bool):
-    """Run a linear head's steps (a few kB of tensors) on one thread: with more, each tiny op waits
-    on the thread pool, 30-100x slower on a busy machine (0.4 vs 30-45 ms a step measured here)."""
-    before = torch.get_num_threads()
-    if on:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _metrics(y_true, y_prob, organs, threshold) -> dict[str, Any]:
@@ -458,13 +427,13 @@ def _fit(f, name, train_idx, start, tensors, model, checkpoint, features, y, pat
     opt = torch.optim.AdamW(net.parameters(), lr=opts.resolved_lr(), weight_decay=opts.weight_decay)
     if tensors is not None:
         net.load_state_dict({key[len("net."):]: v for key, v in tensors.items() if key.startswith("net.")})
-        _restore_optimizer(opt, tensors, state.doc["optimizer"], device)
+        restore_optimizer(opt, tensors, state.doc["optimizer"], device, source=state.tensor_path)
     loss_fn = nn.BCEWithLogitsLoss()
     total = _steps_per_fit(opts, len(train_idx))
     n_batches = max(1, -(-len(train_idx) // opts.batch))
 
     def save(step: int) -> None:
-        opt_tensors, opt_doc = _optimizer_tensors(opt)
+        opt_tensors, opt_doc = optimizer_tensors(opt)
         weights = {f"net.{key}": v.detach().cpu().contiguous() for key, v in net.state_dict().items()}
         state.save({**weights, **opt_tensors}, fit=f, step=step, optimizer=opt_doc)
         emit(progress, "checkpoint", what="state", step=global_start + step, path=str(state.json_path))

@@ -28,7 +28,7 @@ from ..errors import NemesisCheckpointError, NemesisInputError
 from ..model import NemesisMAE
 from .events import CancelFn, ProgressFn, check_cancel, emit
 from .metrics import presence_metrics
-from .runtime import autocast, resolve_device
+from .runtime import autocast, resolve_device, single_thread
 
 PROBE_FORMAT = "napari-nemesis/probe"
 #: Where ``nemesis probe`` saves a head: beside its checkpoint (``--checkpoint`` without ``--probe`` looks there).
@@ -207,17 +207,11 @@ def encode_features(
 
 
 def extract_features(
-    model: NemesisMAE,
-    cache,
-    case_ids: list[str],
-    batch: int = 8,
-    device: torch.device | str = "cpu",
-    bf16: bool = False,
-    progress: ProgressFn | None = None,
-    cancel: CancelFn | None = None,
-    what: str = "features",
+    model: NemesisMAE, cache, case_ids: list[str], *encode_args: Any, **encode_kwargs: Any
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int]]]:
-    """Mean-pooled encoder features (n, E), presence labels (n, K) and (case, index) per superpatch."""
+    """Mean-pooled encoder features (n, E), presence labels (n, K) and (case, index) per superpatch
+    of ``case_ids``; the other arguments are :func:`encode_features`'s (``batch``, ``device``,
+    ``bf16``, ``progress``, ``cancel``, ``what``)."""
     labels, where = [], []
 
     def labelled_patches():
@@ -228,26 +222,28 @@ def extract_features(
             where.append((cid, idx))
             yield patch
 
-    feats = encode_features(model, labelled_patches(), batch, device, bf16, progress, cancel, what,
-                            total=cache.n_superpatches(case_ids))
+    feats = encode_features(model, labelled_patches(), *encode_args, total=cache.n_superpatches(case_ids),
+                            **encode_kwargs)
     return feats, (np.stack(labels) if labels else np.zeros((0, 8), np.uint8)), where
 
 
 def train_linear_head(
     x: np.ndarray, y: np.ndarray, opts: ProbeOptions, cancel: CancelFn | None = None
 ) -> ProbeHead:
-    """Full-batch AdamW on frozen features for a fixed number of steps (BCE with logits)."""
+    """Full-batch AdamW on frozen features for a fixed number of steps (BCE with logits), on one CPU
+    thread (:func:`~.runtime.single_thread`: the head is too small for a thread pool to pay)."""
     torch.manual_seed(opts.seed)
     head = ProbeHead(x.shape[1], y.shape[1])
     opt = torch.optim.AdamW(head.parameters(), lr=opts.resolved_lr(), weight_decay=opts.weight_decay)
     xt, yt = torch.from_numpy(x).float(), torch.from_numpy(y).float()
     loss_fn = nn.BCEWithLogitsLoss()
-    for _ in range(opts.resolved_epochs()):
-        check_cancel(cancel, "probe training")
-        loss = loss_fn(head(xt), yt)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    with single_thread():
+        for _ in range(opts.resolved_epochs()):
+            check_cancel(cancel, "probe training")
+            loss = loss_fn(head(xt), yt)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     return head.eval()
 
 

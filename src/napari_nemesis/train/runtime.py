@@ -43,6 +43,20 @@ def autocast(device: torch.device, bf16: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+@contextlib.contextmanager
+def single_thread():
+    """Run the block on one CPU thread, then restore the count. For loops of tiny tensor ops (a
+    probe head's steps on frozen features: a few kB each), where waking torch's thread pool costs
+    more than the work: on a busy 2-core machine a head step took 17-50 ms with 2 threads, 1.3 ms
+    with one (docs/performance.md)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def default_bf16(device: torch.device) -> bool:
     """bf16 by default on CUDA cards that support it; off on CPU/MPS unless asked for."""
     return device.type == "cuda" and torch.cuda.is_bf16_supported()

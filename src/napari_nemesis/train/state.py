@@ -25,7 +25,10 @@ from ..model.checkpoint import checkpoint_extra, read_metadata
 STATE_FORMAT = "napari-nemesis/train-state"
 
 
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer's state split for safetensors + JSON: its tensors (moments, as ``opt.<param>.<name>``)
+    and a JSON-able rest (hyper-parameters, non-tensor per-parameter values). Every resumable run
+    saves its optimizer this way; :func:`restore_optimizer` reads it back."""
     sd = opt.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
@@ -36,6 +39,23 @@ def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
             else:
                 scalars.setdefault(str(idx), {})[name] = val
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], doc: dict[str, Any],
+                      device: str | torch.device = "cpu", source: str | os.PathLike = "training state") -> None:
+    """Load what :func:`optimizer_tensors` saved into ``opt``, moments on ``device``; state that does not
+    fit the parameters is a one-line :class:`NemesisCheckpointError` naming ``source``."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, val in tensors.items():
+        if key.startswith("opt."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = val if name == "step" else val.to(device)
+    for idx, sc in doc.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(sc)
+    try:
+        opt.load_state_dict({"state": state, "param_groups": doc["param_groups"]})
+    except (ValueError, KeyError) as exc:
+        raise NemesisCheckpointError(f"{source}: optimizer state does not fit the model ({exc})") from None
 
 
 def save_train_state(
@@ -51,7 +71,7 @@ def save_train_state(
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tensors, opt_json = _optimizer_tensors(opt)
+    tensors, opt_json = optimizer_tensors(opt)
     tensors["rng.torch_cpu"] = torch.get_rng_state()
     with atomic_path(run_dir / f"{stem}.state.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"format": STATE_FORMAT, "step": str(step)})
@@ -95,22 +115,7 @@ def load_train_state(
     model = load_checkpoint(run_dir / f"{stem}.safetensors", map_location=map_location)
     opt = opt_factory(model)
     tensors = load_file(str(run_dir / f"{stem}.state.safetensors"))
-    state: dict[int, dict[str, Any]] = {}
-    for key, val in tensors.items():
-        if key.startswith("opt."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = val
-    for idx, sc in doc["optimizer"].get("scalars", {}).items():
-        state.setdefault(int(idx), {}).update(sc)
-    try:
-        opt.load_state_dict({"state": state, "param_groups": doc["optimizer"]["param_groups"]})
-    except (ValueError, KeyError) as exc:
-        raise NemesisCheckpointError(f"{run_dir}: optimizer state does not fit the model ({exc})") from None
-    # moments onto the model's device
-    for st in opt.state.values():
-        for k, v in st.items():
-            if torch.is_tensor(v) and k != "step":
-                st[k] = v.to(map_location)
+    restore_optimizer(opt, tensors, doc["optimizer"], map_location, source=run_dir)
     if "rng.torch_cpu" in tensors:
         torch.set_rng_state(tensors["rng.torch_cpu"])
     return model, opt, doc
