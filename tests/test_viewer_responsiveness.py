@@ -207,31 +207,21 @@ def test_runs_a_dock_shows_open_no_activity_bar_and_colorbars_stay_put(session):
 
 
 @pytest.mark.gui
-def test_jobs_without_a_dock_get_an_activity_bar_a_turn_later(qtbot):
+def test_only_jobs_with_activity_open_a_napari_activity_bar(qtbot):
     from napari.utils import progress
 
     from napari_nemesis.viewer._workers import RunState, start_job
 
     opened = []
     progress._all_instances.events.changed.connect(lambda event: opened.extend(event.added))
-    started = threading.Event()
-    release = threading.Event()
 
     def job(*, cancel, report):
-        started.set()
-        release.wait(10)
+        report({"event": "step", "step": 1, "total": 2})
         return 1
 
-    running = start_job("j", job, state=RunState("j"), notify=False)
-    assert opened == []  # not in the turn that started the job
-    qtbot.waitUntil(lambda: bool(opened), timeout=5000)
-    release.set()
-    assert running.wait(30000)
-    qtbot.waitUntil(lambda: opened[0] not in progress._all_instances, timeout=5000)
-    opened.clear()
-    release.clear()
-    running = start_job("j", job, state=RunState("j"), notify=False, activity=False)
-    release.set()
-    assert running.wait(30000)
-    qtbot.wait(50)
-    assert opened == []
+    assert start_job("j", job, state=RunState("j"), notify=False).wait(30000)
+    assert len(opened) == 1
+    qtbot.waitUntil(lambda: opened[0] not in progress._all_instances, timeout=5000)  # closed at the end
+    state = RunState("k")
+    assert start_job("k", job, state=state, notify=False, activity=False).wait(30000)
+    assert len(opened) == 1 and state.status == "done" and state.total == 2

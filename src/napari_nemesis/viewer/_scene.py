@@ -601,7 +601,10 @@ class Scene:
         _set_transform(layer, L.transform_kwargs(world))
         if layer.metadata.get(BLANK):
             layer.metadata[BLANK] = False
-            _show(layer, role == "reconstruction")
+            if role == "reconstruction":
+                self._show_later(layer)  # showing slices it and rebuilds the scene: a turn of its own
+            else:
+                _show(layer, False)
 
     def finish_layers(self) -> None:
         """The reconstruction ended: the layers take its arrays if they have not yet, and the next

@@ -101,58 +101,16 @@ class _Relay(QObject):
     event = Signal(object)
 
 
-class _ActivityBar:
-    """A job's progress bar in napari's activity dock, made on the event-loop turn after the job
-    starts and closed on the turn after it ends: adding or removing one re-lays out the window's
-    status bar, which should not share a stall with the work of starting (or ending) the job and
-    the redraw that follows."""
-
-    def __init__(self, description: str) -> None:
-        from qtpy.QtCore import QTimer
-
-        self._description = description
-        self._bar = None
-        self._ended = False
-        self.total = 0
-        self.n = 0
-        QTimer.singleShot(0, self._make)
-
-    def _make(self) -> None:
-        if self._ended or self._bar is not None:
-            return
-        from napari.utils import progress
-
-        self._bar = progress(total=self.total, desc=self._description)
-        if self.n:
-            self._bar.n = self.n
-            self._bar.refresh()
-
-    def update(self, n: int, total: int) -> None:
-        self.n, self.total = n, total
-        if self._bar is not None:
-            if total and self._bar.total != total:
-                self._bar.total = total
-            self._bar.n = n
-            self._bar.refresh()
-
-    def describe(self, text: str) -> None:
-        self._description = text
-        if self._bar is not None:
-            self._bar.set_description(text)
-
-    def close(self) -> None:
-        self._ended = True
-        if self._bar is not None:
-            from qtpy.QtCore import QTimer
-
-            QTimer.singleShot(0, self._bar.close)
-
-
 class _NoBar:
-    def update(self, n: int, total: int) -> None:
+    """Stands in for napari's progress bar where a job has none (``start_job(activity=False)``)."""
+
+    total = 0
+    n = 0
+
+    def refresh(self) -> None:
         pass
 
-    def describe(self, text: str) -> None:
+    def set_description(self, text: str) -> None:
         pass
 
     def close(self) -> None:
@@ -227,10 +185,11 @@ def start_job(
     10-25 ms of a software-rendered window), and adding one processes events inside the handler.
     """
     from napari.qt.threading import create_worker
+    from napari.utils import progress
 
     flag = threading.Event()
     relay = _Relay()
-    bar = _ActivityBar(description or name) if activity else _NoBar()
+    bar = progress(total=0, desc=description or name) if activity else _NoBar()
 
     def report(event: dict) -> None:  # worker thread -> GUI thread
         relay.event.emit(event)
@@ -248,15 +207,18 @@ def start_job(
         kind = event.get("event")
         if kind in ("start", "step"):
             total = int(event.get("total") or 0)
+            if total and bar.total != total:
+                bar.total = total
             if total:
                 state.total = total
             step = int(event.get("step") or 0)
             state.done = step
-            bar.update(step, state.total)
+            bar.n = step
+            bar.refresh()
             state.message = f"{step}/{total}" if total else ""
         elif kind == "stage":
             state.message = str(event.get("name", ""))
-            bar.describe(f"{description or name}: {state.message}")
+            bar.set_description(f"{description or name}: {state.message}")
         if "device" in event:
             state.device = str(event["device"])
         if on_event is not None:

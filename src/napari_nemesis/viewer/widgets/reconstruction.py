@@ -79,7 +79,7 @@ class ReconstructionWidget(QWidget):
 
     def _on_reconstruction(self, run) -> None:
         if run is None:
-            self.metrics.setText("PSNR and SSIM appear here after a run.")
+            _set_growing(self.metrics, "PSNR and SSIM appear here after a run.")
             return
         m = run.metrics()
         where = f"superpatch {run.indices[0]}" if run.indices else "whole scan"
@@ -88,7 +88,7 @@ class ReconstructionWidget(QWidget):
         if m.get("psnr_all") is not None:
             lines.append(f"masked patches: PSNR {_fmt(m['psnr_masked'], 2)} dB, SSIM {_fmt(m['ssim_masked'], 3)}")
             lines.append(f"whole: PSNR {_fmt(m['psnr_all'], 2)} dB, SSIM {_fmt(m['ssim_all'], 3)}")
-        self.metrics.setText("\n".join(lines))
+        _set_growing(self.metrics, "\n".join(lines))
 
     def _on_attention(self, view) -> None:
         if view is None:
@@ -98,6 +98,17 @@ class ReconstructionWidget(QWidget):
         self.attention_info.setText(
             f"superpatch {view.index}, patch (z y x) {z},{y},{x}; block {view.maps.block} "
             f"(the last), mean over heads, on {view.maps.device}")
+
+
+def _set_growing(label, text: str) -> None:
+    """Set a wrapped label's text; its height only grows: a label that shrinks and grows with
+    each run moves what is below it, a repaint that shares the canvas's stall."""
+    if label.text() == text:
+        return
+    label.setText(text)
+    needed = label.heightForWidth(label.width()) if label.width() > 0 else -1
+    if needed > label.minimumHeight():
+        label.setMinimumHeight(needed)
 
 
 def _fmt(value, digits: int) -> str:
