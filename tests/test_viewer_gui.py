@@ -307,6 +307,22 @@ def test_mismatched_probe_is_refused_with_a_notification(session, tmp_path, monk
     assert session.weights == before  # nothing changed
 
 
+def test_remembered_weights_deleted_since_fall_back_to_the_bundled_ones(make_napari_viewer, tmp_path, monkeypatch):
+    import napari.utils.notifications as notifications
+
+    from napari_nemesis.viewer import launch
+    from napari_nemesis.viewer._settings import Settings, save_settings
+
+    gone = tmp_path / "deleted-run" / "probe.safetensors"
+    save_settings(Settings(device="cpu", probe=str(gone)))
+    shown = []
+    monkeypatch.setattr(notifications, "show_warning", shown.append)
+    session = launch(viewer=make_napari_viewer(), widgets=False)
+    assert (session.weights.checkpoint, session.weights.probe) == (None, None)
+    assert session.settings.device == "cpu"  # the rest of the settings kept
+    assert len(shown) == 1 and shown[0].startswith(str(gone)) and "\n" not in shown[0]
+
+
 # ---- reconstruction ------------------------------------------------------------------------------------
 def test_reconstruction_layers_align_update_in_place_and_cancel(session, qtbot, tmp_path):
     from napari_nemesis.data import HU_WINDOW

@@ -276,6 +276,25 @@ def test_modules_named_by_the_manifest_do_not_import_torch():
 
 # ---- the label-state map -----------------------------------------------------------------------------
 @pytest.mark.gui
+def test_shown_label_state_map_sits_above_the_result_layers(labelling, qtbot):
+    """The map is made ahead, before results layers made later; once shown it must not lie under
+    the error map or a heatmap (their colours would mix with the label states)."""
+    session, _widget, c = labelling
+    session.scene.settle()
+    layer = session.layers["map:label state"]
+    layers = session.viewer.layers
+    results = [lay for role, lay in session.layers.items()
+               if role in ("noisy", "masked", "reconstruction", "abs_error", "error_map") or role.startswith("prob:")]
+    assert results, "the result layers are made when the scan opens"
+    layers.move(layers.index(layer), 0)  # as made ahead: below everything
+    session.select(2)
+    c.act("skip")
+    qtbot.waitUntil(lambda: layer.visible, timeout=10000)
+    assert all(layers.index(layer) > layers.index(lay) for lay in results)
+    grid = session.layers["grid"]
+    assert layers.index(grid) > layers.index(layer)  # the grid's overlays stay on top
+
+
 def test_label_state_map_is_hidden_until_something_is_labelled(labelling, qtbot):
     """An all-unlabelled map draws nothing but would cost every canvas frame a layer: it shows
     with the first labelled or skipped superpatch and hides again when that is undone."""

@@ -166,6 +166,22 @@ def test_settings_round_trip(tmp_path, monkeypatch):
     assert load_settings() == Settings()
 
 
+def test_remembered_weights_that_are_gone_are_forgotten(tmp_path, monkeypatch):
+    """A run folder deleted since (the demo's throw-away project, a moved disk) must not make every
+    run fail: the checkpoint/probe pair is dropped and the bundled weights used."""
+    from napari_nemesis.viewer._settings import Settings, forget_missing_weights
+
+    probe = tmp_path / "probe.safetensors"
+    probe.write_bytes(b"x")
+    kept = Settings(checkpoint="", probe=str(probe))
+    assert forget_missing_weights(kept) == [] and kept.probe == str(probe)
+    gone = Settings(checkpoint=str(tmp_path / "gone.safetensors"), probe=str(probe))
+    assert forget_missing_weights(gone) == [str(tmp_path / "gone.safetensors")]
+    assert (gone.checkpoint, gone.probe) == ("", "")
+    only_probe_gone = Settings(probe=str(tmp_path / "run" / "probe.safetensors"))
+    assert forget_missing_weights(only_probe_gone) and only_probe_gone.probe == ""
+
+
 def test_viewer_modules_named_by_the_manifest_do_not_import_torch():
     import subprocess
     import sys

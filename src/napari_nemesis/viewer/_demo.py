@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _layers as L
+from ._scene import viewer_camera
 
 WINDOW_SIZE = (1600, 1000)
 
@@ -213,8 +214,9 @@ def screenshot_tour(session, out: Path, strategy: str = "dual", ratio: float = 0
     _settle(viewer)
     viewer.reset_view()
     # from the front, below and to the patient's right, head up (lines seen end-on vanish in 3D)
-    viewer.camera.set_view_direction((0.45, 1.0, 0.35), (1.0, 0.0, 0.0))
-    viewer.camera.zoom *= 0.72
+    camera = viewer_camera(viewer)
+    camera.set_view_direction((0.45, 1.0, 0.35), (1.0, 0.0, 0.0))
+    camera.zoom *= 0.72
     _raise_dock(session, "Superpatch grid")
     shots["3d_wireframe"] = save_window(viewer, out / "viewer_3d_wireframe.png")
     viewer.dims.ndisplay = 2
@@ -243,7 +245,7 @@ def label_and_train(session, fill_from=None, project=None, before_train=None, ti
     labelling project (default: the dock's); ``before_train()`` is called just before "Train"."""
     import time
 
-    from ._labelling import labelling_for
+    from ._labelling import MAP_NAME, labelling_for
     from ._training import TrainingConfig, training_for
 
     labelling = labelling_for(session)
@@ -276,12 +278,13 @@ def labelling_tour(session, out: Path, organ: str = "liver") -> dict[str, Path]:
     import tempfile
 
     from ..sample_data import sample_btcv_labels_path
-    from ._labelling import labelling_for
+    from ._labelling import MAP_NAME, labelling_for
 
     out = Path(out)
     viewer = session.viewer
     labelling = labelling_for(session)
     previous = labelling.project_dir
+    weights = session.weights  # the tour's head lives in a temporary folder: the user's come back
     shots: dict[str, Path] = {}
     with tempfile.TemporaryDirectory(prefix="nemesis-tour-") as tmp:
         try:
@@ -299,9 +302,13 @@ def labelling_tour(session, out: Path, organ: str = "liver") -> dict[str, Path]:
             session.select(index)
             labelling.act("toggle", store.organs.index("pancreas"))
             labelling.set_show_states(True)
+            session.scene.settle()
+            # what a labeller looks at: the scan, the grid and its label states (no earlier results)
+            before = _only(session, ("scan", "grid", "grid_lines", "selection", f"map:{MAP_NAME}"))
             _raise_dock(session, "Labelling")
             _settle(viewer)
             shots["labelling"] = save_window(viewer, out / "viewer_labelling.png")
+            _restore(before)
 
             result = label_and_train(session)
             focus_on_organ(session, organ)
@@ -315,6 +322,8 @@ def labelling_tour(session, out: Path, organ: str = "liver") -> dict[str, Path]:
             session.label_to_heatmap_seconds = result["label_to_heatmap_seconds"]
         finally:
             labelling.set_project(previous, wait=True)
+            if session.weights != weights:
+                session.set_weights(weights.checkpoint, weights.probe, wait=True)
     return shots
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._qtwindow import qt_window as qt_window_of
+
 #: Shift + arrows move the selection in the axial plane (Up = anterior, Left = patient right as
 #: seen on screen), Shift + Page Up/Down move it toward superior/inferior.
 KEYS = {
@@ -45,7 +47,7 @@ def install(session) -> None:
         viewer.bind_key(key, _mover(session, axis, step), overwrite=True)
     viewer.dims.events.order.connect(lambda _e: _view_changed(session))
     viewer.dims.events.ndisplay.connect(lambda _e: _view_changed(session))
-    qt_window = getattr(getattr(viewer, "window", None), "_qt_window", None)
+    qt_window = qt_window_of(viewer)
     if qt_window is not None:  # closing the window stops the session's jobs
         qt_window.destroyed.connect(lambda *_a: session.cancel())
 

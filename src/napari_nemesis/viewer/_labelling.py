@@ -35,6 +35,7 @@ from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtCore import Signal as QtSignal
 
 from ..errors import NemesisError, NemesisInputError
+from ._qtwindow import qt_window
 from ._workers import FAILED, RunState, start_job
 
 #: The map over the grid (``map:label state``) and the hover column.
@@ -485,7 +486,7 @@ def _canvas_of(viewer):
     """The widget holding napari's canvas (and its sliders) in the viewer's window, or None."""
     from qtpy.QtWidgets import QWidget
 
-    window = getattr(getattr(viewer, "window", None), "_qt_window", None)
+    window = qt_window(viewer)
     if window is None:
         return None
     return next((w for w in window.findChildren(QWidget) if type(w).__name__ == "QtViewer"), None)

@@ -32,6 +32,7 @@ import numpy as np
 from ..data import HU_WINDOW
 from . import _layers as L
 from ._jobs import ReconstructionTargets
+from ._qtwindow import qt_canvas, qt_window
 
 RECON_ROLES = ("noisy", "masked", "reconstruction", "abs_error")
 GRID_ROLES = ("grid", "grid_lines", "selection")
@@ -221,8 +222,7 @@ class Scene:
 
     def _vispy_canvas(self):
         if self._canvas is None and self._alive():
-            window = getattr(getattr(self.viewer, "window", None), "_qt_window", None)
-            self._canvas = getattr(getattr(window, "_qt_viewer", None), "canvas", None)
+            self._canvas = qt_canvas(self.viewer)
         return self._canvas
 
     @property
@@ -321,6 +321,8 @@ class Scene:
             if tuple(layer.contrast_limits) != tuple(limits):
                 layer.contrast_limits = tuple(limits)
             if visible is not None and layer.visible != visible:
+                if visible:
+                    self._lift_under_overlays(layer)
                 layer.visible = visible
             elif layer.visible:
                 layer.refresh(extent=False, highlight=False)
@@ -337,6 +339,17 @@ class Scene:
         self.raise_overlays()
         if not shown:
             self._warm_later()  # its first show (the first label) then builds no shaders
+
+    def _lift_under_overlays(self, layer) -> None:
+        """A map made ahead (hidden) sits below result layers made later; shown, it goes just under
+        the grid's overlays, so the error map or a heatmap never covers the label states. One move
+        (a scene-graph rebuild) only when it is not there already."""
+        layers = self.viewer.layers
+        overlays = [lay for lay in (self.get(role) for role in OVERLAY_ROLES) if lay is not None]
+        target = len(layers) - len(overlays)
+        index = layers.index(layer)
+        if index != target - 1:
+            layers.move(index, target)
 
     def set_visible(self, role: str, visible: bool) -> None:
         layer = self.get(role)
@@ -533,7 +546,7 @@ class Scene:
     def _alive(self) -> bool:
         viewer = self.viewer
         window = getattr(viewer, "window", None) if viewer is not None else None
-        return viewer is not None and (window is None or hasattr(window, "_qt_window"))
+        return viewer is not None and (window is None or qt_window(viewer) is not None)
 
     # ---- reconstruction ------------------------------------------------------------------------
     def begin_reconstruction(self, shape, world: np.ndarray) -> ReconstructionTargets:
@@ -687,8 +700,9 @@ class Scene:
             return
         vertical = viewer.dims.displayed[0] - (viewer.dims.ndim - 3)
         wanted = ("up", "right") if vertical == 0 else ("down", "right")
-        if tuple(viewer.camera.orientation2d) != wanted:
-            viewer.camera.orientation2d = wanted
+        camera = viewer_camera(viewer)
+        if tuple(camera.orientation2d) != wanted:
+            camera.orientation2d = wanted
 
     def centre_on(self, world_zyx, camera: bool = True) -> None:
         """Move the slice through ``world_zyx`` (LPS mm) and, with ``camera``, centre the view on it."""
@@ -700,7 +714,7 @@ class Scene:
         for axis in viewer.dims.not_displayed:
             viewer.dims.set_point(axis, point[axis])
         if camera:
-            viewer.camera.center = tuple(point[a] for a in viewer.dims.displayed)
+            viewer_camera(viewer).center = tuple(point[a] for a in viewer.dims.displayed)
 
     # ---- the selection outline ------------------------------------------------------------------
     def show_selection_outline(self, grid, index: int | None) -> None:
@@ -793,3 +807,9 @@ def _inferno_over_ct() -> np.ndarray:
                       [0.99, 1.0, 0.64]])
     alpha = np.array([0.0, 0.5, 0.7, 0.85, 0.95])
     return np.column_stack([stops, alpha]).astype(np.float32)
+
+
+def viewer_camera(viewer):
+    """napari's camera: ``viewer.scene.camera`` since 0.9 (``viewer.camera`` warns), else the old one."""
+    scene = getattr(viewer, "scene", None)
+    return getattr(scene, "camera", None) or viewer.camera

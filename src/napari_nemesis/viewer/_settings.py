@@ -56,6 +56,17 @@ def load_settings() -> Settings:
     return Settings(**{k: v for k, v in raw.items() if k in known}).cleaned()
 
 
+def forget_missing_weights(settings: Settings) -> list[str]:
+    """Remembered weight files that are gone (a deleted run folder, an unplugged disk) would make
+    every run fail: the pair is forgotten (a probe belongs to its checkpoint) and the bundled
+    weights used. Returns the missing paths, for a notification; the settings file is left alone
+    until the user picks weights again."""
+    missing = [path for path in (settings.checkpoint, settings.probe) if path and not Path(path).is_file()]
+    if missing:
+        settings.checkpoint = settings.probe = ""
+    return missing
+
+
 def save_settings(settings: Settings) -> Path | None:
     """Write the settings; an unwritable config folder is not an error (returns None)."""
     path = settings_path()

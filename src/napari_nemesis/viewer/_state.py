@@ -27,7 +27,7 @@ from ._jobs import AttentionCache, Probabilities, attention_job, prepare_job, pr
     weights_job
 from ._models import Geometry, ModelStore, WeightsChoice
 from ._scene import ATTENTION_ROLES, RECON_ROLES, Scene
-from ._settings import Settings, load_settings, save_settings
+from ._settings import Settings, forget_missing_weights, load_settings, save_settings
 from ._workers import CANCELLED, DONE, FAILED, RUNNING, Job, RunState, start_job
 
 JOBS = ("prepare", "weights", "probabilities", "reconstruction", "attention")
@@ -147,6 +147,11 @@ class NemesisSession:
         self.scene = Scene(viewer)
         self.models = ModelStore()
         self.settings: Settings = load_settings()
+        missing = forget_missing_weights(self.settings)
+        if missing:
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"{missing[0]}: remembered weights file not found; using the bundled weights")
         self.runs: dict[str, RunState] = {name: RunState(name) for name in JOBS}
         self.scan: ScanContext | None = None
         self.probabilities: Probabilities | None = None

@@ -33,6 +33,7 @@ from psygnal import Signal, SignalGroup
 
 from ..errors import NemesisError, NemesisInputError
 from ._process import DONE, FAILED, RUNNING, STOPPED, STOPPING, ChildRun, Command
+from ._qtwindow import qt_window
 
 MODES = ("linear", "finetune", "pretrain")
 MODE_TITLES = {
@@ -538,7 +539,7 @@ def _hook_closing(controller: TrainingController, session) -> None:
     app = QApplication.instance()
     if app is not None:
         app.aboutToQuit.connect(end)
-    window = getattr(getattr(session.viewer, "window", None), "_qt_window", None)
+    window = qt_window(session.viewer)
     if window is None:
         return
 
