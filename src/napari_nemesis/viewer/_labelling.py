@@ -444,16 +444,9 @@ class LabellingController:
             job.wait(int(timeout_s * 1000))
 
 
-_CONTROLLERS: "weakref.WeakKeyDictionary[Any, LabellingController]" = weakref.WeakKeyDictionary()
-
-
 def labelling_for(session) -> LabellingController:
     """The labelling controller of a session (made on first use)."""
-    controller = _CONTROLLERS.get(session)
-    if controller is None:
-        controller = LabellingController(session)
-        _CONTROLLERS[session] = controller
-    return controller
+    return session.part("labelling", LabellingController)
 
 
 def _notify(text: str) -> None:

@@ -167,6 +167,7 @@ class NemesisSession:
         self._adopting = False
         self._last_refresh = 0.0
         self.widgets: dict[str, Any] = {}
+        self._parts: dict[str, Any] = {}
         viewer.layers.events.inserted.connect(self._on_layer_inserted)
         from ._interaction import install
 
@@ -179,6 +180,13 @@ class NemesisSession:
         if viewer is None:
             raise NemesisInputError("this session's napari viewer was closed")
         return viewer
+
+    def part(self, name: str, make):
+        """The session's ``name`` helper (the labelling and training controllers), made by
+        ``make(session)`` on first use and living as long as the session."""
+        if name not in self._parts:
+            self._parts[name] = make(self)
+        return self._parts[name]
 
     @property
     def layers(self) -> dict[str, Any]:

@@ -566,13 +566,6 @@ def _visible(widget) -> bool:
         return False
 
 
-_CONTROLLERS: "weakref.WeakKeyDictionary[Any, TrainingController]" = weakref.WeakKeyDictionary()
-
-
 def training_for(session) -> TrainingController:
     """The training controller of a session (made on first use)."""
-    controller = _CONTROLLERS.get(session)
-    if controller is None:
-        controller = TrainingController(session)
-        _CONTROLLERS[session] = controller
-    return controller
+    return session.part("training", TrainingController)
