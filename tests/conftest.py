@@ -42,6 +42,14 @@ def _private_user_folders(tmp_path_factory):
         yield root
 
 
+@pytest.fixture(autouse=True)
+def _fresh_config_dir(tmp_path_factory, monkeypatch):
+    """Each test starts from default viewer settings and an empty default labelling project:
+    weights or a project one test remembers never reach the next."""
+    monkeypatch.setenv("NEMESIS_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
+    monkeypatch.delenv("NEMESIS_LABELS_PROJECT", raising=False)
+
+
 @pytest.fixture
 def real_ct_dir() -> Path:
     if not (SHARED_CT / "abdomen_ct.nii.gz").is_file():

@@ -36,11 +36,6 @@ def _value_at(layer, world_point):
     return layer.data[tuple(idx)]
 
 
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NEMESIS_CONFIG_DIR", str(tmp_path / "config"))
-
-
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory):
     return make_tiny_weights(tmp_path_factory.mktemp("weights"))

@@ -18,12 +18,6 @@ from test_viewer_gui import _scan_volume, make_tiny_weights
 SRC = Path(__file__).resolve().parents[1] / "src" / "napari_nemesis"
 
 
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NEMESIS_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.delenv("NEMESIS_LABELS_PROJECT", raising=False)
-
-
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory):
     return make_tiny_weights(tmp_path_factory.mktemp("weights"))

@@ -16,11 +16,6 @@ from test_viewer_gui import _scan_volume, make_tiny_weights
 RESULTS = ("noisy", "masked", "reconstruction", "abs_error", "error_map", "prob:liver")
 
 
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NEMESIS_CONFIG_DIR", str(tmp_path / "config"))
-
-
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory):
     return make_tiny_weights(tmp_path_factory.mktemp("weights"))
