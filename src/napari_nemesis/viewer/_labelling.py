@@ -204,8 +204,7 @@ class LabellingController:
         self._jobs["labels"] = job
         if wait:
             job.wait()
-            if self._open_state.status == FAILED and job.exception is not None:
-                raise job.exception
+            job.outcome()
         return self.store if wait else job
 
     def _job_ended(self, name: str, state: RunState) -> None:
@@ -427,9 +426,7 @@ class LabellingController:
         self._jobs["fill"] = job
         if wait:
             job.wait()
-            if self._fill_state.status == FAILED and job.exception is not None:
-                raise job.exception
-            return self._fill_state.result
+            return job.outcome()
         return job
 
     def _filled(self, what: str, threshold: int, res) -> None:

@@ -28,7 +28,7 @@ from ._jobs import AttentionCache, Probabilities, attention_job, prepare_job, pr
 from ._models import Geometry, ModelStore, WeightsChoice
 from ._scene import ATTENTION_ROLES, RECON_ROLES, Scene
 from ._settings import Settings, forget_missing_weights, load_settings, save_settings
-from ._workers import CANCELLED, DONE, FAILED, RUNNING, Job, RunState, start_job
+from ._workers import RUNNING, Job, RunState, start_job
 
 JOBS = ("prepare", "weights", "probabilities", "reconstruction", "attention")
 #: Jobs whose progress a dock shows (or that come and go with the cursor): no napari activity bar.
@@ -234,9 +234,7 @@ class NemesisSession:
             return job
         job.wait()
         self.scene.settle()  # a script sees (and the benchmark times) everything the job shows
-        if state.status == FAILED and job.exception is not None:
-            raise job.exception
-        return state.result if state.status == DONE else None
+        return job.outcome()
 
     def cancel(self, job: str | None = None) -> None:
         """Ask a running job (or all of them) to stop; the core stops at its next superpatch."""
@@ -275,6 +273,7 @@ class NemesisSession:
         choice, geometry = result
         self.settings.checkpoint = choice.checkpoint or ""
         self.settings.probe = choice.probe or ""
+        self.models.keep_only(choice)
         save_settings(self.settings)
         self._clear_results()
         self.events.weights.emit(choice)

@@ -157,6 +157,13 @@ class Job:
             self._loops.remove(loop)
         return self.finished
 
+    def outcome(self) -> Any:
+        """What an ended job gave a script that waited for it: its result when done, None when
+        cancelled; a failed job's exception is raised again (the user saw it as a notification)."""
+        if self.state.status == FAILED and self.exception is not None:
+            raise self.exception
+        return self.state.result if self.state.status == DONE else None
+
     def _ended(self) -> None:
         self.finished = True
         for loop in list(self._loops):
