@@ -182,6 +182,19 @@ def test_remembered_weights_that_are_gone_are_forgotten(tmp_path, monkeypatch):
     assert forget_missing_weights(only_probe_gone) and only_probe_gone.probe == ""
 
 
+def test_model_store_keeps_only_the_weights_in_use(tmp_path, tiny_checkpoint):
+    from napari_nemesis.viewer._models import ModelStore, WeightsChoice
+
+    a = str(tiny_checkpoint(tmp_path / "a.safetensors", seed=1))
+    b = str(tiny_checkpoint(tmp_path / "b.safetensors", seed=2))
+    store = ModelStore()
+    model_a, model_b = store.model(a), store.model(b)
+    assert store.model(a) is model_a  # cached while both are in use
+    store.keep_only(WeightsChoice(b, None))
+    assert store.model(b) is model_b
+    assert store.model(a) is not model_a  # dropped: read again
+
+
 def test_viewer_modules_named_by_the_manifest_do_not_import_torch():
     import subprocess
     import sys

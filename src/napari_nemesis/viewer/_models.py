@@ -96,7 +96,10 @@ class ModelStore:
                     self._probes[key] = load_default_probe()
             return self._probes[key]
 
-    def forget(self) -> None:
+    def keep_only(self, choice: WeightsChoice) -> None:
+        """Drop the weights other than ``choice``'s: each checkpoint a user tries would otherwise
+        stay in memory for the session's life (a job still running keeps its own reference)."""
+        model_key, probe_key = _key(choice.checkpoint), _key(choice.probe)
         with self._lock:
-            self._models.clear()
-            self._probes.clear()
+            self._models = {k: v for k, v in self._models.items() if k == model_key}
+            self._probes = {k: v for k, v in self._probes.items() if k == probe_key}
