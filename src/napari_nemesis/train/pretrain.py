@@ -23,8 +23,18 @@ from ..errors import NemesisCancelled, NemesisInputError
 from ..model import NemesisMAE, build_model, load_checkpoint
 from .events import CancelFn, ProgressFn, check_cancel, emit
 from .probe import dataset_for
-from .runtime import autocast, default_bf16, init_distributed, resolve_device, weights_digest
-from .state import load_train_state, save_train_state
+from .runtime import (
+    SAVE_LOCK,
+    autocast,
+    default_bf16,
+    drop_stale_stop_file,
+    init_distributed,
+    resolve_device,
+    stop_file_requested,
+    stop_requested,
+    weights_digest,
+)
+from .state import clear_train_state, has_train_state, load_train_state, save_train_state
 
 
 @dataclass
@@ -111,6 +121,33 @@ def check_resume(doc: dict[str, Any], opts: PretrainOptions, world: int, device:
     return opts, changes
 
 
+def data_fingerprint(cache) -> str:
+    """SHA-256 over what identifies a dataset: its case ids, each case's shape and source image hash."""
+    import hashlib
+    import json
+
+    cases = (getattr(cache, "index", None) or {}).get("cases", {})
+    rows = []
+    for cid in sorted(getattr(cache, "case_ids", [])):
+        entry = cases.get(cid, {}) if isinstance(cases, dict) else {}
+        image = ((entry.get("sources") or {}).get("image") or {}) if isinstance(entry, dict) else {}
+        rows.append([cid, entry.get("shape_zyx") if isinstance(entry, dict) else None,
+                     image.get("sha256") if isinstance(image, dict) else None])
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def check_resume_data(doc: dict[str, Any], cache, fingerprint: str, where) -> None:
+    """Refuse (one line) resuming a run on another dataset than the one it trained on.
+
+    Runs saved before the fingerprint was recorded are not checked."""
+    theirs = doc.get("data_fingerprint")
+    if theirs is not None and theirs != fingerprint:
+        raise NemesisInputError(
+            f"{where}: --resume on another dataset ({getattr(cache, 'path', '?')}, {len(cache.case_ids)} cases) than "
+            f"the run trained on ({doc.get('data', '?')}); a run continues only on its own data: give that "
+            "dataset, or start a new run in another --out folder")
+
+
 def learning_rate(step: int, opts: PretrainOptions) -> float:
     """Linear warm-up, then cosine decay from ``lr`` to ``min_lr`` at ``steps``."""
     w = opts.warmup_steps()
@@ -181,9 +218,14 @@ def pretrain(
 ) -> dict[str, Any]:
     """Pretrain a NEMESIS MAE on ``data`` (a SuperpatchCache, a cache folder or a raw data folder).
 
-    Writes ``out_dir/last.safetensors`` (+ ``last.state.*``) every ``checkpoint_every`` steps and at
-    the end, and returns a summary dict. On ``cancel()`` or Ctrl-C, the current step is saved first
-    (atomically), then NemesisCancelled / KeyboardInterrupt is raised.
+    Writes ``out_dir/last.safetensors`` (+ ``last.state.*``, see :mod:`.state`) every
+    ``checkpoint_every`` steps and at the end, and returns a summary dict. On ``cancel()`` or Ctrl-C,
+    the current step is saved first (atomically), then NemesisCancelled / KeyboardInterrupt is raised.
+    A file ``out_dir/STOP`` or :func:`.runtime.request_stop` (the channels that work when SIGINT is
+    ignored) stop the run the same way at its next step, raising KeyboardInterrupt (the CLI exits 130).
+
+    ``resume=True`` continues from the newest complete checkpoint; it is refused, in one line, for a
+    finished run (unless ``opts.steps`` grows), with other options, or on another dataset.
     """
     opts = opts or PretrainOptions()
     out_dir = Path(out_dir)
@@ -200,13 +242,20 @@ def _pretrain(data, out_dir, opts, resume, progress, cancel, device, bf16, dist)
     # ---- model, optimizer, start step --------------------------------------------------------
     start = 0
     resume_changes: dict[str, Any] = {}
-    if resume and (out_dir / "last.state.json").is_file():
+    doc: dict[str, Any] = {}
+    if resume and has_train_state(out_dir):
         model, opt, doc = load_train_state(out_dir, lambda m: make_optimizer(m, opts), map_location=device)
         opts, resume_changes = check_resume(doc, opts, dist.world, device, bf16, out_dir)
         start = int(doc["step"])
+        if start >= opts.steps:
+            raise NemesisInputError(
+                f"{out_dir}: this run is finished (step {start} of {opts.steps}), nothing to resume; "
+                f"--resume --steps N with N > {start} trains it further, or start a new run in another --out folder")
     elif resume:
         raise NemesisInputError(f"{out_dir}: --resume given but there is no last.state.json to resume from")
     else:
+        if dist.is_main:  # a new run here: an earlier run's saved states must not be resumed into it
+            clear_train_state(out_dir)
         torch.manual_seed(opts.seed)
         if opts.init_checkpoint:
             model = load_checkpoint(opts.init_checkpoint).to(device)
@@ -222,6 +271,11 @@ def _pretrain(data, out_dir, opts, resume, progress, cancel, device, bf16, dist)
         cache = dataset_for(data, model, include_unlabelled=True)
     if not cache.case_ids:
         raise NemesisInputError(f"{data}: no scans to pretrain on")
+    fingerprint = data_fingerprint(cache)
+    if resume:
+        check_resume_data(doc, cache, fingerprint, out_dir)
+    if dist.is_main:
+        drop_stale_stop_file(out_dir)
     # the spacing the model sees, recorded with every checkpoint (inference uses it by default)
     spacing = cache.spacing_zyx if isinstance(cache.spacing_zyx, str) else list(cache.spacing_zyx)
     total_items = opts.steps * opts.batch * dist.world
@@ -242,6 +296,7 @@ def _pretrain(data, out_dir, opts, resume, progress, cancel, device, bf16, dist)
     info = {
         "options": asdict(opts),
         "data": str(getattr(cache, "path", data)),
+        "data_fingerprint": fingerprint,
         "world_size": dist.world,
         "device": str(device),
         "bf16": bf16,
@@ -254,10 +309,20 @@ def _pretrain(data, out_dir, opts, resume, progress, cancel, device, bf16, dist)
     def save(step: int) -> Path | None:
         if dist.is_main:
             extra = {"gate": model.gate, "spacing_zyx": spacing, "superpatch": cfg.superpatch}
-            path = save_train_state(out_dir, model, opt, step, {**info, "extra": extra})
+            with SAVE_LOCK:
+                path = save_train_state(out_dir, model, opt, step, {**info, "extra": extra})
             emit(progress, "checkpoint", step=step, path=str(path))
             return path
         return None
+
+    def stop_asked() -> bool:
+        """The stop channels (STOP file, a request from the parent watcher), agreed by every rank."""
+        local = stop_requested() or stop_file_requested(out_dir)
+        if dist.world == 1:
+            return local
+        flag = torch.tensor([1.0 if local else 0.0], device=device if device.type == "cuda" else "cpu")
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item() > 0)
 
     step = start
     losses: list[float] = []
@@ -268,6 +333,8 @@ def _pretrain(data, out_dir, opts, resume, progress, cancel, device, bf16, dist)
     try:
         for batch, inside in loader:
             check_cancel(cancel, "pretraining")
+            if stop_asked():
+                raise KeyboardInterrupt  # as Ctrl-C: saved below, the CLI exits 130
             inside_window.append(float(inside.double().mean()))
             inside_sum, inside_n = inside_sum + float(inside.double().sum()), inside_n + len(inside)
             lr = learning_rate(step, opts)

@@ -5,11 +5,66 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from ..errors import NemesisInputError
+
+
+#: A file whose appearance in a run folder asks the run to save at its next step and stop.
+STOP_FILE = "STOP"
+#: When this process loaded the training code: a ``STOP`` file older than that is a stale one.
+_LOADED_AT = time.time()
+_STOP = threading.Event()
+#: Held while a resumable checkpoint is being written (a process ending itself waits for it).
+SAVE_LOCK = threading.RLock()
+
+
+def request_stop() -> None:
+    """Ask the training loop of this process to save at its next step and stop.
+
+    The channel that works whatever the process's SIGINT disposition (a child started with SIGINT
+    ignored, e.g. under ``nohup napari &``): the child watcher of ``viewer._process`` calls it on a
+    ``stop`` line from its parent and when the parent is gone. Stays set for the process's life.
+    """
+    _STOP.set()
+
+
+def stop_requested() -> bool:
+    """Whether :func:`request_stop` was called in this process."""
+    return _STOP.is_set()
+
+
+def clear_stop() -> None:
+    """Forget a stop request (tests, or a process that runs several trainings one after another)."""
+    _STOP.clear()
+
+
+def stop_file_requested(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir/STOP`` exists (created by a user or a parent process to stop the run)."""
+    return (Path(run_dir) / STOP_FILE).exists()
+
+
+def drop_stale_stop_file(run_dir: str | os.PathLike) -> None:
+    """Remove a ``STOP`` file left by an earlier run (older than this process's training code)."""
+    path = Path(run_dir) / STOP_FILE
+    try:
+        if path.stat().st_mtime < _LOADED_AT:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def wait_for_save(timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for a checkpoint save in progress to finish; True when none is."""
+    if SAVE_LOCK.acquire(timeout=max(0.0, timeout)):
+        SAVE_LOCK.release()
+        return True
+    return False
 
 
 def resolve_device(name: str = "auto") -> torch.device:
