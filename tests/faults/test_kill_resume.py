@@ -229,3 +229,47 @@ def test_a_new_run_in_an_old_folder_does_not_resume_into_the_old_states(cache, t
     pretrain(cache, run, PretrainOptions(**TINY, steps=2, checkpoint_every=10))
     assert read_train_state(run)["step"] == 2
     assert len(list((run / train_state.SLOTS_DIR).glob("step-*"))) == 1
+
+
+def test_labels_train_state_survives_a_kill_between_any_two_file_operations(tmp_path, monkeypatch):
+    from napari_nemesis.labels.training import _RunState
+
+    base = tmp_path / "base"
+    base.mkdir()
+    _RunState(base).save({"net.w": torch.zeros(3)}, fit=0, step=4)
+    k, cut = 1, 0
+    while True:
+        run = tmp_path / f"k{k}"
+        shutil.copytree(base, run)
+        state = _RunState(run)
+        state.load()
+        calls = {"n": 0}
+        real = {"rename": os.rename, "replace": os.replace, "link": os.link}
+
+        def wrap(name):
+            def f(*a, **kw):
+                calls["n"] += 1
+                if calls["n"] == k:
+                    raise _Killed
+                return real[name](*a, **kw)
+            return f
+
+        for name in real:
+            monkeypatch.setattr(os, name, wrap(name))
+        try:
+            state.save({"net.w": torch.ones(3)}, fit=0, step=9)
+            finished = True
+        except _Killed:
+            finished = False
+        finally:
+            monkeypatch.undo()
+        if finished:
+            break
+        cut += 1
+        again = _RunState(run)
+        tensors = again.load()
+        assert again.doc["step"] in (4, 9)
+        assert torch.equal(tensors["net.w"], torch.full((3,), 0.0 if again.doc["step"] == 4 else 1.0))
+        k += 1
+    print(f"\nlabels train state: save cut at each of its {cut} file operations, every cut resumable")
+    assert cut >= 3

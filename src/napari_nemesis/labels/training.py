@@ -12,10 +12,13 @@ and head together (``finetune``), exactly as ``nemesis probe`` does. The run is 
    (``train.metrics.presence_metrics``); nothing is tuned on them.
 
 Every step reports a ``step`` event (global step, loss), every fold an ``eval`` event (the pooled
-held-out AUROC so far). ``cancel()`` is checked before each step: the fit in progress is saved
-(``OUT/state.safetensors`` with weights and AdamW moments, then ``OUT/state.json`` naming the same
-token, both atomic) and :class:`NemesisCancelled` is raised; ``resume=True`` continues at that step
-with the same data order, so a resumed run ends where an uninterrupted one would.
+held-out AUROC so far). ``cancel()`` (and, in a child process, ``train.runtime.stop_requested()``) is checked before each
+step: the fit in progress is saved (``OUT/state-<token>.safetensors`` with weights and AdamW
+moments, then ``OUT/state.json`` naming that file and token, then ``OUT/state.safetensors`` as a
+link to it and older tensor files removed, so a kill at any instant leaves a JSON whose tensors
+are complete) and :class:`NemesisCancelled` is raised; ``resume=True`` continues at that step with
+the same data order, so a resumed run ends where an uninterrupted one would. Resuming a finished
+run reports its result again (exit 0; the ``start`` event says ``already_finished``).
 """
 
 from __future__ import annotations
@@ -179,6 +182,16 @@ class _RunState:
     def tensor_path(self) -> Path:
         return self.out / RUN_FILES["state_tensors"]
 
+    def _tensor_file(self, doc: dict[str, Any]) -> Path:
+        """The tensor file a state names: ``state-<token>.safetensors`` (or, as earlier versions
+        wrote, ``state.safetensors``), always inside the run folder."""
+        name = doc.get("tensors")
+        if name is None:
+            return self.tensor_path
+        if not isinstance(name, str) or Path(name).name != name or not name.startswith("state-"):
+            raise NemesisCheckpointError(f"{self.json_path}: names a tensor file outside the run folder ({name!r})")
+        return self.out / name
+
     def load(self) -> dict[str, torch.Tensor] | None:
         from safetensors.torch import load_file
 
@@ -188,32 +201,60 @@ class _RunState:
             doc = json.loads(self.json_path.read_text())
         except FileNotFoundError:
             return None  # stopped before anything was saved: start from the beginning
-        except (OSError, json.JSONDecodeError) as exc:
-            raise NemesisCheckpointError(f"{self.json_path}: unreadable training state ({exc})") from None
-        if doc.get("format") != STATE_FORMAT or int(doc.get("version", 0)) > STATE_VERSION:
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise NemesisCheckpointError(f"{self.json_path}: unreadable training state "
+                                         f"({exc.__class__.__name__})") from None
+        if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT \
+                or not isinstance(doc.get("version", 0), int) or int(doc.get("version", 0)) > STATE_VERSION:
             raise NemesisCheckpointError(f"{self.json_path}: not a labels training state this version can resume")
-        self.doc = doc
+        for key, kind in (("fit", int), ("step", int), ("features_done", int), ("folds_done", list), ("oof", dict)):
+            if key in doc and (not isinstance(doc[key], kind) or isinstance(doc[key], bool)):
+                raise NemesisCheckpointError(f"{self.json_path}: malformed training state ({key} is "
+                                             f"{type(doc[key]).__name__}, not {kind.__name__})")
+        self.doc = {**self.doc, **doc}
         if doc.get("token") is None:
             return None
-        token = read_metadata(self.tensor_path).get("token")
+        path = self._tensor_file(doc)
+        token = read_metadata(path).get("token")
         if token != doc["token"]:
-            raise NemesisCheckpointError(f"{self.out}: {RUN_FILES['state']} and {RUN_FILES['state_tensors']} disagree "
+            raise NemesisCheckpointError(f"{self.out}: {RUN_FILES['state']} and {path.name} disagree "
                                          "(a save was cut short); start the run again")
-        return load_file(str(self.tensor_path))
+        return load_file(str(path))
 
     def save(self, tensors: dict[str, torch.Tensor] | None = None, **fields: Any) -> None:
-        """Tensors first (if any), then the JSON naming them: a cut save is detected, not trusted."""
+        """Tensors first (if any) to a file of their own, then the JSON naming it, then the older
+        tensor files go: a kill at any instant leaves a JSON whose tensor file is complete."""
         from safetensors.torch import save_file
 
-        self.doc.update(fields)
-        self.doc["token"] = None
-        if tensors is not None:
-            token = uuid.uuid4().hex
-            with atomic_path(self.tensor_path) as tmp:
-                save_file(tensors, str(tmp), metadata={"format": STATE_FORMAT, "token": token})
-            self.doc["token"] = token
-        self.doc["saved"] = time.time()
-        write_json_atomic(self.json_path, self.doc, durable=True)
+        from ..train.runtime import SAVE_LOCK
+
+        with SAVE_LOCK:
+            self.doc.update(fields)
+            self.doc["token"] = None
+            self.doc.pop("tensors", None)
+            keep = None
+            if tensors is not None:
+                token = uuid.uuid4().hex
+                keep = self.out / f"state-{token[:16]}.safetensors"
+                with atomic_path(keep) as tmp:
+                    save_file(tensors, str(tmp), metadata={"format": STATE_FORMAT, "token": token})
+                self.doc["token"] = token
+                self.doc["tensors"] = keep.name
+            self.doc["saved"] = time.time()
+            write_json_atomic(self.json_path, self.doc, durable=True)
+            if keep is not None:  # the familiar name, for people and older readers
+                tmp = self.out / f".{RUN_FILES['state_tensors']}.tmp{os.getpid()}"
+                tmp.unlink(missing_ok=True)
+                try:
+                    os.link(keep, tmp)
+                except OSError:
+                    import shutil
+
+                    shutil.copyfile(keep, tmp)
+                os.replace(tmp, self.tensor_path)
+            for old in self.out.glob("state-*.safetensors"):
+                if keep is None or old.name != keep.name:
+                    old.unlink(missing_ok=True)
 
 
 # ---- the run ----------------------------------------------------------------------------------
@@ -282,6 +323,8 @@ def train_from_labels(
         out.mkdir(parents=True, exist_ok=True)
         for name in ("options", "state", "state_tensors", "features", "result"):
             (out / RUN_FILES[name]).unlink(missing_ok=True)
+        for old in out.glob("state-*.safetensors"):
+            old.unlink(missing_ok=True)
         write_json_atomic(out / RUN_FILES["labels"], snapshot, durable=True)
         config = {"options": asdict(opts), "checkpoint": checkpoint, "encoder_sha256": digest,
                   "project": snapshot["project"], "started": time.time()}
@@ -299,10 +342,13 @@ def train_from_labels(
     t0 = time.perf_counter()
     emit(progress, "start", step=sum(steps[: state.doc["fit"]]) + state.doc["step"], total=sum(steps),
          mode=opts.mode, n_labelled=len(items), scans=len(snapshot["scans"]), folds=len(folds),
-         estimate=estimate["estimate"], device=str(device), resumed=bool(resume))
+         estimate=estimate["estimate"], device=str(device), resumed=bool(resume),
+         already_finished=bool(resume) and state.doc["fit"] >= len(fits))
 
-    def stop_requested() -> bool:
-        return cancel is not None and bool(cancel())
+    from ..train.runtime import stop_requested as stop_asked_in_process
+
+    def stop_requested() -> bool:  # the caller's cancel, or the stop channel of a child process
+        return (cancel is not None and bool(cancel())) or stop_asked_in_process()
 
     # ---- frozen features (linear) -----------------------------------------------------------
     features = None
