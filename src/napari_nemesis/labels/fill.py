@@ -5,7 +5,8 @@ The label map (BTCV, TotalSegmentator or AMOS ids) goes through ``data.to_btcv_l
 ``data.presence_labels`` on the store's grid: a superpatch holds an organ when it has at least
 ``threshold`` voxels of it at that spacing, the same rule the datasets and the probe use.
 Superpatches a person labelled or skipped are kept unless ``overwrite=True``; earlier fills are
-replaced. The whole fill is one save and one undo step.
+replaced. The whole fill is one save and one undo step, decided under the sidecar's lock on the
+labels as saved at that moment (a hand label another writer has just set is kept).
 """
 
 from __future__ import annotations
@@ -104,11 +105,20 @@ def fill_from_segmentation(store: LabelStore, labels_volume, threshold: int = 10
     ``scheme``: ``auto``, ``btcv``, ``totalsegmentator`` or ``amos``. Returns a :class:`FillResult`.
     """
     presence, used = segmentation_presence(store, labels_volume, threshold, scheme)
-    changes, kept = {}, []
-    for i, label in store.items():
-        if not overwrite and label.state != "unlabelled" and label.source != "segmentation":
-            kept.append(i)
-            continue
-        changes[i] = (presence[i], "labelled")
-    changed = store.set_many(changes, source="segmentation")
-    return FillResult(used, presence, sorted(changes), changed, kept, store.organs)
+    decided: dict[str, list[int]] = {}
+
+    def decide(current):
+        # under the sidecar's lock, on the labels as saved now: a hand label set a moment ago
+        # by another writer is kept, whatever this process read earlier
+        changes, kept = {}, []
+        for i in range(store.n):
+            label = current.get(i)
+            if not overwrite and label is not None and label.state != "unlabelled" and label.source != "segmentation":
+                kept.append(i)
+                continue
+            changes[i] = (presence[i], "labelled")
+        decided["filled"], decided["kept"] = sorted(changes), kept
+        return changes
+
+    changed = store.modify(decide, source="segmentation")
+    return FillResult(used, presence, decided["filled"], changed, decided["kept"], store.organs)

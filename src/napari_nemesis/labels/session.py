@@ -4,7 +4,9 @@ The widget (and its keyboard shortcuts) only forwards: 1-9 toggle an organ of th
 superpatch, Enter marks it labelled and moves to the next unlabelled one, ``s`` skips, arrows and
 Page Up/Down move to a neighbour, ``n``/``p`` to the next/previous unlabelled superpatch, Ctrl+Z
 undoes. Every action that changes a label goes straight to the store, so it is saved at once;
-there is no draft to lose.
+there is no draft to lose. A change that depends on the current label (a toggle, Enter) is decided
+on the label as saved on disk at that moment (``LabelStore.modify``), so another writer's tick on
+the same superpatch is kept.
 """
 
 from __future__ import annotations
@@ -96,15 +98,19 @@ class LabellingSession:
     # ---- labelling -------------------------------------------------------------------------
     def toggle(self, organ: int | str) -> SuperpatchLabel:
         """Flip one organ (index in the store's organ list, or name); the superpatch becomes labelled."""
-        name = self.store.organs[organ] if isinstance(organ, int) else str(organ)
-        current = set(self.label.organs) if self.label.state == "labelled" else set()
-        current ^= {name}
-        return self.store.set(self.index, current, "labelled")
+        # decided on the label as saved now (another writer may have ticked another organ)
+        return self.store.toggle(self.index, organ)
 
     def accept(self) -> int:
         """Mark the selected superpatch labelled with the organs ticked (none is a valid answer), move on."""
-        organs = self.label.organs if self.label.state == "labelled" else ()
-        self.store.set(self.index, organs, "labelled")
+        index = self.index
+
+        def accept(current):
+            label = current.get(index)
+            organs = label.organs if label is not None and label.state == "labelled" else ()
+            return {index: (organs, "labelled")}
+
+        self.store.modify(accept)
         self.next_unlabelled()
         return self.index
 

@@ -69,15 +69,33 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def _os_problem(exc: OSError) -> str:
+    import errno
+
+    if exc.errno == errno.ENOSPC:
+        return "the disk is full"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return "the folder is read-only"
+    return exc.strerror or exc.__class__.__name__
+
+
 @contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive lock on ``.<name>.lock`` beside ``path`` (POSIX ``flock``; elsewhere none)."""
+    """Exclusive lock on ``.<name>.lock`` beside ``path`` (POSIX ``flock``; elsewhere none).
+
+    A lock file that cannot be created (read-only folder, full disk) is a one-line
+    :class:`NemesisInputError` naming it."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: one writer per sidecar is assumed
         yield
         return
-    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    lock = path.with_name(f".{path.name}.lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise NemesisInputError(f"{lock}: cannot create the lock file for {path.name} ({_os_problem(exc)}); "
+                                "nothing was written") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         # under the lock no writer is half-way: a temporary file left now is from a killed one
@@ -250,6 +268,9 @@ class LabelStore:
         return out
 
     # ---- changing ---------------------------------------------------------------------------
+    # Every change is a read-modify-write of the sidecar on disk under its file lock: the labels
+    # another writer saved are read first, and a change that depends on the current label (a
+    # toggle, a fill keeping hand labels, an undo) is decided on them, never on an older copy.
     def set(self, i: int, organs: Iterable[str] | np.ndarray = (), state: str = "labelled",
             source: str = "hand") -> SuperpatchLabel:
         """Label superpatch ``i``: ``organs`` present (names, or a (K,) 0/1 vector), ``state``.
@@ -257,7 +278,7 @@ class LabelStore:
         ``skipped`` and ``unlabelled`` take no organs. Saved to the sidecar before returning.
         """
         label = self._make(i, organs, state, source)
-        self._commit({int(i): label})
+        self._commit(lambda current: {int(i): label})
         return self.get(i)
 
     def set_many(self, changes: Mapping[int, tuple[Iterable[str] | np.ndarray, str]], source: str = "hand") -> list[int]:
@@ -266,23 +287,55 @@ class LabelStore:
         Returns the indices whose label changed.
         """
         labels = {int(i): self._make(i, organs, state, source) for i, (organs, state) in changes.items()}
-        return self._commit(labels)
+        return self._commit(lambda current: labels)
+
+    def modify(self, decide: Callable[[Mapping[int, SuperpatchLabel]], Mapping[int, tuple[Iterable[str] | np.ndarray, str]]],
+               source: str = "hand") -> list[int]:
+        """Read-modify-write: ``decide(current)`` gets every labelled or skipped superpatch as it
+        is on disk now (``{index: label}``, under the file lock) and returns the changes
+        ``{index: (organs, state)}``; one save, one undo step. Returns the indices that changed."""
+        def changes(current: Mapping[int, SuperpatchLabel]) -> dict[int, SuperpatchLabel]:
+            return {int(i): self._make(i, organs, state, source) for i, (organs, state) in decide(current).items()}
+
+        return self._commit(changes)
+
+    def toggle(self, i: int, organ: str | int, source: str = "hand") -> SuperpatchLabel:
+        """Flip one organ of superpatch ``i`` (name or index in :attr:`organs`) on its label as saved
+        now; the superpatch becomes labelled. Saved before returning; returns the new label."""
+        self._check_index(i)
+        name = self.organs[organ] if isinstance(organ, (int, np.integer)) and not isinstance(organ, bool) else str(organ)
+        if name not in self.organs:
+            raise NemesisInputError(f"unknown organ {name!r}; this store's organs are {', '.join(self.organs)}")
+
+        def flip(current: Mapping[int, SuperpatchLabel]):
+            label = current.get(int(i), UNLABELLED)
+            present = set(label.organs) if label.state == "labelled" else set()
+            return {int(i): (present ^ {name}, "labelled")}
+
+        self.modify(flip, source=source)
+        return self.get(i)
 
     def undo(self) -> list[int]:
         """Take back the last change made through this store (one ``set``/``set_many``/fill).
 
-        Returns the indices restored (empty when there is nothing to undo). Saved before returning.
+        Each superpatch goes back to its label before that change, unless another writer has
+        changed it since (their later label is kept). Returns the indices restored (empty when
+        there is nothing to undo). Saved before returning.
         """
         with self._mutex:
             if not self._undo:
                 return []
-            before = self._undo.pop()
+            step = self._undo.pop()
+
+            def restore(current: Mapping[int, SuperpatchLabel]) -> dict[int, SuperpatchLabel]:
+                return {i: before for i, (before, after) in step.items()
+                        if current.get(i, UNLABELLED).content == after.content}
+
             try:
-                self._commit(before, record_undo=False)
+                return self._commit(restore, record_undo=False)
             except BaseException:
-                self._undo.append(before)
+                self._undo.append(step)
                 raise
-            return sorted(before)
 
     @property
     def can_undo(self) -> bool:
@@ -292,7 +345,10 @@ class LabelStore:
         """Re-read the sidecar if another writer changed it; returns the indices that changed."""
         with self._mutex:
             before = dict(self._entries)
-            with _file_lock(self.path):
+            try:
+                with _file_lock(self.path):
+                    self._sync_from_disk()
+            except NemesisInputError:  # no lock in a read-only folder: a rename is atomic, read anyway
                 self._sync_from_disk()
             changed = sorted(i for i in set(before) | set(self._entries)
                              if before.get(i, UNLABELLED).content != self._entries.get(i, UNLABELLED).content)
@@ -339,10 +395,15 @@ class LabelStore:
         return label
 
     def _sync_from_disk(self) -> None:
-        """Under the file lock: adopt what another writer saved since we last looked."""
-        now = _disk_id(self.path)
-        if now is not None and now != self._disk_id:
+        """Under the file lock: adopt what every writer saved, as it is on disk now.
+
+        Read every time (not only when the file's inode / time / size look different: a rename
+        can reuse an inode within one time-stamp tick with the same size, and then a change of
+        another writer would be missed and overwritten)."""
+        if self.path.exists():
             self._load(read_sidecar(self.path))
+        else:
+            self._entries, self._revision, self._disk_id = {}, 0, None
 
     def _document(self, entries: dict[int, SuperpatchLabel], revision: int) -> dict[str, Any]:
         return {
@@ -356,11 +417,18 @@ class LabelStore:
             "superpatches": [entries[i].to_json(i) for i in sorted(entries)],
         }
 
-    def _commit(self, changes: dict[int, SuperpatchLabel], record_undo: bool = True) -> list[int]:
+    def _commit(self, decide: Callable[[Mapping[int, SuperpatchLabel]], Mapping[int, SuperpatchLabel]],
+                record_undo: bool = True) -> list[int]:
+        """Under the lock: read the sidecar, ``decide(current)`` the changes, write them."""
         with self._mutex:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise NemesisInputError(f"{self.path.parent}: cannot create the labels folder "
+                                        f"({_os_problem(exc)})") from None
             with _file_lock(self.path):
                 self._sync_from_disk()
+                changes = dict(decide(dict(self._entries)))
                 before = {i: self._entries.get(i, UNLABELLED) for i in changes}
                 changed = sorted(i for i, lab in changes.items() if lab.content != before[i].content)
                 if not changed:
@@ -374,13 +442,13 @@ class LabelStore:
                 try:
                     write_sidecar(self.path, self._document(entries, self._revision + 1))
                 except OSError as exc:
-                    raise NemesisInputError(f"{self.path}: could not save the labels ({exc}); "
+                    raise NemesisInputError(f"{self.path}: could not save the labels ({_os_problem(exc)}); "
                                             "the previous state is kept") from None
                 self._entries = entries
                 self._revision += 1
                 self._disk_id = _disk_id(self.path)
             if record_undo:
-                self._undo.append({i: before[i] for i in changed})
+                self._undo.append({i: (before[i], changes[i]) for i in changed})
                 del self._undo[:-UNDO_DEPTH]
         self._notify(changed)
         return changed
