@@ -19,3 +19,8 @@ class NemesisCheckpointError(NemesisInputError):
 
 class NemesisCancelled(NemesisError):
     """Long work stopped because the caller's cancel check returned True."""
+
+
+class NemesisLimitError(NemesisInputError):
+    """An input would need more memory than the configured limit (voxels of a scan, raw or
+    resampled); the message names the sizes, the limit and how to raise it."""

@@ -10,7 +10,11 @@ import argparse
 import sys
 from typing import Any
 
-from ._common import add_json_flag, add_label_scheme_flag, add_spacing_flag, parse_spacing, print_json
+from ._common import (SEED, add_json_flag, add_label_scheme_flag, add_spacing_flag, int_at_least, parse_spacing, path_arg,
+                      print_json)
+
+#: Superpatch sizes a command accepts (a model takes at most 512^3, config.LIMITS).
+SUPERPATCH = int_at_least(1, 512)
 
 
 class _Bar:
@@ -51,10 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "of memory-mapped arrays plus index.json. Re-running skips cases whose sources did not "
         "change.",
     )
-    p.add_argument("data_dir", metavar="DATA_DIR")
-    p.add_argument("--out", required=True, metavar="CACHE", help="cache folder to create or update")
+    p.add_argument("data_dir", metavar="DATA_DIR", type=path_arg)
+    p.add_argument("--out", required=True, metavar="CACHE", type=path_arg, help="cache folder to create or update")
     add_spacing_flag(p, "1.5 1.5 2.0")
-    p.add_argument("--superpatch", type=int, default=128, help="superpatch size for the presence "
+    p.add_argument("--superpatch", type=SUPERPATCH, default=128, help="superpatch size for the presence "
                    "labels stored in the index (default 128)")
     p.add_argument("--include-unlabelled", action="store_true",
                    help="also cache images without labels (imagesTs), e.g. for pretraining")
@@ -68,12 +72,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Synthetic abdominal CT phantoms (body, fat, muscle, spine, ribs, lung bases, "
         "the 8 organs, a contrast phase, noise), deterministic per seed, in BTCV layout.",
     )
-    ph.add_argument("out_dir", metavar="OUT_DIR")
-    ph.add_argument("--cases", type=int, default=30, help="number of cases (default 30)")
-    ph.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ph.add_argument("out_dir", metavar="OUT_DIR", type=path_arg)
+    ph.add_argument("--cases", type=int_at_least(1), default=30, help="number of cases (default 30)")
+    ph.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
     ph.add_argument("--size", default="default", choices=["default", "small"],
                     help="default: 512x512 at 0.7-0.9 mm, 2.5-5 mm slices; small: 128x128 at ~3 mm")
-    ph.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
+    ph.add_argument("--shape", type=int_at_least(1, 4096), nargs=3, metavar=("Z", "Y", "X"), default=None,
                     help="force the voxel grid (z y x); spacing follows from the field of view")
     add_json_flag(ph)
     ph.set_defaults(func=cmd_phantom)
@@ -85,12 +89,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(z, y, x) shape and spacing, file orientation, HU range and the superpatch grid at the "
         "model's spacing; with --labels, the organ presence per superpatch.",
     )
-    i.add_argument("scan", metavar="SCAN")
-    i.add_argument("--labels", metavar="LABELMAP", default=None,
+    i.add_argument("scan", metavar="SCAN", type=path_arg)
+    i.add_argument("--labels", metavar="LABELMAP", default=None, type=path_arg,
                    help="label map (BTCV, TotalSegmentator or AMOS ids: see --label-scheme)")
     add_label_scheme_flag(i)
     add_spacing_flag(i, "1.5 1.5 2.0")
-    i.add_argument("--superpatch", type=int, default=128, help="superpatch size (default 128)")
+    i.add_argument("--superpatch", type=SUPERPATCH, default=128, help="superpatch size (default 128)")
     i.add_argument("--series-uid", default=None, help="DICOM series to read from a directory")
     add_json_flag(i)
     i.set_defaults(func=cmd_info)
@@ -153,10 +157,10 @@ def info_report(scan, labels=None, spacing_zyx="default", superpatch: int = 128,
     check_label_scheme(label_scheme)
     vol = read_volume(scan, series_uid=series_uid)
     pre = preprocess(vol, spacing_zyx)
-    grid = SuperpatchGrid.for_preprocessed(pre, superpatch)
+    grid = SuperpatchGrid.for_preprocessed(pre, superpatch).check_count(str(scan))
     counts, scheme = None, None
     if labels is not None:
-        lab, scheme = to_btcv_labels(read_labels(labels, vol), label_scheme, source=labels)
+        lab, scheme = to_btcv_labels(read_labels(labels, vol), label_scheme, source=labels, refuse_binary=True)
         lab_pre = resample(lab, vol.spacing, pre.spacing_zyx, order=0)
         counts = organ_voxel_counts(lab_pre, grid)
     from ..data import PRESENCE_THRESHOLD

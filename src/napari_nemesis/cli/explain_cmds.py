@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_checkpoint_flag, add_device_flag, add_json_flag, add_spacing_flag, print_json
+from ._common import (add_checkpoint_flag, add_device_flag, add_json_flag, add_spacing_flag, int_at_least, path_arg,
+                      print_json)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,15 +18,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "SCAN_attention_plane.nii.gz (non-zero only on the query's slice) and SCAN_attention_axis.nii.gz "
         "(only on its column), on the scan's own grid and affine, plus attention.json.",
     )
-    p.add_argument("scan", help="the CT scan (NIfTI, NRRD, MHA/MHD or a DICOM folder)")
-    p.add_argument("--superpatch", type=int, required=True, metavar="I",
+    p.add_argument("scan", type=path_arg, help="the CT scan (NIfTI, NRRD, MHA/MHD or a DICOM folder)")
+    p.add_argument("--superpatch", type=int_at_least(0), required=True, metavar="I",
                    help="superpatch index (C order over the grid, as in 'nemesis infer' CSVs)")
-    p.add_argument("--token", type=int, nargs=3, required=True, metavar=("Z", "Y", "X"),
+    p.add_argument("--token", type=int_at_least(0), nargs=3, required=True, metavar=("Z", "Y", "X"),
                    help="the query token's position in the superpatch's token grid")
     p.add_argument("--block", type=int, default=-1,
                    help="encoder block, from 0; negative counts from the end (default -1: the last)")
     add_checkpoint_flag(p)
-    p.add_argument("--out", default=None, help="output folder (default: ./<scan>_nemesis)")
+    p.add_argument("--out", default=None, type=path_arg, help="output folder (default: ./<scan>_nemesis)")
     add_spacing_flag(p, "the spacing the checkpoint was pretrained at, else 1.5 1.5 2.0")
     add_device_flag(p, "cpu", help="device (default cpu: one superpatch is quick)")
     add_json_flag(p)
@@ -44,7 +45,7 @@ def _top(grid_map, k: int = 5) -> list[list[float]]:
 def cmd_attention(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..atomic import write_json_atomic
+    from ._common import write_json as write_json_atomic  # strict JSON
     from ..data import write_volume
     from ..model import load_checkpoint
     from ..train.attention import attention_maps, check_token

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_json_flag, print_json
+from ._common import add_json_flag, finite_float, int_at_least, path_arg, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,9 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "GMACs = multiply-accumulates (the paper's 'GFLOPs' convention); GFLOPs = 2 x GMACs.",
     )
     p.add_argument("--preset", default="paper", help="model preset: paper, small or tiny (default: paper)")
-    p.add_argument("--superpatch", type=int, default=None, help="superpatch size in voxels (default: the preset's)")
-    p.add_argument("--patch", type=int, default=None, help="patch size in voxels (default: the preset's)")
-    p.add_argument("--mask-ratio", type=float, default=0.75, help="mask ratio of the counted pass (default 0.75)")
+    p.add_argument("--superpatch", type=int_at_least(1, 512), default=None, help="superpatch size in voxels (default: the preset's)")
+    p.add_argument("--patch", type=int_at_least(1, 128), default=None, help="patch size in voxels (default: the preset's)")
+    p.add_argument("--mask-ratio", type=finite_float(0, 1, hi_open=True), default=0.75, help="mask ratio of the counted pass (default 0.75)")
     p.add_argument("--mask", default="dual", choices=["random", "plane", "axis", "dual"], help="mask strategy")
     p.add_argument("--no-scaling", action="store_true", help="skip the whole-volume scaling table")
     add_json_flag(p)
@@ -31,12 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the NEMESIS widgets, computes the organ probabilities once and stays open. Without a display it runs the "
         "same scene under a virtual display (Xvfb), saves screenshots to --out and exits; with neither a display "
         "nor Xvfb it runs the text-only demo (--headless).")
-    d.add_argument("--scan", default=None, help="scan to open (default: the sample CT shipped with the package)")
-    d.add_argument("--out", default="demo_out", help="folder for screenshots and outputs (default demo_out/)")
+    d.add_argument("--scan", default=None, type=path_arg, help="scan to open (default: the sample CT shipped with the package)")
+    d.add_argument("--out", default="demo_out", type=path_arg, help="folder for screenshots and outputs (default demo_out/)")
     d.add_argument("--headless", action="store_true",
                    help="no window: print the model, its cost, organ probabilities and reconstructions, and write "
                    "them as NIfTI/CSV to --out")
-    d.add_argument("--screenshot", metavar="PATH", default=None,
+    d.add_argument("--screenshot", metavar="PATH", default=None, type=path_arg,
                    help="save one screenshot of the shown window once the probabilities are in, then exit")
     d.set_defaults(func=cmd_demo)
 

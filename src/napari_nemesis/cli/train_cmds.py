@@ -6,9 +6,13 @@ import argparse
 import os
 from pathlib import Path
 
-from ..atomic import write_json_atomic
+from ._common import write_json as write_json_atomic  # strict JSON: no bare NaN/Infinity
 from ._common import (
+    SEED,
     TqdmProgress,
+    finite_float,
+    int_at_least,
+    path_arg,
     add_checkpoint_flag,
     add_device_flag,
     add_json_flag,
@@ -27,30 +31,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         "with warm-up, gradient clipping). Checkpoints go to OUT/last.safetensors; --resume continues "
         "exactly. Under torchrun the same command trains with DistributedDataParallel.",
     )
-    p.add_argument("data", help="a dataset folder (BTCV layout or JSON list) or a cache made by 'nemesis prepare'")
-    p.add_argument("--out", required=True, help="run folder: checkpoints, log.jsonl, pretrain.json")
+    p.add_argument("data", type=path_arg, help="a dataset folder (BTCV layout or JSON list) or a cache made by 'nemesis prepare'")
+    p.add_argument("--out", required=True, type=path_arg, help="run folder: checkpoints, log.jsonl, pretrain.json")
     p.add_argument("--preset", default="small", help="model preset: paper, small, tiny (default small)")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch", type=int, default=4, help="superpatches per step and process")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 5%% of --steps)")
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
+    p.add_argument("--steps", type=int_at_least(1), default=1000)
+    p.add_argument("--batch", type=int_at_least(1), default=4, help="superpatches per step and process")
+    p.add_argument("--lr", type=finite_float(0, lo_open=True), default=1e-4)
+    p.add_argument("--warmup", type=int_at_least(0), default=None, help="warm-up steps (default 5%% of --steps)")
+    p.add_argument("--weight-decay", type=finite_float(0), default=0.05)
+    p.add_argument("--clip", type=finite_float(0, lo_open=True), default=1.0, help="gradient-norm clipping (a positive number)")
     p.add_argument("--mask", default="dual", choices=["random", "plane", "axis", "dual"])
-    p.add_argument("--mask-ratio", type=float, default=0.75)
+    p.add_argument("--mask-ratio", type=finite_float(0, 1, hi_open=True), default=0.75)
     p.add_argument("--no-noise", action="store_true", help="plain MAE: no noise-enhanced reconstruction")
-    p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int_at_least(1), default=100)
+    p.add_argument("--log-every", type=int_at_least(1), default=10)
+    p.add_argument("--seed", type=SEED, default=0)
     add_device_flag(p)
     bf = p.add_mutually_exclusive_group()
     bf.add_argument("--bf16", dest="bf16", action="store_true", default=None, help="bf16 autocast (default on CUDA)")
     bf.add_argument("--no-bf16", dest="bf16", action="store_false")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--superpatch", type=int, default=None, help="override the preset's superpatch size")
+    p.add_argument("--workers", type=int_at_least(0, 256), default=0, help="DataLoader worker processes")
+    p.add_argument("--superpatch", type=int_at_least(1, 512), default=None, help="override the preset's superpatch size")
     p.add_argument("--resume", action="store_true", help="continue OUT/last.* exactly where it stopped (same options; "
                    "only --steps may grow, --checkpoint-every, --log-every, --workers may change)")
-    p.add_argument("--init", default=None, metavar="CKPT",
+    p.add_argument("--init", default=None, metavar="CKPT", type=path_arg,
                    help="start from these weights with a fresh optimizer and schedule (the model config comes from CKPT)")
     p.add_argument("--events", action="store_true",
                    help="print every progress event as one JSON line on standard output (for the Training widget)")
@@ -101,7 +105,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def _device_args(p) -> None:
     add_device_flag(p)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
-    p.add_argument("--batch", type=int, default=None, help="superpatches per forward pass")
+    p.add_argument("--batch", type=int_at_least(1), default=None, help="superpatches per forward pass")
 
 
 def _load_model(path: str | None):
@@ -117,14 +121,14 @@ def register_downstream(sub: argparse._SubParsersAction) -> None:
                        description="Frozen encoder (no mask, no noise) -> mean of tokens -> LayerNorm -> Linear(8), "
                        "BCE. Trains on the training split (fixed epochs), reports per-organ AUROC and macro F1 on "
                        "the test split; saves OUT/probe.safetensors.")
-    p.add_argument("data", help="a labelled dataset folder or a cache")
+    p.add_argument("data", type=path_arg, help="a labelled dataset folder or a cache")
     add_checkpoint_flag(p)
     p.add_argument("--mode", default="linear", choices=["linear", "finetune"])
-    p.add_argument("--label-ratio", type=float, default=1.0, help="fraction of training scans with labels (nested subsets)")
-    p.add_argument("--epochs", type=int, default=None, help="default 200 full-batch steps (linear) / 8 epochs (finetune)")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="folder for probe.safetensors and probe.json (default: beside --checkpoint or ./probe_out)")
+    p.add_argument("--label-ratio", type=finite_float(0, 1, lo_open=True), default=1.0, help="fraction of training scans with labels (nested subsets)")
+    p.add_argument("--epochs", type=int_at_least(1), default=None, help="default 200 full-batch steps (linear) / 8 epochs (finetune)")
+    p.add_argument("--lr", type=finite_float(0, lo_open=True), default=None)
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--out", default=None, type=path_arg, help="folder for probe.safetensors and probe.json (default: beside --checkpoint or ./probe_out)")
     add_label_scheme_flag(p)
     add_spacing_flag(p, "a cache's own; a raw folder at the checkpoint's pretraining spacing")
     _device_args(p)
@@ -134,15 +138,15 @@ def register_downstream(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("evaluate", help="the paper's Tables II-III (and IV with --reconstruction) on a dataset",
                        description="Linear probe and fine-tune of the checkpoint and a linear probe of a randomly "
                        "initialised encoder of the same config, across label ratios, beside the paper's numbers.")
-    e.add_argument("data")
+    e.add_argument("data", type=path_arg)
     add_checkpoint_flag(e)
-    e.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.25, 0.5, 1.0])
+    e.add_argument("--ratios", type=finite_float(0, 1, lo_open=True), nargs="+", default=[0.1, 0.25, 0.5, 1.0])
     e.add_argument("--no-finetune", action="store_true")
     e.add_argument("--no-random", action="store_true", help="skip the random-encoder baseline")
-    e.add_argument("--finetune-epochs", type=int, default=None)
+    e.add_argument("--finetune-epochs", type=int_at_least(1), default=None)
     e.add_argument("--reconstruction", action="store_true", help="also Table IV: PSNR/SSIM per mask strategy at 0.75")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--out", default="evaluate_out", help="folder for evaluate.json (default evaluate_out/)")
+    e.add_argument("--seed", type=SEED, default=0)
+    e.add_argument("--out", default="evaluate_out", type=path_arg, help="folder for evaluate.json (default evaluate_out/)")
     add_label_scheme_flag(e)
     add_spacing_flag(e, "a cache's own; a raw folder at the checkpoint's pretraining spacing")
     _device_args(e)
@@ -150,27 +154,27 @@ def register_downstream(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=cmd_evaluate)
 
     i = sub.add_parser("infer", help="per-superpatch organ probabilities for a whole scan (CSV + NIfTI maps)")
-    i.add_argument("scan")
+    i.add_argument("scan", type=path_arg)
     add_checkpoint_flag(i)
-    i.add_argument("--probe", default=None, help="probe head (default: the bundled one; with --checkpoint, the "
+    i.add_argument("--probe", default=None, type=path_arg, help="probe head (default: the bundled one; with --checkpoint, the "
                    "probe.safetensors saved beside it). A head trained on another encoder is refused")
-    i.add_argument("--out", default=None, help="output folder (default: ./<scan>_nemesis)")
+    i.add_argument("--out", default=None, type=path_arg, help="output folder (default: ./<scan>_nemesis)")
     add_spacing_flag(i, "the spacing the probe was trained at")
     _device_args(i)
     add_json_flag(i)
     i.set_defaults(func=cmd_infer)
 
     r = sub.add_parser("reconstruct", help="mask, noise and reconstruct a whole scan; PSNR/SSIM; NIfTI outputs")
-    r.add_argument("scan")
+    r.add_argument("scan", type=path_arg)
     add_checkpoint_flag(r)
     r.add_argument("--mask", default="dual", choices=["random", "plane", "axis", "dual"])
-    r.add_argument("--ratio", type=float, default=0.75)
-    r.add_argument("--noise", type=float, default=0.0, help="Gaussian noise sigma in window units (0.03 ~ 13 HU)")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--superpatch", type=int, default=None, metavar="I",
+    r.add_argument("--ratio", type=finite_float(0, 1, lo_open=True, hi_open=True), default=0.75)
+    r.add_argument("--noise", type=finite_float(0), default=0.0, help="Gaussian noise sigma in window units (0.03 ~ 13 HU)")
+    r.add_argument("--seed", type=SEED, default=0)
+    r.add_argument("--superpatch", type=int_at_least(0), default=None, metavar="I",
                    help="reconstruct only superpatch I (as numbered in 'nemesis infer' CSVs); the outputs' other "
                    "voxels hold -175 HU (error 0)")
-    r.add_argument("--out", required=True)
+    r.add_argument("--out", required=True, type=path_arg)
     add_spacing_flag(r, "the spacing the checkpoint was pretrained at, else 1.5 1.5 2.0")
     _device_args(r)
     add_json_flag(r)

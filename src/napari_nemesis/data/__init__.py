@@ -24,6 +24,7 @@ from .datasets import (
     SPLIT_RULES,
 )
 from .grid import (
+    MAX_SUPERPATCHES,
     MIN_MEAN,
     Box,
     SuperpatchGrid,
@@ -34,8 +35,13 @@ from .grid import (
 )
 from .io import (
     CANONICAL_ORIENTATION,
+    MAX_VOXELS,
+    MAX_VOXELS_ENV,
     NemesisDataWarning,
     Volume,
+    check_ct,
+    check_voxels,
+    max_voxels,
     read_labels,
     read_volume,
     volume_from_array,
@@ -74,7 +80,8 @@ from .preprocess import (
 __all__ = [
     "NemesisInputError", "NemesisCancelled", "NemesisDataWarning",
     "CANONICAL_ORIENTATION", "Volume", "read_volume", "read_labels", "write_volume",
-    "volume_from_array",
+    "volume_from_array", "MAX_VOXELS", "MAX_VOXELS_ENV", "max_voxels", "check_voxels", "check_ct",
+    "MAX_SUPERPATCHES",
     "DEFAULT_SPACING_ZYX", "NATIVE_SPACING", "as_spacing", "HU_WINDOW", "Preprocessed", "window_hu", "resample", "preprocess",
     "preprocess_labels",
     "Box", "SuperpatchGrid", "MIN_MEAN", "sample_superpatch_origin", "sample_superpatch",

@@ -32,7 +32,7 @@ import numpy as np
 from ..atomic import write_json_atomic
 from ..errors import NemesisCancelled, NemesisInputError
 from .grid import MIN_MEAN, SuperpatchGrid, crop_superpatch, sample_superpatch_origin
-from .io import NemesisDataWarning, read_labels, read_volume
+from .io import NemesisDataWarning, check_ct, read_labels, read_volume
 from .label_schemes import check_label_scheme, to_btcv_labels
 from .organs import ORGAN_IDS, ORGAN_NAMES, PRESENCE_THRESHOLD, organ_voxel_counts
 from .preprocess import DEFAULT_SPACING_ZYX, HU_WINDOW, Preprocessed, as_spacing, preprocess, resample
@@ -507,11 +507,13 @@ def _check(cancel: Cancel | None, what: str) -> None:
 
 def _prepare_one(case: Case, case_dir_tmp: Path, spacing_zyx, superpatch: int,
                  label_scheme: str = "auto") -> dict[str, Any]:
-    vol = read_volume(case.image)
+    vol = check_ct(read_volume(case.image), "image")
     labels, scheme = None, None
     if case.label is not None:
-        labels, scheme = to_btcv_labels(read_labels(case.label, vol), label_scheme, source=case.label)
+        labels, scheme = to_btcv_labels(read_labels(case.label, vol), label_scheme, source=case.label,
+                                        refuse_binary=True)
     pre = preprocess(vol, spacing_zyx)
+    SuperpatchGrid(pre.shape, superpatch).check_count(str(case.image))
     np.save(case_dir_tmp / "image.npy", pre.array.astype(CACHE_IMAGE_DTYPE))
     entry: dict[str, Any] = {
         "image": "image.npy",

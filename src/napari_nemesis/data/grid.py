@@ -18,12 +18,15 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
+from ..errors import NemesisLimitError
+from .io import check_voxels
 from .preprocess import Preprocessed
 
 __all__ = [
     "Box",
     "SuperpatchGrid",
     "MIN_MEAN",
+    "MAX_SUPERPATCHES",
     "sample_superpatch_origin",
     "sample_superpatch",
     "crop_superpatch",
@@ -32,6 +35,8 @@ __all__ = [
 
 #: Random pretraining crops whose mean (after windowing) is below this are mostly air: skipped.
 MIN_MEAN = 0.05
+#: Most superpatches a per-superpatch listing (``nemesis info``, a cache's presence labels) goes through.
+MAX_SUPERPATCHES = 100_000
 
 
 class Box(NamedTuple):
@@ -62,12 +67,23 @@ class SuperpatchGrid:
             raise ValueError(f"SuperpatchGrid: bad volume shape {shape_zyx}")
         if int(superpatch) < 1:
             raise ValueError(f"SuperpatchGrid: bad superpatch size {superpatch}")
+        s = int(superpatch)
+        check_voxels(f"a {s}^3 superpatch", (s, s, s), 4, "float32")  # one is allocated at a time
         self.shape: tuple[int, int, int] = shape  # type: ignore[assignment]
         self.superpatch = int(superpatch)
         s = self.superpatch
         self.grid_shape: tuple[int, int, int] = tuple(-(-d // s) for d in shape)  # type: ignore
         self.padded_shape: tuple[int, int, int] = tuple(g * s for g in self.grid_shape)  # type: ignore
         self.mapping = mapping
+
+    def check_count(self, what: str = "the scan", limit: int = MAX_SUPERPATCHES) -> "SuperpatchGrid":
+        """Refuse (one line) a grid of more than ``limit`` superpatches, before a loop over them."""
+        if self.n > limit:
+            raise NemesisLimitError(
+                f"{what}: {self.superpatch}^3 superpatches cut it into {self.n} superpatches (grid "
+                f"{' x '.join(map(str, self.grid_shape))} z y x), more than the {limit} one listing goes through; "
+                "use a larger superpatch size")
+        return self
 
     @classmethod
     def for_preprocessed(cls, pre: Preprocessed, superpatch: int = 128) -> "SuperpatchGrid":

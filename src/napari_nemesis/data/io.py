@@ -30,12 +30,17 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_path
-from ..errors import NemesisInputError
+from ..errors import NemesisInputError, NemesisLimitError
 
 __all__ = [
     "CANONICAL_ORIENTATION",
     "MAX_VOXELS",
+    "MAX_VOXELS_ENV",
+    "EXTERNAL_DATA_ENV",
     "NemesisDataWarning",
+    "max_voxels",
+    "check_voxels",
+    "check_ct",
     "Volume",
     "read_volume",
     "read_labels",
@@ -45,8 +50,15 @@ __all__ = [
 
 #: Canonical voxel orientation of ``Volume.array`` (axis codes of x, y, z; stored as (z, y, x)).
 CANONICAL_ORIENTATION = "LPS"
-#: Refuse images larger than this many voxels (4 GiB as float32) instead of exhausting memory.
-MAX_VOXELS = 1024**3
+#: Default limit on the voxels of a scan, raw or resampled (2 GiB as float32): anything larger is
+#: refused before it is allocated. ``$NEMESIS_MAX_VOXELS`` (or ``nemesis --max-voxels``) changes it.
+MAX_VOXELS = 2**29
+#: The environment variable that overrides :data:`MAX_VOXELS`.
+MAX_VOXELS_ENV = "NEMESIS_MAX_VOXELS"
+#: Stored bytes a scan may declare, per voxel of the limit (float32's 4: a float64 scan may hold half).
+_BYTES_PER_LIMIT_VOXEL = 4
+#: Set to 1 to let an MHD/NHDR header name a data file outside its own folder.
+EXTERNAL_DATA_ENV = "NEMESIS_ALLOW_EXTERNAL_DATA"
 
 _NIFTI_EXT = (".nii", ".nii.gz")
 _ITK_EXT = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -61,6 +73,53 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 class NemesisDataWarning(UserWarning):
     """Something about a scan looks wrong but reading can go on (e.g. values that are not HU)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Size limits: every size is known before it is allocated
+# --------------------------------------------------------------------------------------------
+
+
+def max_voxels() -> int:
+    """The voxel limit in force: ``$NEMESIS_MAX_VOXELS`` when set (e.g. ``2e9``), else :data:`MAX_VOXELS`."""
+    raw = os.environ.get(MAX_VOXELS_ENV, "").strip()
+    if not raw:
+        return int(MAX_VOXELS)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value) or value < 1:
+        raise NemesisInputError(f"{MAX_VOXELS_ENV}={raw!r}: give a positive number of voxels (e.g. 2e9)")
+    return int(value)
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.3g} GiB"
+
+
+def check_voxels(what, shape, itemsize: int = 4, dtype_name: str | None = None) -> int:
+    """Refuse (one-line :class:`NemesisLimitError`) an array of ``shape`` larger than the voxel
+    limit, or whose ``itemsize``-byte voxels exceed the byte budget (4 bytes per voxel of the
+    limit); returns the voxel count. Called with sizes from headers, before anything is read.
+    ``what`` starts the message: ``"scan.nii: image"`` reads "scan.nii: image of N voxels ..."."""
+    dims = [int(d) for d in shape]
+    n = 1
+    for d in dims:
+        n *= max(d, 0)  # Python ints: no overflow whatever a header claims
+    limit = max_voxels()
+    desc = " x ".join(map(str, dims))
+    kind = dtype_name or f"{int(itemsize)}-byte"
+    if n > limit:
+        raise NemesisLimitError(
+            f"{what} of {n} voxels ({desc}; {_gib(n * itemsize)} as {kind}) is larger than the {limit} voxel limit "
+            f"({_gib(limit * 4)} as float32); set {MAX_VOXELS_ENV} or nemesis --max-voxels to raise it")
+    budget = limit * _BYTES_PER_LIMIT_VOXEL
+    if n * int(itemsize) > budget:
+        raise NemesisLimitError(
+            f"{what} of {n} voxels ({desc}) of {kind} takes {_gib(n * itemsize)}, more than the {_gib(budget)} "
+            f"byte limit ({limit} voxels x 4 bytes); set {MAX_VOXELS_ENV} or nemesis --max-voxels to raise it")
+    return n
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,6 +256,7 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volum
         NemesisInputError: one line naming the file and the problem (missing, corrupt, not an
             image, not 3D, empty, NaN/Inf, bad spacing, DICOM slices missing or mixed sizes, ...).
     """
+    _check_nonempty(path, "scan")
     path = Path(path)
     data, affine, meta = _read_raw(path, series_uid=series_uid, what="scan")
     stored = np.dtype(meta["stored_dtype"])
@@ -234,6 +294,7 @@ def read_labels(path: str | os.PathLike, reference: Volume) -> np.ndarray:
     same voxel grid in world space (shape and affine, to 0.01 mm / 1e-4). Values must be
     non-negative integers. Returns ``uint8`` when every label is below 256, else ``int32``.
     """
+    _check_nonempty(path, "label map")
     path = Path(path)
     data, affine, _meta = _read_raw(path, series_uid=None, what="label map")
     if data.dtype.kind == "f":
@@ -261,17 +322,63 @@ def read_labels(path: str | os.PathLike, reference: Volume) -> np.ndarray:
     return np.ascontiguousarray(canonical, dtype=dtype)
 
 
+def _check_nonempty(path, what: str) -> None:
+    if isinstance(path, str) and not path.strip():
+        raise NemesisInputError(f"empty {what} path {path!r}: give a file or a DICOM folder")
+
+
+#: Most distinct values a label map holds (TotalSegmentator's 117 classes and background).
+_LABEL_MAP_VALUES = 120
+
+
+def check_ct(volume: Volume, what: str = "scan") -> Volume:
+    """Refuse (one line) a volume read from a file that is a label map rather than a CT in HU:
+    integer values from 0 (background) up to at most 255 with at most 120 distinct values, not
+    rescaled. Whatever feeds the model calls this (a CT always holds air far below 0 HU)."""
+    meta = volume.meta or {}
+    if "stored_dtype" not in meta or meta.get("rescaled") or "hu_min" not in meta:
+        return volume
+    lo, hi = float(meta["hu_min"]), float(meta["hu_max"])
+    if lo != 0 or hi > 255:
+        return volume
+    flat = volume.array.reshape(-1)
+    sample = flat[:: max(1, flat.size // 1_000_000)]
+    if not np.array_equal(sample, np.rint(sample)):
+        return volume
+    distinct = np.unique(sample)
+    if distinct.size > _LABEL_MAP_VALUES:
+        return volume
+    name = volume.source if volume.source is not None else "the volume"
+    raise NemesisInputError(
+        f"{name}: looks like a label map ({distinct.size} distinct integer values {lo:g}..{hi:g}), not a CT in "
+        f"HU (a CT holds air near -1000); give the CT as the {what}")
+
+
 def _read_raw(path: Path, series_uid: str | None, what: str):
     """Return (data in file voxel order (i, j, k), RAS affine, meta)."""
     if not path.exists():
         raise NemesisInputError(f"{path}: no such file or directory")
+    try:
+        if path.is_dir():
+            os.listdir(path)
+        else:
+            with open(path, "rb"):
+                pass
+    except OSError as exc:
+        raise NemesisInputError(f"{path}: cannot read the {what} ({_os_reason(exc)})") from None
     kind = _kind(path)
-    if kind == "nifti":
-        data, affine, meta = _read_nifti(path)
-    elif kind in ("dicom", "dicom-file"):
-        data, affine, meta = _read_dicom(path, series_uid)
-    else:
-        data, affine, meta = _read_itk(path)
+    try:
+        if kind == "nifti":
+            data, affine, meta = _read_nifti(path)
+        elif kind in ("dicom", "dicom-file"):
+            data, affine, meta = _read_dicom(path, series_uid)
+        else:
+            data, affine, meta = _read_itk(path)
+    except MemoryError:
+        raise NemesisLimitError(f"{path}: out of memory reading the {what}; lower {MAX_VOXELS_ENV} to refuse such "
+                                "scans before reading") from None
+    except OSError as exc:
+        raise NemesisInputError(f"{path}: cannot read the {what} ({_os_reason(exc)})") from None
     _check_affine(path, affine)
     if data.size == 0:
         raise NemesisInputError(f"{path}: empty {what} (shape {tuple(data.shape)})")
@@ -280,7 +387,8 @@ def _read_raw(path: Path, series_uid: str | None, what: str):
     return data, affine, meta
 
 
-def _check_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
+def _check_shape(path: Path, shape: tuple[int, ...], itemsize: int = 4,
+                 dtype_name: str | None = None) -> tuple[int, int, int]:
     """Validate the number of axes and size *before* loading voxels; return the 3D shape."""
     shape = tuple(int(s) for s in shape)
     if len(shape) < 3:
@@ -293,13 +401,9 @@ def _check_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
                 "not singleton)"
             )
         shape = shape[:3]
-    if any(s == 0 for s in shape):
+    if any(s <= 0 for s in shape):
         raise NemesisInputError(f"{path}: empty image (shape {shape})")
-    n = int(np.prod(shape, dtype=np.int64))
-    if n > MAX_VOXELS:
-        raise NemesisInputError(
-            f"{path}: image of {n} voxels {shape} is larger than the {MAX_VOXELS} voxel limit"
-        )
+    check_voxels(f"{path}: image", shape, itemsize, dtype_name)
     return shape  # type: ignore[return-value]
 
 
@@ -320,20 +424,26 @@ def _read_nifti(path: Path):
         img = nib.load(str(path))
     except (FileNotFoundError, IsADirectoryError) as exc:
         raise NemesisInputError(f"{path}: cannot open ({exc.__class__.__name__})") from None
+    except PermissionError as exc:
+        raise NemesisInputError(f"{path}: cannot read the image ({_os_reason(exc)})") from None
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise NemesisInputError(f"{path}: truncated or corrupt archive ({_short(exc)})") from None
+    except MemoryError:
+        raise
     except Exception as exc:  # nibabel raises ImageFileError / HeaderDataError / OSError ...
         raise NemesisInputError(f"{path}: not a readable NIfTI image ({_short(exc)})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise NemesisInputError(f"{path}: not a NIfTI image ({type(img).__name__})")
     hdr = img.header
-    shape = _check_shape(path, img.shape)
+    stored = hdr.get_data_dtype()
+    shape = _check_shape(path, img.shape, stored.itemsize, str(stored))
     raw_hdr = _raw_nifti_header(path, type(hdr))
     if raw_hdr is not None and int(raw_hdr["sform_code"]) == 0:
         # nibabel quietly turns zero pixdims into 1; without an sform they define the spacing
         pix = [float(v) for v in raw_hdr["pixdim"][1:4]]
         if any(not v > 0 for v in pix):
             raise NemesisInputError(f"{path}: non-positive voxel spacing {tuple(pix)} in the header")
+    _check_nifti_layout(path, raw_hdr if raw_hdr is not None else hdr, img.shape, stored.itemsize)
     # the array proxy holds the header's scl_slope / scl_inter (the image header is reset)
     slope = float(getattr(img.dataobj, "slope", 1.0))
     inter = float(getattr(img.dataobj, "inter", 0.0))
@@ -355,6 +465,32 @@ def _read_nifti(path: Path):
         "sform_code": int(hdr["sform_code"]),
     }
     return data, np.asarray(img.affine, dtype=np.float64), meta
+
+
+def _check_nifti_layout(path: Path, raw_hdr, shape, itemsize: int) -> None:
+    """Before reading voxels: an uncompressed file must hold all the voxels its header declares,
+    and a single-file NIfTI's voxels must start after the header (vox_offset 0 would read the
+    header's own bytes as voxels)."""
+    try:
+        offset = float(raw_hdr["vox_offset"])
+        header_size = int(raw_hdr["sizeof_hdr"])
+        magic = bytes(raw_hdr["magic"]).rstrip(b"\0")
+    except (KeyError, TypeError, ValueError):  # pragma: no cover - every NIfTI header has them
+        return
+    n_bytes = int(itemsize)
+    for d in shape:
+        n_bytes *= int(d)
+    if not path.name.lower().endswith(".gz"):
+        size = path.stat().st_size
+        start = max(int(offset) if np.isfinite(offset) else 0, header_size + 4)
+        if size < start + n_bytes:
+            raise NemesisInputError(
+                f"{path}: truncated or corrupt image data (the header declares {n_bytes} bytes of voxels "
+                f"from byte {start}, the file holds {size} bytes)")
+    if magic in (b"n+1", b"n+2") and (not np.isfinite(offset) or offset < header_size + 4):
+        raise NemesisInputError(
+            f"{path}: header vox_offset {offset:g} lies inside the {header_size}-byte header (voxels of a "
+            f".nii file start at byte {header_size + 4} or later); the header is corrupt")
 
 
 def _raw_nifti_header(path: Path, header_class):
@@ -380,6 +516,7 @@ def _itk_affine(image) -> np.ndarray:
 def _read_itk(path: Path):
     import SimpleITK as sitk
 
+    _check_text_header(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -387,8 +524,13 @@ def _read_itk(path: Path):
     except RuntimeError as exc:
         raise NemesisInputError(f"{path}: not a readable image ({_short(exc)})") from None
     size = tuple(int(s) for s in reader.GetSize())
-    shape = _check_shape(path, size)
-    if any(float(s) <= 0 for s in reader.GetSpacing()[:3]):
+    try:
+        itemsize = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID()).GetSizeOfPixelComponent()
+        itemsize *= max(1, int(reader.GetNumberOfComponents()))
+    except (RuntimeError, TypeError):  # pragma: no cover - an odd pixel type: count float32
+        itemsize = 4
+    shape = _check_shape(path, size, itemsize, sitk.GetPixelIDValueAsString(reader.GetPixelID()))
+    if any(not (np.isfinite(float(s)) and float(s) > 0) for s in reader.GetSpacing()[:3]):
         raise NemesisInputError(
             f"{path}: non-positive voxel spacing {tuple(reader.GetSpacing())} in the header"
         )
@@ -411,6 +553,188 @@ def _read_itk(path: Path):
         "rescaled": False,
     }
     return data, _itk_affine(image), meta
+
+# ---- text headers (NRRD, MetaImage): checked before SimpleITK reads a byte of voxels ----------
+
+_NRRD_TYPES = {
+    1: ("signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8", "uint8_t", "char"),
+    2: ("short", "short int", "signed short", "signed short int", "int16", "int16_t", "ushort",
+        "unsigned short", "unsigned short int", "uint16", "uint16_t"),
+    4: ("int", "signed int", "int32", "int32_t", "uint", "unsigned int", "uint32", "uint32_t", "float"),
+    8: ("longlong", "long long", "long long int", "signed long long", "signed long long int", "int64",
+        "int64_t", "ulonglong", "unsigned long long", "unsigned long long int", "uint64", "uint64_t",
+        "double"),
+}
+_NRRD_ITEMSIZE = {name: size for size, names in _NRRD_TYPES.items() for name in names}
+_MET_ITEMSIZE = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+                 "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
+                 "MET_DOUBLE": 8}
+_MAX_HEADER = 1 << 16
+
+
+def _check_text_header(path: Path) -> None:
+    """NRRD / NHDR / MHA / MHD: finite spacings, and a data file that holds image data of the
+    declared size, inside the header's folder (``$NEMESIS_ALLOW_EXTERNAL_DATA=1`` allows others)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_MAX_HEADER)
+    except OSError as exc:
+        raise NemesisInputError(f"{path}: cannot open ({_os_reason(exc)})") from None
+    if head.startswith(b"NRRD"):
+        _check_nrrd(path, head)
+    elif path.name.lower().endswith((".mha", ".mhd")) or b"ElementDataFile" in head:
+        _check_metaimage(path, head)
+
+
+def _numbers(path: Path, field_name: str, text: str) -> list[float]:
+    out = []
+    for tok in text.replace("(", " ").replace(")", " ").replace(",", " ").split():
+        if tok.lower() == "none":
+            continue
+        try:
+            v = float(tok)
+        except ValueError:
+            raise NemesisInputError(f"{path}: header field '{field_name}' holds {tok!r}, not a number") from None
+        if not np.isfinite(v):
+            raise NemesisInputError(f"{path}: header field '{field_name}' holds {tok} ({text.strip()}); "
+                                    "a CT needs finite spacing and geometry")
+        out.append(v)
+    return out
+
+
+def _data_file(path: Path, name: str, field_name: str) -> Path:
+    """The data file a header names, refused when it escapes the header's folder or is no file."""
+    if "%" in name or name.strip().upper() == "LIST":
+        raise NemesisInputError(f"{path}: header field '{field_name}' names several data files ({name}); "
+                                "only a single data file is read")
+    data = Path(name)
+    folder = path.parent.resolve()
+    full = (data if data.is_absolute() else path.parent / data)
+    allow = os.environ.get(EXTERNAL_DATA_ENV, "").strip() == "1"
+    try:
+        resolved = full.resolve()
+    except (OSError, RuntimeError):  # pragma: no cover - a symlink loop
+        raise NemesisInputError(f"{path}: data file {name} cannot be resolved") from None
+    if not allow and folder not in resolved.parents:
+        raise NemesisInputError(f"{path}: data file {name} lies outside the header's folder {folder}; move the "
+                                f"header beside its data (or set {EXTERNAL_DATA_ENV}=1)")
+    if not resolved.is_file():
+        raise NemesisInputError(f"{path}: data file {name} is not a regular file" if resolved.exists()
+                                else f"{path}: data file {name} does not exist")
+    return resolved
+
+
+def _check_data_size(path: Path, data: Path, skip: int, n_bytes: int, exact: bool) -> None:
+    size = data.stat().st_size
+    need = max(skip, 0) + n_bytes
+    if size < need or (exact and skip >= 0 and size != need):
+        where = "" if data == path.resolve() else f"data file {data.name}: "
+        raise NemesisInputError(
+            f"{path}: {where}{size} bytes, but the header declares {n_bytes} bytes of voxels"
+            f"{f' after {skip} header bytes' if skip > 0 else ''}; not the image data of this header")
+
+
+def _check_nrrd(path: Path, head: bytes) -> None:
+    end = head.find(b"\n\n")
+    end_crlf = head.find(b"\r\n\r\n")
+    if end < 0 and end_crlf < 0:
+        if len(head) >= _MAX_HEADER:
+            raise NemesisInputError(f"{path}: NRRD header longer than {_MAX_HEADER} bytes")
+        end = len(head)  # a detached header without a blank line
+        data_start = len(head)
+    elif end < 0 or (0 <= end_crlf < end):
+        end, data_start = end_crlf, end_crlf + 4
+    else:
+        data_start = end + 2
+    fields: dict[str, str] = {}
+    for line in head[:end].decode("latin-1").splitlines()[1:]:
+        if line.startswith("#") or ":" not in line:
+            continue
+        key, _, value = line.partition(":=" if ":=" in line else ":")
+        fields[key.strip().lower()] = value.strip()
+    for key in ("spacings", "space directions", "space origin", "thicknesses", "axis mins", "axis maxs"):
+        if key in fields:
+            values = _numbers(path, key, fields[key])
+            if key == "spacings" and any(v <= 0 for v in values):
+                raise NemesisInputError(f"{path}: header field 'spacings' holds non-positive spacing {fields[key]}")
+    try:
+        sizes = [int(v) for v in fields.get("sizes", "").split()]
+    except ValueError:
+        raise NemesisInputError(f"{path}: NRRD header field 'sizes' is not integers ({fields.get('sizes')})") from None
+    itemsize = _NRRD_ITEMSIZE.get(" ".join(fields.get("type", "").lower().split()))
+    if not sizes or itemsize is None or any(v <= 0 for v in sizes):
+        return  # SimpleITK refuses it with its own message
+    check_voxels(f"{path}: image", sizes, itemsize, fields.get("type"))
+    n_bytes = itemsize
+    for v in sizes:
+        n_bytes *= v
+    encoding = fields.get("encoding", "raw").lower()
+    name = fields.get("data file", fields.get("datafile"))
+    if name is not None:
+        data = _data_file(path, name.split()[0] if name.split() else name, "data file")
+        skip = int(fields.get("byte skip", "0") or 0)
+        if encoding == "raw":
+            _check_data_size(path, data, skip, n_bytes, exact=True)
+    elif encoding == "raw":
+        _check_data_size(path, path.resolve(), data_start, n_bytes, exact=False)
+
+
+def _check_metaimage(path: Path, head: bytes) -> None:
+    fields: dict[str, str] = {}
+    offset = 0
+    data_name = None
+    for raw in head.split(b"\n"):
+        offset += len(raw) + 1
+        line = raw.decode("latin-1").strip()
+        if "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key = key.strip()
+        fields[key] = value.strip()
+        if key == "ElementDataFile":
+            data_name = value.strip()
+            break
+    for key in ("ElementSpacing", "ElementSize", "Offset", "Origin", "Position", "TransformMatrix", "Rotation",
+                "Orientation", "CenterOfRotation"):
+        if key in fields:
+            values = _numbers(path, key, fields[key])
+            if key in ("ElementSpacing", "ElementSize") and any(v <= 0 for v in values):
+                raise NemesisInputError(f"{path}: header field '{key}' holds non-positive spacing {fields[key]}")
+    if data_name is None:
+        return  # SimpleITK refuses a header without data
+    try:
+        dims = [int(v) for v in fields.get("DimSize", "").split()]
+        channels = int(fields.get("ElementNumberOfChannels", "1"))
+        skip = int(fields.get("HeaderSize", "0"))
+    except ValueError:
+        raise NemesisInputError(f"{path}: MetaImage DimSize / ElementNumberOfChannels / HeaderSize are not "
+                                "integers") from None
+    itemsize = _MET_ITEMSIZE.get(fields.get("ElementType", "").upper())
+    if not dims or itemsize is None or any(v <= 0 for v in dims):
+        return
+    check_voxels(f"{path}: image", dims + [max(channels, 1)], itemsize, fields.get("ElementType"))
+    n_bytes = itemsize * max(channels, 1)
+    for v in dims:
+        n_bytes *= v
+    compressed = fields.get("CompressedData", "False").lower() in ("true", "1")
+    if data_name.upper() == "LOCAL":
+        data, skip = path.resolve(), offset
+        exact = False
+    else:
+        data = _data_file(path, data_name, "ElementDataFile")
+        exact = True
+    if compressed:
+        declared = fields.get("CompressedDataSize")
+        if declared is not None and declared.isdigit() and data.stat().st_size < int(declared) + (
+                skip if data_name.upper() == "LOCAL" else 0):
+            raise NemesisInputError(f"{path}: compressed data shorter than the declared {declared} bytes")
+        return
+    _check_data_size(path, data, skip, n_bytes, exact=exact)
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or exc.__class__.__name__
+
 
 
 def _dicom_series(directory: Path) -> dict[str, list[str]]:
@@ -519,6 +843,9 @@ def _check_dicom_slices(directory: Path, files: list[str]) -> None:
     if len(sizes) > 1:
         desc = ", ".join(f"{a}x{b}" for a, b in sorted(sizes))
         raise NemesisInputError(f"{directory}: DICOM slices of mixed sizes ({desc})")
+    if sizes:
+        (columns, rows), = sizes
+        check_voxels(f"{directory}: DICOM series", (columns, rows, len(files)), 4, "float32")
     if len(positions) < 2:
         raise NemesisInputError(
             f"{directory}: DICOM series with {len(positions)} slice, a 3D CT volume is needed"
@@ -585,8 +912,11 @@ def write_volume(
     img.header.set_xyzt_units("mm")
     img.header.set_slope_inter(1.0, 0.0)
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    with atomic_path(path, suffix) as tmp:
-        nib.save(img, str(tmp))
+    try:
+        with atomic_path(path, suffix) as tmp:
+            nib.save(img, str(tmp))
+    except OSError as exc:  # disk full, read-only folder, no inodes left ...
+        raise NemesisInputError(f"{path}: cannot write ({_os_reason(exc)})") from None
     return path
 
 

@@ -165,18 +165,26 @@ def detect_label_scheme(labels_or_ids, source=None) -> str:
     return _detect_from_ids(_present_ids(labels_or_ids, source), source)
 
 
-def to_btcv_labels(labels, scheme: str = "auto", source=None) -> tuple[np.ndarray, str]:
+def to_btcv_labels(labels, scheme: str = "auto", source=None,
+                   refuse_binary: bool = False) -> tuple[np.ndarray, str]:
     """``(labels re-coded to BTCV ids (uint8, same shape), scheme used)``.
 
     The 8 target organs and the other BTCV structures the source scheme has (esophagus, IVC,
     portal/splenic vein, adrenal glands where present) get their BTCV ids; everything else
     becomes 0. ``scheme="auto"`` detects it (:func:`detect_label_scheme`); a named scheme the ids
     contradict (e.g. ``btcv`` with ids above 13) is refused with a one-line error.
+    ``refuse_binary``: with ``scheme="auto"``, a map holding only 0 and 1 (a lesion or organ mask,
+    whose 1 would read as BTCV's spleen) is refused; naming a scheme reads it anyway.
     """
     check_label_scheme(scheme)
     labels = np.asarray(labels)
     ids = _present_ids(labels, source)
     detected = _detect_from_ids(ids, source)
+    if refuse_binary and scheme == "auto" and ids.size == 1 and int(ids[0]) == 1:
+        where = f"{source}: " if source is not None else ""
+        raise NemesisInputError(
+            f"{where}holds only 0 and 1: a binary mask, not an organ label map (1 would read as BTCV's spleen); "
+            "give a BTCV/TotalSegmentator/AMOS label map, or --label-scheme btcv if 1 really means spleen")
     if scheme == "auto":
         scheme = detected
     elif ids.size and int(ids.max()) > _MAX_ID[scheme]:

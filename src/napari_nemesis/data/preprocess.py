@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import NemesisInputError
-from .io import Volume
+from .io import Volume, check_voxels
 
 __all__ = [
     "NATIVE_SPACING",
@@ -33,6 +33,7 @@ __all__ = [
     "window_hu",
     "resample",
     "resample_positions",
+    "resampled_shape",
     "preprocess",
     "preprocess_labels",
 ]
@@ -87,6 +88,19 @@ def resample_positions(n: int, spacing: float, target: float) -> np.ndarray:
     return (np.arange(m, dtype=np.float64) + 0.5) * ratio - 0.5
 
 
+def resampled_shape(shape, spacing_zyx, target_spacing_zyx) -> tuple[int, int, int]:
+    """The (z, y, x) shape :func:`resample` gives, computed without touching a voxel."""
+    out = []
+    for n, s, t in zip(shape, spacing_zyx, target_spacing_zyx):
+        n, s, t = int(n), float(s), float(t)
+        out.append(n if abs(s - t) <= 1e-9 * t else max(1, int(round(n * s / t))))
+    return tuple(out)  # type: ignore[return-value]
+
+
+def _spacing_text(spacing) -> str:
+    return " x ".join(f"{float(v):g}" for v in spacing)
+
+
 def _interp_axis(array: np.ndarray, positions: np.ndarray, axis: int, order: int) -> np.ndarray:
     n = array.shape[axis]
     if order == 0:
@@ -130,6 +144,11 @@ def resample(
     if len(spacing) != 3 or min(spacing) <= 0:
         raise ValueError(f"resample: bad spacing {spacing_zyx} -> {target_spacing_zyx}")
     out = np.asarray(array)
+    # known before any allocation: the output (passes shrink first, so no intermediate is larger
+    # than the input or the output)
+    check_voxels(f"resampling {' x '.join(map(str, out.shape))} voxels from {_spacing_text(spacing)} mm to "
+                 f"{_spacing_text(target)} mm (z, y, x) gives an array",
+                 resampled_shape(out.shape, spacing, target), 4, "float32")
     # shrink the most first: later passes then work on smaller arrays
     axes = sorted(range(3), key=lambda a: spacing[a] / target[a])
     for axis in axes:
@@ -213,11 +232,20 @@ def preprocess(
     volume: Volume,
     spacing_zyx=DEFAULT_SPACING_ZYX,
     window: tuple[float, float] = HU_WINDOW,
+    spacing_source: str | None = None,
 ) -> Preprocessed:
-    """Resample ``volume`` to ``spacing_zyx`` (linear; ``"native"`` keeps its own) and window HU to [0, 1]."""
+    """Resample ``volume`` to ``spacing_zyx`` (linear; ``"native"`` keeps its own) and window HU to [0, 1].
+
+    The resampled size is checked against the voxel limit (``data.max_voxels``) before anything is
+    allocated; ``spacing_source`` (e.g. ``"recorded in ckpt.safetensors"``) says in that message
+    where the spacing came from."""
     src = tuple(float(s) for s in volume.spacing)
     spacing_zyx = as_spacing(spacing_zyx)
     target = src if spacing_zyx == NATIVE_SPACING else spacing_zyx
+    name = volume.source if volume.source is not None else "scan"
+    origin = f"; spacing {spacing_source}" if spacing_source else ""
+    check_voxels(f"{name}: resampled from {_spacing_text(src)} to {_spacing_text(target)} mm (z, y, x{origin}), "
+                 f"the scan", resampled_shape(volume.shape, src, target), 4, "float32")
     hu = resample(volume.array, src, target, order=1)
     array = window_hu(hu, *window)
     del hu

@@ -25,8 +25,11 @@ FORMAT_VERSION = "1"
 
 def _sniff(path: Path) -> None:
     """Fail early, with a precise message, on files that are not safetensors at all."""
-    with open(path, "rb") as fh:
-        head = fh.read(16)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise NemesisCheckpointError(f"{path}: cannot read ({exc.strerror or exc.__class__.__name__})") from None
     if len(head) < 8:
         raise NemesisCheckpointError(f"{path}: file is empty or truncated ({len(head)} bytes), not a safetensors checkpoint")
     (header_len,) = struct.unpack("<Q", head[:8])
@@ -44,6 +47,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The string metadata of a safetensors file, after the same checks as loading."""
     from safetensors import SafetensorError, safe_open
 
+    if isinstance(path, str) and not path.strip():
+        raise NemesisCheckpointError(f"empty checkpoint path {path!r}: give a .safetensors file")
     path = Path(path)
     if not path.is_file():
         raise NemesisCheckpointError(f"{path}: checkpoint file not found")
@@ -93,6 +98,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    if isinstance(path, str) and not path.strip():
+        raise NemesisCheckpointError(f"empty checkpoint path {path!r}: give a .safetensors file")
     path = Path(path)
     meta = read_metadata(path)
     if meta.get("format") != FORMAT:
@@ -100,18 +107,63 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path}: not a napari-nemesis checkpoint (metadata format={meta.get('format')!r}, expected {FORMAT!r})"
         )
     try:
-        cfg = NemesisConfig.from_dict(json.loads(meta["config"]))
-    except (KeyError, json.JSONDecodeError, TypeError, ValueError) as exc:
-        raise NemesisCheckpointError(f"{path}: checkpoint config is missing or invalid ({exc})") from None
+        raw_cfg = json.loads(meta["config"])
+        if not isinstance(raw_cfg, dict):
+            raise TypeError(f"config is a JSON {type(raw_cfg).__name__}, not an object")
+        cfg = NemesisConfig.from_dict(raw_cfg)
+    except (KeyError, json.JSONDecodeError, TypeError, ValueError, ZeroDivisionError, OverflowError) as exc:
+        raise NemesisCheckpointError(f"{path}: checkpoint config is missing or invalid ({_line(exc)})") from None
+    try:
+        extra = json.loads(meta.get("extra", "{}"))
+    except json.JSONDecodeError:
+        raise NemesisCheckpointError(f"{path}: checkpoint 'extra' metadata is not JSON") from None
+    if not isinstance(extra, dict):
+        raise NemesisCheckpointError(f"{path}: checkpoint 'extra' metadata is a JSON {type(extra).__name__}, not an object")
+    # the config's tensors against the file's, from the header alone: nothing is allocated for a
+    # config (embed_dim 10^9, superpatch 4096 ...) its weights do not back
+    _check_shapes(path, cfg, tensor_shapes(path))
     try:
         state = load_file(str(path), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as exc:
         raise NemesisCheckpointError(f"{path}: corrupt safetensors file ({str(exc).splitlines()[0]})") from None
+    check_finite(path, state)
     model = NemesisMAE(cfg)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    bad_shape = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    _check_shapes(path, cfg, {k: tuple(v.shape) for k, v in state.items()}, model)
+    model.load_state_dict(state, strict=True)
+    model.checkpoint_path = path
+    model.checkpoint_extra = extra
+    return model.to(map_location)
+
+
+def tensor_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors file, read from its header (no tensor loaded)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return {k: tuple(int(d) for d in fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise NemesisCheckpointError(f"{path}: corrupt safetensors file ({str(exc).splitlines()[0]})") from None
+
+
+def check_finite(path, state: dict[str, torch.Tensor]) -> None:
+    """Refuse (one line) weights holding NaN or Inf: they would give NaN outputs without a word."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        n = int(sum(int((~torch.isfinite(state[k])).sum()) for k in bad))
+        raise NemesisCheckpointError(f"{path}: {n} weight(s) are NaN or Inf (in {_few(bad)}); the file is corrupt or "
+                                     "from a diverged run")
+
+
+def _check_shapes(path: Path, cfg: NemesisConfig, found: dict[str, tuple[int, ...]], model=None) -> None:
+    if model is None:
+        with torch.device("meta"):  # shapes only: no memory behind the tensors
+            model = NemesisMAE(cfg)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    bad_shape = [k for k in expected if k in found and tuple(found[k]) != expected[k]]
     if missing or unexpected or bad_shape:
         parts = []
         if missing:
@@ -121,22 +173,26 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         if bad_shape:
             k = bad_shape[0]
             parts.append(
-                f"mis-shaped tensors {_few(bad_shape)} (e.g. {k}: file {tuple(state[k].shape)}, "
-                f"config {tuple(expected[k].shape)})"
+                f"mis-shaped tensors {_few(bad_shape)} (e.g. {k}: file {tuple(found[k])}, "
+                f"config {expected[k]})"
             )
         raise NemesisCheckpointError(f"{path}: checkpoint does not match its config: " + "; ".join(parts))
-    model.load_state_dict(state, strict=True)
-    model.checkpoint_path = path
-    try:
-        model.checkpoint_extra = json.loads(meta.get("extra", "{}"))
-    except json.JSONDecodeError:
-        raise NemesisCheckpointError(f"{path}: checkpoint 'extra' metadata is not JSON") from None
-    return model.to(map_location)
+
+
+def _line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or exc.__class__.__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def checkpoint_extra(path: str | os.PathLike) -> dict[str, Any]:
     """The ``extra`` JSON saved with a checkpoint (training step, data, ...)."""
-    return json.loads(read_metadata(path).get("extra", "{}"))
+    try:
+        extra = json.loads(read_metadata(path).get("extra", "{}"))
+    except json.JSONDecodeError:
+        raise NemesisCheckpointError(f"{path}: checkpoint 'extra' metadata is not JSON") from None
+    if not isinstance(extra, dict):
+        raise NemesisCheckpointError(f"{path}: checkpoint 'extra' metadata is not a JSON object")
+    return extra
 
 
 def _few(keys: list[str], n: int = 3) -> str:

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import NemesisInputError
+
+
+#: Sanity bounds on a config (a checkpoint's config is checked against them before anything is built):
+#: far above every preset, low enough that nothing is allocated for a corrupt or hostile file.
+MAX_WIDTH = 16384
+MAX_TOKENS = 32768
+LIMITS = {"superpatch": 512, "patch": 128, "in_chans": 16, "depth": 256, "decoder_depth": 256, "num_heads": 256,
+          "decoder_num_heads": 256, "nt_tokens": 256, "se_num_heads": 256}
 
 
 @dataclass
@@ -80,6 +89,20 @@ class NemesisConfig:
             if not cond:
                 raise NemesisInputError(f"invalid NEMESIS config '{self.name}': {msg}")
 
+        ints = ("superpatch", "patch", "in_chans", "embed_dim", "depth", "num_heads", "nt_tokens", "se_num_heads",
+                "decoder_embed_dim", "decoder_depth", "decoder_num_heads")
+        for name in ints:
+            value = getattr(self, name)
+            need(isinstance(value, int) and not isinstance(value, bool), f"{name} {value!r} is not an integer")
+            need(value >= 1, f"{name} {value} must be >= 1")
+            need(value <= LIMITS.get(name, MAX_WIDTH), f"{name} {value} is larger than {LIMITS.get(name, MAX_WIDTH)}")
+        for name in ("mlp_ratio", "mask_ratio"):
+            value = getattr(self, name)
+            need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                 f"{name} {value!r} is not a finite number")
+        need(0 < self.mlp_ratio <= 64, f"mlp_ratio {self.mlp_ratio} must be in (0, 64]")
+        need(all(math.isfinite(v) and v >= 0 for v in self.noise_sigmas), f"noise_sigmas {self.noise_sigmas} must be "
+             "finite and >= 0")
         need(self.superpatch > 0 and self.patch > 0, "superpatch and patch must be positive")
         need(
             self.superpatch % self.patch == 0,
@@ -96,6 +119,8 @@ class NemesisConfig:
             f"NEMESIS token width {self.nt_dim} not divisible by se_num_heads {self.se_num_heads}",
         )
         need(self.depth >= 1 and self.decoder_depth >= 1, "depth and decoder_depth must be >= 1")
+        need(self.num_patches <= MAX_TOKENS, f"{self.num_patches} tokens per superpatch ({self.grid_size}^3) is more "
+             f"than {MAX_TOKENS}")
         need(0.0 <= self.mask_ratio < 1.0, f"mask_ratio {self.mask_ratio} must be in [0, 1)")
 
     # ---- (de)serialisation for checkpoints ------------------------------------------------

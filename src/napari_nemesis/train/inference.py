@@ -46,9 +46,27 @@ def _batches(iterable, size: int):
 
 
 def _load_scan(scan):
-    from ..data import Volume, read_volume
+    from ..data import Volume, check_ct, read_volume
 
-    return scan if isinstance(scan, Volume) else read_volume(scan)
+    return check_ct(scan if isinstance(scan, Volume) else read_volume(scan))
+
+
+def spacing_origin(source: str, model=None, probe=None) -> str:
+    """Where a spacing came from, for messages: ``"recorded in probe.safetensors"``, ``"given"``, ..."""
+    if source == "probe":
+        return f"recorded in {probe or 'the probe head'}"
+    if source == "checkpoint":
+        return f"recorded in {getattr(model, 'checkpoint_path', None) or 'the checkpoint'}"
+    return {"given": "given", "default": "the default"}.get(source, source)
+
+
+def check_output(values, what: str, model=None, probe=None) -> None:
+    """Refuse (one line) NaN / Inf model outputs instead of reporting them as results."""
+    arr = np.asarray(values)
+    if arr.size and not np.isfinite(arr).all():
+        names = " and ".join(str(p) for p in (getattr(model, "checkpoint_path", None), probe) if p) or "the model"
+        raise NemesisCheckpointError(f"{names}: {what} are NaN or Inf for this scan; the weights or the input are "
+                                     "broken")
 
 
 def recorded_spacing(model: NemesisMAE, head_meta: dict[str, Any] | None = None, probe=None):
@@ -156,7 +174,7 @@ def infer_scan(
     dev = resolve_device(device)
     vol = _load_scan(scan)
     emit(progress, "stage", name="preprocess")
-    pre = preprocess(vol, spacing)
+    pre = preprocess(vol, spacing, spacing_source=spacing_origin(spacing_source, model, getattr(head, "path", None)))
     grid = SuperpatchGrid.for_preprocessed(pre, model.cfg.superpatch)
     net = ProbeModel(model, head).to(dev).eval()
     probs = np.zeros((grid.n, len(organs)), dtype=np.float32)
@@ -168,7 +186,9 @@ def infer_scan(
             with autocast(dev, bf16):
                 logits = net(x)
             idx = [i for i, _, _ in chunk]
-            probs[idx] = torch.sigmoid(logits.float()).cpu().numpy()
+            p = torch.sigmoid(logits.float()).cpu().numpy()
+            check_output(p, "organ probabilities", model, getattr(head, "path", None))
+            probs[idx] = p
             emit(progress, "step", step=idx[-1] + 1, total=grid.n)
     info = {"shape_zyx": list(vol.shape), "spacing_zyx": list(pre.spacing_zyx), "spacing_source": spacing_source,
             "grid": list(grid.grid_shape), "superpatches": grid.n}
@@ -180,6 +200,21 @@ def write_infer_outputs(result: InferResult, out_dir: str | os.PathLike, stem: s
     from ..data import write_volume
 
     out_dir = Path(out_dir)
+    try:
+        return _write_infer_outputs(result, out_dir, stem)
+    except OSError as exc:
+        raise NemesisInputError(f"{out_dir}: cannot write the outputs ({output_reason(exc)})") from None
+
+
+def output_reason(exc: OSError) -> str:
+    """An OSError as a short reason (``No space left on device``, ``Read-only file system``, ...)."""
+    reason = exc.strerror or " ".join(str(exc).split()) or exc.__class__.__name__
+    return f"{reason}: {exc.filename}" if exc.filename is not None and exc.strerror else reason
+
+
+def _write_infer_outputs(result: InferResult, out_dir: Path, stem: str | None) -> dict[str, Any]:
+    from ..data import write_volume
+
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = stem or scan_stem(result.volume.source)
     rows = result.rows()
@@ -283,5 +318,5 @@ def reconstruct_superpatches(
                 yield i, clean[j], noisy[j], masked_input, rec[j], vox[j]
 
 
-__all__ = ["infer_scan", "write_infer_outputs", "scan_stem", "reconstruct_superpatches", "ReconMetrics",
+__all__ = ["infer_scan", "write_infer_outputs", "scan_stem", "spacing_origin", "check_output", "reconstruct_superpatches", "ReconMetrics",
            "InferResult", "to_hu", "recorded_spacing"]

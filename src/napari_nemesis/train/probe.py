@@ -345,25 +345,66 @@ def load_probe(path: str | os.PathLike) -> tuple[ProbeHead, dict[str, Any]]:
 
     from ..model.checkpoint import read_metadata
 
+    from ..model.checkpoint import check_finite, tensor_shapes
+
+    if isinstance(path, str) and not path.strip():
+        raise NemesisCheckpointError(f"empty probe path {path!r}: give a probe .safetensors file")
     path = Path(path)
     md = read_metadata(path)
     if md.get("format") != PROBE_FORMAT:
         raise NemesisCheckpointError(f"{path}: not a napari-nemesis probe head (format={md.get('format')!r})")
-    meta = json.loads(md.get("meta", "{}"))
-    state = load_file(str(path))
+    meta = _probe_meta(path, md.get("meta", "{}"))
+    # shapes from the header first: a head is a LayerNorm(E) and a Linear(E -> K), nothing else
+    shapes = tensor_shapes(path)
+    want_keys = {"norm.weight", "norm.bias", "fc.weight", "fc.bias"}
+    e = (shapes.get("norm.weight") or (0,))[0]
+    k = (shapes.get("fc.weight") or (0,))[0]
+    expected = {"norm.weight": (e,), "norm.bias": (e,), "fc.weight": (k, e), "fc.bias": (k,)}
+    if set(shapes) != want_keys or any(shapes[n] != expected[n] for n in want_keys) or not (0 < e and 0 < k):
+        raise NemesisCheckpointError(f"{path}: probe head tensors are missing or mis-shaped (found "
+                                     f"{', '.join(f'{n} {tuple(v)}' for n, v in sorted(shapes.items())) or 'none'})")
+    from safetensors import SafetensorError
+
     try:
-        e = state["norm.weight"].shape[0]
-        k = state["fc.weight"].shape[0]
-        head = ProbeHead(e, k)
-        head.load_state_dict(state, strict=True)
-    except (KeyError, RuntimeError) as exc:
-        raise NemesisCheckpointError(f"{path}: probe head tensors are missing or mis-shaped ({str(exc).splitlines()[0]})") from None
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise NemesisCheckpointError(f"{path}: corrupt safetensors file ({str(exc).splitlines()[0]})") from None
+    check_finite(path, state)
+    head = ProbeHead(e, k)
+    head.load_state_dict(state, strict=True)
     if len(meta.get("organs", [])) != k:
         raise NemesisCheckpointError(f"{path}: probe head has {k} outputs but names {len(meta.get('organs', []))} organs")
     if "spacing_zyx" in meta:
         meta["spacing_zyx"] = _spacing_json(spacing_from_metadata(meta["spacing_zyx"], path))
     head.meta, head.path = meta, path
     return head.eval(), meta
+
+
+def _probe_meta(path: Path, text: str) -> dict[str, Any]:
+    """A head's metadata, checked field by field (one-line errors naming the file and the field)."""
+    import math
+
+    try:
+        meta = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        raise NemesisCheckpointError(f"{path}: probe head metadata is not JSON") from None
+    if not isinstance(meta, dict):
+        raise NemesisCheckpointError(f"{path}: probe head metadata is a JSON {type(meta).__name__}, not an object")
+    organs = meta.get("organs", [])
+    if not isinstance(organs, list) or not all(isinstance(o, str) and o for o in organs):
+        raise NemesisCheckpointError(f"{path}: probe head metadata 'organs' is not a list of names")
+    if "threshold" in meta:
+        t = meta["threshold"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not 0 < t < 1:
+            raise NemesisCheckpointError(f"{path}: probe head metadata 'threshold' {t!r} is not a number in (0, 1)")
+    if "superpatch" in meta and meta["superpatch"] is not None:
+        sp = meta["superpatch"]
+        if isinstance(sp, bool) or not isinstance(sp, int) or sp < 1:
+            raise NemesisCheckpointError(f"{path}: probe head metadata 'superpatch' {sp!r} is not a positive integer")
+    digest = meta.get("encoder_sha256")
+    if digest is not None and not isinstance(digest, str):
+        raise NemesisCheckpointError(f"{path}: probe head metadata 'encoder_sha256' is not a string")
+    return meta
 
 
 def spacing_from_metadata(value, source=None):

@@ -25,7 +25,7 @@ from ..errors import NemesisInputError
 from ..model import NemesisMAE
 from ..model.masking import STRATEGIES
 from .events import CancelFn, ProgressFn, emit
-from .inference import ReconMetrics, reconstruct_superpatches, scan_stem, to_hu
+from .inference import ReconMetrics, check_output, output_reason, reconstruct_superpatches, scan_stem, to_hu
 from .runtime import resolve_device
 
 #: Arrays a :class:`ScanReconstruction` assembles by default (window units, model spacing).
@@ -63,17 +63,18 @@ class PreparedScan:
         return self.grid.superpatch_of(self.pre.array, self.check_index(index))
 
 
-def prepare_scan(scan, spacing_zyx=DEFAULT_SPACING_ZYX, superpatch: int = 128) -> PreparedScan:
+def prepare_scan(scan, spacing_zyx=DEFAULT_SPACING_ZYX, superpatch: int = 128,
+                 spacing_source: str | None = None) -> PreparedScan:
     """Read (``scan``: a path or a ``data.Volume``), resample to ``spacing_zyx`` (z, y, x mm, as
     ``data.preprocess`` takes it) and window once; cut into ``superpatch``-sized superpatches.
     To follow a model's checkpoint (its pretraining spacing and superpatch) use
     :func:`prepare_for_model`."""
-    from ..data import preprocess, read_volume
+    from ..data import check_ct, preprocess, read_volume
 
     if int(superpatch) < 1:
         raise NemesisInputError(f"superpatch size {superpatch} must be positive")
-    vol = scan if isinstance(scan, Volume) else read_volume(scan)
-    pre = preprocess(vol, spacing_zyx)
+    vol = check_ct(scan if isinstance(scan, Volume) else read_volume(scan))
+    pre = preprocess(vol, spacing_zyx, spacing_source=spacing_source)
     return PreparedScan(vol, pre, SuperpatchGrid.for_preprocessed(pre, int(superpatch)))
 
 
@@ -81,10 +82,10 @@ def prepare_for_model(scan, model: NemesisMAE, spacing_zyx=None) -> PreparedScan
     """:func:`prepare_scan` for ``model``: its superpatch size, and ``spacing_zyx`` or, when None,
     the spacing its checkpoint was pretrained at, else the default (the rule ``reconstruct_scan``
     follows: ``inference.recorded_spacing``). ``spacing_source`` says which."""
-    from .inference import recorded_spacing
+    from .inference import recorded_spacing, spacing_origin
 
     spacing, source = recorded_spacing(model) if spacing_zyx is None else (spacing_zyx, "given")
-    prepared = prepare_scan(scan, spacing, model.cfg.superpatch)
+    prepared = prepare_scan(scan, spacing, model.cfg.superpatch, spacing_source=spacing_origin(source, model))
     prepared.spacing_source = source
     return prepared
 
@@ -138,10 +139,12 @@ def iter_reconstruction(
         raise NemesisInputError(f"unknown mask strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
     if not 0 < ratio < 1:
         raise NemesisInputError(f"mask ratio {ratio} must be in (0, 1)")
-    if noise < 0:
-        raise NemesisInputError(f"noise sigma {noise} must be >= 0")
+    if not (np.isfinite(noise) and noise >= 0):
+        raise NemesisInputError(f"noise sigma {noise} must be a finite number >= 0")
     if int(batch) < 1:
         raise NemesisInputError(f"batch {batch} must be >= 1")
+    if not 0 <= int(seed) < 2**63:
+        raise NemesisInputError(f"seed {seed} must be in 0..2^63-1")
     if prepared.grid.superpatch != model.cfg.superpatch:
         raise NemesisInputError(
             f"{prepared.name}: prepared with {prepared.grid.superpatch}^3 superpatches but the model takes "
@@ -159,6 +162,7 @@ def _stream(prepared, model, strategy, ratio, noise, seed, order, batch, dev, bf
     emit(progress, "start", step=0, total=len(order))
     results = reconstruct_superpatches(model, items, strategy, ratio, noise, seed, dev, batch, bf16, cancel)
     for done, (i, clean, noisy, masked, recon, vox) in enumerate(results, start=1):
+        check_output(recon, f"reconstructed voxels of superpatch {i}", model)
         box = grid.box(i, clip=True)
         inner = tuple(slice(0, d) for d in box.shape)
         scores = ReconMetrics()
@@ -234,6 +238,12 @@ class ScanReconstruction:
         """NIfTI on the scan's grid and affine, as ``reconstruct_scan`` writes them: ``noisy``,
         ``masked``, ``reconstruction`` (HU) and ``abs_error`` (|recon - clean| in HU); with
         ``error_map``, also ``error_map`` (per-superpatch ``mse_masked``, window units squared)."""
+        try:
+            return self._write(out_dir, stem, error_map)
+        except OSError as exc:
+            raise NemesisInputError(f"{out_dir}: cannot write the outputs ({output_reason(exc)})") from None
+
+    def _write(self, out_dir, stem, error_map) -> dict[str, str]:
         from ..data import write_volume
 
         need = [k for k in SCAN_ARRAYS if k not in self.arrays]
