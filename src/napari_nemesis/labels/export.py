@@ -80,7 +80,7 @@ def export_project(project: LabelProject | str | os.PathLike, out_dir: str | os.
 
             try:
                 earlier = EXPORT_KEY in json.loads(index.read_text())
-            except (OSError, ValueError):
+            except (OSError, ValueError, TypeError, RecursionError):
                 earlier = False
         if not earlier and any(out_dir.iterdir()):
             raise NemesisInputError(f"{out_dir}: exists, is not empty and is not an export of a labelling project")
@@ -112,6 +112,8 @@ def export_project(project: LabelProject | str | os.PathLike, out_dir: str | os.
                 btcv = np.zeros(len(ORGAN_NAMES), dtype=np.uint8)
                 btcv[order] = presence[i]
                 case_dir = tmp / "cases" / case_id
+                if case_dir.resolve().parent != (tmp / "cases").resolve():  # ids are checked on reading; never trust
+                    raise NemesisInputError(f"{project.file}: scan id {sc.scan_id!r} would write outside {out_dir}")
                 case_dir.mkdir(parents=True)
                 np.save(case_dir / "image.npy", grid.superpatch_of(pre.array, i).astype(CACHE_IMAGE_DTYPE))
                 stand_in = _stand_in_labels(btcv, s)

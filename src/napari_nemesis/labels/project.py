@@ -17,13 +17,63 @@ from typing import Any, Iterable
 from ..atomic import write_json_atomic
 from ..errors import NemesisInputError
 from .sidecar import SIDECAR_SUFFIX, GridSpec, read_sidecar, sidecar_path_beside
-from .store import LabelStore, _file_lock
+from .store import LabelStore, _file_lock, _os_problem
 
 __all__ = ["PROJECT_FILE", "PROJECT_FORMAT", "PROJECT_VERSION", "ProjectScan", "LabelProject"]
 
 PROJECT_FILE = "nemesis-labels-project.json"
 PROJECT_FORMAT = "napari-nemesis/labelling-project"
 PROJECT_VERSION = 1
+#: What a scan id may be: it names files (``labels/<id>...``, export cases), so no separators.
+SCAN_ID_PATTERN = re.compile(r"^(?!\.\.?$)[A-Za-z0-9_.-]{1,200}$")
+
+
+def _inside(root: Path, path: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _check_doc(path: Path, doc: dict[str, Any]) -> None:
+    """Refuse, in one line naming the file, values of the wrong type and paths that leave the project."""
+    def bad(what: str) -> NemesisInputError:
+        return NemesisInputError(f"{path}: malformed labelling project ({what})")
+
+    organs = doc["organs"]
+    if not isinstance(organs, list) or not organs or not all(isinstance(o, str) and o for o in organs) \
+            or len(set(organs)) != len(organs):
+        raise bad("organs must be a non-empty list of distinct names")
+    for key in ("superpatch", "presence_threshold"):
+        if isinstance(doc[key], bool) or not isinstance(doc[key], int) or doc[key] < 1:
+            raise bad(f"{key} {doc[key]!r} is not a positive integer")
+    sp = doc["spacing_zyx"]
+    if not isinstance(sp, list) or len(sp) != 3 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in sp):
+        raise bad(f"spacing_zyx {sp!r} is not three positive numbers")
+    scans = doc["scans"]
+    if not isinstance(scans, list):
+        raise bad("scans is not a list")
+    root = path.parent
+    seen: set[str] = set()
+    for k, entry in enumerate(scans):
+        if not isinstance(entry, dict):
+            raise bad(f"scan entry {k} is not an object")
+        for key in ("id", "image", "labels"):
+            if not isinstance(entry.get(key), str) or not entry[key]:
+                raise bad(f"scan entry {k} has no {key!r} text")
+        sid = entry["id"]
+        if not SCAN_ID_PATTERN.match(sid):
+            raise NemesisInputError(f"{path}: scan id {sid!r} is not a plain name (letters, digits, _ . -); "
+                                    "it would name files outside the project; refusing it")
+        if sid in seen:
+            raise bad(f"scan id {sid!r} appears twice")
+        seen.add(sid)
+        labels = Path(entry["labels"])
+        if labels.is_absolute() or ".." in labels.parts or not _inside(root, root / labels):
+            raise NemesisInputError(f"{path}: labels path {entry['labels']!r} of scan {sid!r} leaves the project "
+                                    f"folder {root}; label files must lie inside it")
 
 
 @dataclass(frozen=True)
@@ -112,10 +162,17 @@ class LabelProject:
         if not organ_list or len(set(organ_list)) != len(organ_list):
             raise NemesisInputError(f"organ list {organ_list}: must be non-empty without repeats")
         GridSpec.for_scan((1, 1, 1), (1.0, 1.0, 1.0), doc["superpatch"], doc["spacing_zyx"])  # validates
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise NemesisInputError(f"{root}: cannot create the labelling project folder ({_os_problem(exc)})") from None
         with _file_lock(root / PROJECT_FILE):
             if not (root / PROJECT_FILE).is_file():  # another process may have just made it
-                write_json_atomic(root / PROJECT_FILE, doc, durable=True)
+                try:
+                    write_json_atomic(root / PROJECT_FILE, doc, durable=True)
+                except OSError as exc:
+                    raise NemesisInputError(f"{root / PROJECT_FILE}: cannot write the labelling project "
+                                            f"({_os_problem(exc)})") from None
         return cls.open(root, superpatch=superpatch, spacing_zyx=spacing_zyx, organs=organs, threshold=threshold)
 
     @staticmethod
@@ -124,17 +181,20 @@ class LabelProject:
 
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise NemesisInputError(f"{path}: unreadable labelling project ({exc})") from None
+        except RecursionError:
+            raise NemesisInputError(f"{path}: unreadable labelling project (JSON nested too deeply)") from None
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise NemesisInputError(f"{path}: unreadable labelling project ({str(exc).splitlines()[0]})") from None
         if not isinstance(doc, dict) or doc.get("format") != PROJECT_FORMAT:
             raise NemesisInputError(f"{path}: not a napari-nemesis labelling project")
         version = doc.get("version")
-        if not isinstance(version, int) or version > PROJECT_VERSION:
+        if isinstance(version, bool) or not isinstance(version, int) or version > PROJECT_VERSION:
             raise NemesisInputError(f"{path}: written by a newer napari-nemesis (project format version {version}; "
                                     f"this version reads up to {PROJECT_VERSION}); upgrade to open it")
         for key in ("organs", "superpatch", "spacing_zyx", "presence_threshold", "scans"):
             if key not in doc:
                 raise NemesisInputError(f"{path}: malformed labelling project (no {key!r})")
+        _check_doc(path, doc)
         return doc
 
     def _reload(self) -> None:
@@ -192,7 +252,11 @@ class LabelProject:
             entry = {"id": scan_id, "image": self._rel(scan_path), "labels": f"labels/{scan_id}{SIDECAR_SUFFIX}"}
             doc = dict(self._doc)
             doc["scans"] = list(self._doc["scans"]) + [entry]
-            write_json_atomic(self.file, doc, durable=True)
+            try:
+                write_json_atomic(self.file, doc, durable=True)
+            except OSError as exc:
+                raise NemesisInputError(f"{self.file}: cannot add {scan_path} to the labelling project "
+                                        f"({_os_problem(exc)}); the project is unchanged") from None
             self._doc = doc
         return self.find(scan_id)  # type: ignore[return-value]
 

@@ -159,30 +159,85 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise NemesisInputError(f"{path}: label sidecar not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise NemesisInputError(f"{path}: unreadable label sidecar ({exc}); it is left untouched") from None
+    except RecursionError:
+        raise NemesisInputError(f"{path}: unreadable label sidecar (JSON nested too deeply); "
+                                "it is left untouched") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise NemesisInputError(f"{path}: unreadable label sidecar ({str(exc).splitlines()[0]}); "
+                                "it is left untouched") from None
     if not isinstance(doc, dict) or doc.get("format") != SIDECAR_FORMAT:
         raise NemesisInputError(f"{path}: not a napari-nemesis label sidecar")
     version = doc.get("version")
-    if not isinstance(version, int) or version < 1:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise NemesisInputError(f"{path}: label sidecar has no valid format version ({version!r})")
     if version > SIDECAR_VERSION:
         raise NemesisInputError(f"{path}: written by a newer napari-nemesis (label format version {version}; "
                                 f"this version reads up to {SIDECAR_VERSION}); upgrade to open it")
     try:
+        _check_types(doc)
         ScanFingerprint.from_json(doc["scan"])
         GridSpec.from_json(doc["grid"])
-        organs = [str(o) for o in doc["organs"]]
-        entries = doc["superpatches"]
-        if not isinstance(entries, list):
-            raise TypeError("superpatches is not a list")
-        for e in entries:
-            int(e["index"]), str(e["state"]), list(e.get("organs", []))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise NemesisInputError(f"{path}: malformed label sidecar ({exc.__class__.__name__}: {exc})") from None
+        organs = list(doc["organs"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise NemesisInputError(f"{path}: malformed label sidecar ({exc.__class__.__name__}: "
+                                f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     if len(set(organs)) != len(organs) or not organs:
         raise NemesisInputError(f"{path}: label sidecar has an empty or repeated organ list")
     return doc
+
+
+# as in .store (which imports this module)
+_STATES = ("unlabelled", "labelled", "skipped")
+_SOURCES = ("hand", "segmentation")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_types(doc: dict[str, Any]) -> None:
+    """TypeError / ValueError / KeyError naming the first value of the wrong type."""
+    if "revision" in doc and (not _is_int(doc["revision"]) or doc["revision"] < 0):
+        raise ValueError(f"revision {doc['revision']!r} is not a non-negative integer")
+    for key in ("scan", "grid"):
+        if not isinstance(doc[key], dict):
+            raise TypeError(f"{key} is not an object")
+    if not isinstance(doc["scan"].get("voxel_sha256"), str):
+        raise TypeError("scan.voxel_sha256 is not text")
+    for key in ("shape_zyx", "spacing_zyx"):
+        v = doc["scan"].get(key)
+        if not isinstance(v, list) or len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            raise TypeError(f"scan.{key} is not three numbers")
+    if not _is_int(doc["grid"].get("superpatch")):
+        raise TypeError("grid.superpatch is not an integer")
+    for key in ("spacing_zyx", "grid_shape_zyx"):
+        v = doc["grid"].get(key)
+        if not isinstance(v, list) or len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            raise TypeError(f"grid.{key} is not three numbers")
+    if not isinstance(doc["organs"], list) or not all(isinstance(o, str) for o in doc["organs"]):
+        raise TypeError("organs is not a list of names")
+    n = 1
+    for v in doc["grid"]["grid_shape_zyx"]:
+        n *= int(v)
+    entries = doc["superpatches"]
+    if not isinstance(entries, list):
+        raise TypeError("superpatches is not a list")
+    for k, e in enumerate(entries):
+        if not isinstance(e, dict):
+            raise TypeError(f"superpatch entry {k} is not an object")
+        if not _is_int(e.get("index")):
+            raise TypeError(f"superpatch entry {k}: index {e.get('index')!r} is not an integer")
+        if not 0 <= e["index"] < n:
+            raise ValueError(f"superpatch entry {k}: index {e['index']} is outside the grid (0..{n - 1})")
+        if e.get("state") not in _STATES:
+            raise ValueError(f"superpatch entry {k}: state {e.get('state')!r} is not one of {', '.join(_STATES)}")
+        organs = e.get("organs", [])
+        if organs is not None and (not isinstance(organs, list) or not all(isinstance(o, str) for o in organs)):
+            raise TypeError(f"superpatch entry {k}: organs is not a list of names")
+        if e.get("source") is not None and e["source"] not in _SOURCES:
+            raise ValueError(f"superpatch entry {k}: source {e['source']!r} is not one of {', '.join(_SOURCES)}")
+        if e.get("updated") is not None and not isinstance(e["updated"], str):
+            raise TypeError(f"superpatch entry {k}: updated is not text")
 
 
 def check_sidecar(doc: dict[str, Any], path: str | os.PathLike, scan: ScanFingerprint, scan_path,

@@ -295,7 +295,18 @@ def train_from_labels(
             snapshot = json.loads((out / RUN_FILES["labels"]).read_text())
         except FileNotFoundError:
             raise NemesisInputError(f"{out}: no run to resume (no {RUN_FILES['options']}); start one without --resume") from None
-        saved = TrainOptions(**config["options"])
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise NemesisCheckpointError(f"{out}: unreadable run files ({exc.__class__.__name__}); start a new run") from None
+        try:
+            saved = TrainOptions(**config["options"])
+            for key in ("checkpoint", "encoder_sha256"):
+                if not isinstance(config[key], str):
+                    raise TypeError(f"{key} is not text")
+            if not isinstance(snapshot["items"], list) or not isinstance(snapshot["scans"], list):
+                raise TypeError("items / scans are not lists")
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise NemesisCheckpointError(f"{out}: malformed {RUN_FILES['options']} or {RUN_FILES['labels']} "
+                                         f"({exc.__class__.__name__}: {exc}); start a new run") from None
         if opts is not None:
             saved.device, saved.bf16 = opts.device, opts.bf16
         opts = saved
