@@ -161,7 +161,7 @@ def _timed_training(session, meter, log, labels) -> dict[str, Any]:
     process) with the meter running: the worst stall while the process runs and its plot updates,
     and the seconds from "Train" to the new head's heatmaps."""
     from ..viewer._demo import _raise_dock, label_and_train
-    from ..viewer._training import training_for
+    from ..viewer.features.training.controller import training_for
 
     _raise_dock(session, "Training")  # the plot draws only while it is seen
     training = training_for(session)
@@ -205,7 +205,7 @@ def measure_ui(strategy: str = "dual", ratio: float = 0.75, noise: float = 0.03,
     import napari
 
     from ..viewer._demo import open_demo
-    from ..viewer._state import session_for
+    from ..viewer import session_for
 
     log = log or (lambda _msg: None)
     with _fresh_settings():

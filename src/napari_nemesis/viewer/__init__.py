@@ -28,30 +28,34 @@ def launch(scan: Any = None, viewer: Any = None, widgets: bool = True):
     of ``viewer``; None keeps the viewer's current scan (or none). ``viewer``: a napari viewer,
     default the current one or a new one. ``widgets``: dock the Superpatch grid, Reconstruction,
     Organ probabilities, Labelling and Training widgets. Returns the
-    :class:`~._state.NemesisSession` the widgets use:
+    :class:`~._session.NemesisSession` the docks use:
     ``select(i)``, ``selected``, ``run_probabilities(wait=True)``,
     ``run_reconstruction(strategy, ratio, noise, seed, scope, wait=True)``, ``layers``.
     """
     import napari
 
-    from ._state import session_for
+    from ._napari_private import real_viewer
 
     if viewer is None:
         viewer = napari.current_viewer() or napari.Viewer()
-    session = session_for(viewer)
+    session = session_for(real_viewer(viewer))
     if widgets:
         session.show_widgets()
     if scan is not None:
         session.open_scan(scan, wait=True)
     elif session.scan is None:
-        candidates = [lay for lay in viewer.layers if lay.metadata.get("kind") == "scan"]
-        if candidates:
+        candidates = session.scan_layers()
+        if candidates and not session.running("prepare"):
             session.use_scan_layer(candidates[-1], wait=True)
+        elif session.running("prepare"):
+            session.wait("prepare")
+            session.scene.settle()
     return session
 
 
 def session_for(viewer):
-    """The NEMESIS session of a napari viewer (made on first use)."""
-    from ._state import session_for as _session_for
+    """The NEMESIS session of a napari viewer (made on first use, with every feature of
+    :data:`~.features.FEATURES`); napari's proxy viewer and the viewer behind it share one."""
+    from ._session import session_for as _session_for
 
     return _session_for(viewer)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _layers as L
-from ._scene import viewer_camera
+from ._napari_private import viewer_camera
 
 WINDOW_SIZE = (1600, 1000)
 
@@ -25,7 +25,7 @@ def open_demo(scan=None, viewer=None, probabilities: bool = True, wait: bool = T
     import napari
 
     from ._io import labels_layer_data
-    from ._state import session_for
+    from . import session_for
 
     if viewer is None:
         viewer = napari.Viewer(title="NEMESIS: superpatches of a CT")
@@ -245,8 +245,8 @@ def label_and_train(session, fill_from=None, project=None, before_train=None, ti
     labelling project (default: the dock's); ``before_train()`` is called just before "Train"."""
     import time
 
-    from ._labelling import MAP_NAME, labelling_for
-    from ._training import TrainingConfig, training_for
+    from .features.labelling.controller import MAP_NAME, labelling_for
+    from .features.training.controller import TrainingConfig, training_for
 
     labelling = labelling_for(session)
     if project is not None:
@@ -278,7 +278,7 @@ def labelling_tour(session, out: Path, organ: str = "liver") -> dict[str, Path]:
     import tempfile
 
     from ..sample_data import sample_btcv_labels_path
-    from ._labelling import MAP_NAME, labelling_for
+    from .features.labelling.controller import MAP_NAME, labelling_for
 
     out = Path(out)
     viewer = session.viewer

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._qtwindow import qt_window as qt_window_of
+from ._napari_private import qt_window as qt_window_of
 
 #: Shift + arrows move the selection in the axial plane (Up = anterior, Left = patient right as
 #: seen on screen), Shift + Page Up/Down move it toward superior/inferior.
@@ -53,11 +53,9 @@ def install(session) -> None:
 
 
 def _view_changed(session) -> None:
-    """Axes rolled or 2D/3D toggled: radiological orientation, and the selection outline redrawn
-    for the new view."""
+    """Axes rolled or 2D/3D toggled: radiological orientation; features redraw for the new view."""
     session.scene.orient_camera()
-    if session.scan is not None and session.selected is not None:
-        session.scene.show_selection_outline(session.scan.grid, session.selected)
+    session.events.view.emit()
 
 
 def click(session, position, view_direction=None, ndisplay: int = 2) -> int | None:

@@ -55,10 +55,32 @@ def get_reader(path):
         path = path[0]
     p = Path(str(path))
     if p.is_dir():
-        return read_scan if _looks_like_dicom_folder(p) else None
+        if _looks_like_dicom_folder(p) or _holds_nothing_readable(p):
+            return read_scan
+        return None
     if p.name.lower().endswith(SCAN_SUFFIXES):
         return read_scan
     return None
+
+
+def _holds_nothing_readable(folder: Path, limit: int = 64) -> bool:
+    """A folder with no image data for any reader (empty, or only text and the like): ours answers
+    it with a message that says so, instead of napari's generic "no reader". Folders another reader
+    may know (zarr stores, folders of images) are left to them."""
+    if folder.name.lower().endswith((".zarr", ".n5")):
+        return False
+    try:
+        entries = sorted(folder.iterdir())[:limit]
+    except OSError:
+        return True  # unreadable: ours says so
+    for entry in entries:
+        name = entry.name.lower()
+        if entry.is_dir() or name in (".zarray", ".zgroup", ".zattrs", "zarr.json"):
+            return False
+        if name.endswith(SCAN_SUFFIXES) or name.endswith((".tif", ".tiff", ".png", ".jpg", ".jpeg", ".czi", ".lif",
+                                                           ".nd2", ".h5", ".hdf5", ".npy", ".zip")):
+            return False
+    return True
 
 
 def _looks_like_dicom_folder(folder: Path, limit: int = 32) -> bool:
@@ -82,14 +104,81 @@ def _looks_like_dicom_folder(folder: Path, limit: int = 32) -> bool:
 
 
 def read_scan(path) -> list[tuple]:
-    """npe2 reader: one Image layer (HU) or one Labels layer, in LPS mm world coordinates."""
+    """npe2 reader: one Image layer (HU) or one Labels layer, in LPS mm world coordinates. Whatever
+    goes wrong becomes a one-line notification naming the file (nothing raises into napari)."""
     if isinstance(path, (list, tuple)):
         path = path[0]
+    p = Path(str(path))
     try:
-        return [_read_layer(Path(str(path)))]
+        if p.is_dir() and not _looks_like_dicom_folder(p):
+            raise NemesisInputError(f"{p}: no DICOM series or scan file in this folder (NEMESIS opens NIfTI, NRRD, "
+                                    "MetaImage files and DICOM series folders)")
+        layer = _read_layer(p)
     except NemesisInputError as exc:
-        _notify_error(str(exc))
+        _notify_error(" ".join(str(exc).split()))
         return _NULL_LAYER
+    except MemoryError:
+        _notify_error(f"{p}: not enough memory to read this scan")
+        return _NULL_LAYER
+    except OSError as exc:
+        _notify_error(f"{p}: cannot read ({exc.strerror or type(exc).__name__})")
+        return _NULL_LAYER
+    _show_radiologically_later()
+    return [layer]
+
+
+def _show_radiologically_later() -> None:
+    """Once napari has added the layer: head-up coronal and sagittal views, orientation markers
+    and the scale bar in the viewer that opened it (even before any NEMESIS dock exists)."""
+    try:
+        import napari
+        from qtpy.QtCore import QTimer
+    except ImportError:  # pragma: no cover
+        return
+    viewer = napari.current_viewer()
+    if viewer is None:
+        return
+
+    def install() -> None:
+        from .features.radiology.controller import install_for_viewer
+
+        try:
+            install_for_viewer(viewer)
+        except RuntimeError:  # the window closed meanwhile
+            pass
+
+    QTimer.singleShot(0, install)
+
+
+def dicom_series(folder: Path) -> dict[str, int]:
+    """The DICOM series of a folder: series UID -> number of slices (empty for anything else)."""
+    from ..data.io import _dicom_series
+
+    try:
+        return {uid: len(files) for uid, files in _dicom_series(Path(folder)).items()}
+    except Exception:  # not a DICOM folder, or unreadable: no chooser
+        return {}
+
+
+def open_series(session, layer, series_uid: str):
+    """Open another series of the DICOM folder ``layer`` came from, as the active scan."""
+    from ..data import read_volume
+
+    source = layer.metadata.get("source")
+    folder = Path(str(source)) if source else None
+    if folder is not None and folder.is_file():
+        folder = folder.parent
+    if folder is None or not folder.is_dir():
+        raise NemesisInputError(f"{layer.name}: not opened from a DICOM folder")
+    for other in session.scan_layers():  # already open: switch to it
+        if other.metadata.get("volume_meta", {}).get("series_uid") == series_uid and \
+                other.metadata.get("source") == source:
+            return session.use_scan_layer(other, wait=False)
+    volume = read_volume(folder, series_uid=series_uid)
+    data, kwargs, _kind = scan_layer_data(volume, name=f"{_stem(folder, 'CT')} [{series_uid[-12:]}]")
+    kwargs["metadata"]["dicom_series"] = dict(layer.metadata.get("dicom_series") or {})
+    kwargs["metadata"]["source"] = source
+    session.viewer.add_image(data, **kwargs)  # becomes the active scan (the session sees it inserted)
 
 
 def _read_layer(path: Path) -> tuple:
@@ -100,9 +189,14 @@ def _read_layer(path: Path) -> tuple:
         volume = read_volume(path)
     if _is_label_map(volume):
         return labels_layer_data(volume)
-    for w in caught:  # a scan's data warnings (e.g. values that are not HU) reach the user
-        _notify_warning(str(w.message))
-    return scan_layer_data(volume)
+    for w in caught:  # a scan's data warnings (e.g. values that are not HU, several series) reach the user
+        _notify_warning(" ".join(str(w.message).split()))
+    data, kwargs, kind = scan_layer_data(volume)
+    if path.is_dir():
+        series = dicom_series(path)
+        if len(series) > 1:  # the grid dock offers a chooser
+            kwargs["metadata"]["dicom_series"] = series
+    return data, kwargs, kind
 
 
 def _is_label_map(volume) -> bool:

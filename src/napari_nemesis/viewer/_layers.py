@@ -40,6 +40,10 @@ __all__ = [
     "grid_lattice_vectors",
     "box_outline_vectors",
     "block_image",
+    "block_cells",
+    "block_image_clipped",
+    "clip_vectors",
+    "scan_extent_cells",
     "superpatch_at",
     "superpatch_on_ray",
     "token_at",
@@ -227,6 +231,54 @@ def block_image(values, grid_shape, fill: float = np.nan) -> np.ndarray:
     vals = np.asarray(values, dtype=np.float32).ravel()
     out[: min(n, vals.size)] = vals[:n]
     return out.reshape(shape)
+
+
+def block_cells(grid) -> tuple[int, int, int]:
+    """Per axis, the cell size (model voxels, a divisor of the superpatch) of a block image that ends
+    at the scan's edge (within 2 % of the scan, at least one voxel), not at the padded grid's: the
+    slider and the view then cover the scan, not the padding beyond it."""
+    s = int(grid.superpatch)
+    divisors = [d for d in range(s, 0, -1) if s % d == 0]
+    cells = []
+    for n in grid.shape:
+        tolerance = max(1, int(round(0.02 * n)))
+        cells.append(next(d for d in divisors if -(-n // d) * d - n <= tolerance))
+    return tuple(cells)  # type: ignore[return-value]
+
+
+def block_image_clipped(values, grid, dtype=np.float32, fill=np.nan) -> tuple[np.ndarray, np.ndarray]:
+    """Per-superpatch values ``(n,)`` as a block image clipped to the scan, and its world matrix:
+    cell ``c`` of axis ``a`` spans model voxels ``[c d_a, (c + 1) d_a)`` (``d`` = :func:`block_cells`)."""
+    cells = block_cells(grid)
+    s = int(grid.superpatch)
+    blocks = block_image(values, grid.grid_shape, fill=fill).astype(dtype, copy=False)
+    for axis, d in enumerate(cells):
+        blocks = np.repeat(blocks, s // d, axis=axis)
+    keep = tuple(slice(0, -(-n // d)) for n, d in zip(grid.shape, cells))
+    image = np.ascontiguousarray(blocks[keep])
+    world = preprocessed_world_affine(grid.mapping) @ _scale_translate(
+        [float(d) for d in cells], [d / 2 - 0.5 for d in cells])
+    return image, world
+
+
+def scan_extent_cells(grid) -> np.ndarray:
+    """Where the scan ends along each axis, in grid cell coordinates (cell ``c`` spans
+    ``[c - 1/2, c + 1/2]``): the upper limit lattice lines and outlines are clipped to."""
+    return np.asarray(grid.shape, dtype=np.float64) / float(grid.superpatch) - 0.5
+
+
+def clip_vectors(vectors: np.ndarray, upper_zyx) -> np.ndarray:
+    """Vectors ``(N, 2, 3)`` (start, direction) cut to the box ``[-1/2, upper]`` per axis; vectors
+    left without length are dropped, duplicates (edges of planes beyond the box, moved onto its
+    face) kept once."""
+    upper = np.asarray(upper_zyx, dtype=np.float64)
+    start = np.minimum(vectors[:, 0].astype(np.float64), upper)
+    end = np.minimum((vectors[:, 0] + vectors[:, 1]).astype(np.float64), upper)
+    keep = np.linalg.norm(end - start, axis=1) > 1e-9
+    out = np.stack([start[keep], (end - start)[keep]], axis=1).astype(np.float32)
+    if len(out) == 0:
+        return out.reshape(0, 2, 3)
+    return np.unique(out.round(6), axis=0).astype(np.float32)
 
 
 def superpatch_at(grid_world: np.ndarray, grid_shape, world_zyx) -> int | None:

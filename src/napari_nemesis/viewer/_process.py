@@ -8,16 +8,23 @@ The Training widget runs the very entry point of the ``nemesis`` command (``labe
 which is ``nemesis labels train ...`` after two preparations for life under a GUI:
 
 * its priority is lowered (``nice``), so napari's event loop always wins the CPU;
-* a watcher thread reads standard input, a pipe from napari that nothing is written to. When
-  napari ends in any way (closed, crashed, ``kill -9``) the system closes the pipe, the read
-  returns, and the child asks itself to stop (SIGINT: it saves at the next step, as the Stop
-  button does) and ends :data:`ORPHAN_GRACE_S` seconds later at the latest. No orphan is left.
+* a watcher thread reads standard input, a pipe from napari. A line ``stop`` on it asks the run to
+  save at its next step and stop (``train.runtime.request_stop``: honoured whatever the child's
+  SIGINT disposition, e.g. when napari was started with SIGINT ignored, ``nohup napari &``, which
+  its children inherit). When napari ends in any way (closed, crashed, ``kill -9``) the system
+  closes the pipe, the read returns, and the child asks itself to stop the same way (and with
+  SIGINT), saves at its next step and exits; :data:`ORPHAN_GRACE_S` seconds later it ends itself
+  in any case, but never in the middle of a checkpoint save. No orphan is left;
+* SIGINT, if inherited as ignored, is given back its default (KeyboardInterrupt), so Ctrl-C-like
+  stops behave the same however napari was started.
 
 Training never shares napari's process, so when the child ends all its memory, GPU included,
 is gone with it. :class:`ChildRun` (no Qt) runs a list of such commands one after the other; a
 thread per process reads its standard output into a queue the GUI drains with :meth:`poll`.
-Stop is SIGINT (and ``RUN/STOP`` for ``labels train``): the run saves at its next step and exits
-with status 130; a second Stop kills it at once (the last saved state stays valid).
+Stop is a ``stop`` line on the child's standard input, SIGINT, and the run folder's ``STOP`` file
+where the command has one (``labels train``; ``pretrain`` watches ``OUT/STOP`` too): the run saves
+at its next step and exits with status 130; a second Stop kills it at once (the last saved state
+stays valid: saves are atomic as a whole, see ``train.state``).
 """
 
 from __future__ import annotations
@@ -42,6 +49,10 @@ ORPHAN_GRACE_S = 20.0
 WATCH_ENV = "NEMESIS_WATCH_PARENT"
 #: How much lower the child's scheduling priority is than napari's (POSIX ``nice``).
 CHILD_NICENESS = 5
+#: The line on a child's standard input that asks it to save and stop.
+STOP_LINE = b"stop\n"
+#: Seconds a child ending itself (parent gone) waits at most for a checkpoint save in progress.
+SAVE_WAIT_S = 60.0
 #: Seconds :meth:`ChildRun.shutdown` lets a stopped child save before it is killed.
 SHUTDOWN_GRACE_S = 10.0
 
@@ -192,6 +203,13 @@ class ChildRun:
                     Path(command.stop_file).touch()
                 except OSError:
                     pass
+            # the channel a child always honours, whatever its signal dispositions; then SIGINT
+            if proc.stdin is not None:
+                try:
+                    proc.stdin.write(STOP_LINE)
+                    proc.stdin.flush()
+                except (OSError, ValueError):
+                    pass
             _signal(proc, signal.SIGINT if os.name == "posix" else signal.SIGTERM)
             return "asked"
         _kill(proc)
@@ -289,9 +307,18 @@ atexit.register(_at_exit)
 _ORPHANED = threading.Event()
 
 
+def _ask_run_to_stop() -> None:
+    """In the child: the training loop saves at its next step and stops (no signal involved)."""
+    runtime = sys.modules.get("napari_nemesis.train.runtime")
+    if runtime is None:
+        from ..train import runtime  # the run has not loaded it yet; it will see the request
+    runtime.request_stop()
+
+
 def _parent_gone() -> None:
-    """In the child, once: the parent has gone. Ask the run to stop (SIGINT: it saves at its next
-    step and exits 130) and end the process ``ORPHAN_GRACE_S`` seconds later at the latest."""
+    """In the child, once: the parent has gone. Ask the run to stop (it saves at its next step and
+    exits 130), also with SIGINT, and end the process ``ORPHAN_GRACE_S`` seconds later at the latest,
+    waiting for a checkpoint save in progress to finish first."""
     if _ORPHANED.is_set():
         return
     _ORPHANED.set()
@@ -304,19 +331,37 @@ def _parent_gone() -> None:
 
     def end_later() -> None:
         time.sleep(ORPHAN_GRACE_S)
+        runtime = sys.modules.get("napari_nemesis.train.runtime")
+        if runtime is not None:  # never cut a save short: hold the lock, then end
+            runtime.SAVE_LOCK.acquire(timeout=SAVE_WAIT_S)
         os._exit(EXIT_STOPPED)
 
     threading.Thread(target=end_later, name="nemesis orphan end", daemon=True).start()
-    os.kill(os.getpid(), signal.SIGINT)
+    if signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, None):
+        os.kill(os.getpid(), signal.SIGINT)
+    try:
+        _ask_run_to_stop()
+    except Exception:  # pragma: no cover - the SIGINT above and the deadline still end the run
+        pass
 
 
 def _watch_parent() -> None:
-    """In the child: when standard input closes (the parent is gone), stop (save) and end."""
+    """In the child: a ``stop`` line on standard input asks the run to stop; when standard input
+    closes (the parent is gone), stop (save) and end."""
 
     def watch() -> None:
+        pending = b""
         try:  # the raw descriptor: a buffered reader's lock would block the interpreter's exit
-            while os.read(0, 4096):
-                pass
+            while True:
+                chunk = os.read(0, 4096)
+                if not chunk:
+                    break
+                pending += chunk
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    if line.strip() == STOP_LINE.strip():
+                        _ask_run_to_stop()
+                pending = pending[-64:]
         except OSError:
             pass
         _parent_gone()
@@ -357,6 +402,8 @@ def child_main(argv: list[str]) -> int:
             os.nice(CHILD_NICENESS)
         except OSError:
             pass
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:  # inherited (``nohup napari &``): Stop must work
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if os.environ.get(WATCH_ENV) == "1":
         sys.stdout = _ToParent(sys.stdout)
         _watch_parent()

@@ -75,3 +75,40 @@ def save_settings(settings: Settings) -> Path | None:
     except OSError:
         return None
     return path
+
+
+# ---- where labels are saved (the Labelling dock picks it, the Training dock trains from it) -------------
+def default_project_dir() -> Path:
+    """The labelling project used until the user picks another: ``$NEMESIS_LABELS_PROJECT``, else
+    ``labelling-project`` in ``$NEMESIS_CONFIG_DIR`` (tests) or in the user data folder."""
+    env = os.environ.get("NEMESIS_LABELS_PROJECT")
+    if env:
+        return Path(env).expanduser()
+    config = os.environ.get("NEMESIS_CONFIG_DIR")
+    if config:
+        return Path(config) / "labelling-project"
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("napari-nemesis", appauthor=False)) / "labelling-project"
+
+
+def _prefs_path() -> Path:
+    return settings_path().parent / "labelling.json"
+
+
+def load_project_dir() -> Path:
+    """The project folder picked last time (remembered beside the viewer settings), or the default."""
+    try:
+        doc = json.loads(_prefs_path().read_text(encoding="utf-8"))
+        if isinstance(doc, dict) and doc.get("project"):
+            return Path(doc["project"])
+    except (OSError, ValueError):
+        pass
+    return default_project_dir()
+
+
+def save_project_dir(path: Path) -> None:
+    try:
+        write_json_atomic(_prefs_path(), {"project": str(path)})
+    except OSError:
+        pass  # an unwritable config folder only loses the preference

@@ -33,7 +33,8 @@ from ..errors import NemesisCancelled, NemesisError
 
 log = logging.getLogger(__name__)
 
-IDLE, RUNNING, DONE, CANCELLED, FAILED = "idle", "running", "done", "cancelled", "failed"
+from ._runstate import CANCELLED, DONE, FAILED, IDLE, RUNNING, RunStatus  # noqa: E402,F401 (one vocabulary)
+
 #: The niceness of a job's thread. 10 gives the GUI thread (nice 0) about 90% of a contended core,
 #: and leaves the job every cycle the GUI does not use.
 JOB_NICE = 10
@@ -82,7 +83,7 @@ class RunState:
     """What one kind of job is doing: shown by the widgets, read by tests and the benchmark."""
 
     job: str
-    status: str = IDLE
+    status: RunStatus = IDLE
     done: int = 0
     total: int = 0
     message: str = ""

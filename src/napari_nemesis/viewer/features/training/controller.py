@@ -31,9 +31,9 @@ from typing import Any
 
 from psygnal import Signal, SignalGroup
 
-from ..errors import NemesisError, NemesisInputError
-from ._process import DONE, FAILED, RUNNING, STOPPED, STOPPING, ChildRun, Command
-from ._qtwindow import qt_window
+from ....errors import NemesisError, NemesisInputError
+from ..._process import DONE, FAILED, RUNNING, STOPPED, STOPPING, ChildRun, Command
+from ..._napari_private import qt_window
 
 MODES = ("linear", "finetune", "pretrain")
 MODE_TITLES = {
@@ -161,13 +161,11 @@ class TrainingController:
     def _project_dir(self, cfg: TrainingConfig) -> Path:
         if cfg.project:
             return Path(cfg.project).expanduser()
-        from ._labelling import labelling_for
-
-        return labelling_for(self.session).project_dir
+        return self.session.labels_project or _default_project()
 
     def _grid_args(self, project: Path) -> list[str]:
         """``--superpatch``/``--spacing`` for a project made by a fill: the viewer's grid."""
-        from ..labels import PROJECT_FILE
+        from ....labels import PROJECT_FILE
 
         ctx = self.session.scan
         if (project / PROJECT_FILE).is_file() or ctx is None:
@@ -176,7 +174,7 @@ class TrainingController:
         return ["--superpatch", str(int(ctx.grid.superpatch)), "--spacing", f"{sx:g}", f"{sy:g}", f"{sz:g}"]
 
     def _dataset_cases(self, cfg: TrainingConfig, labelled: bool):
-        from ..data import find_cases, label_ratio_subset
+        from ....data import find_cases, label_ratio_subset
 
         cases = find_cases(Path(cfg.dataset).expanduser(), include_unlabelled=not labelled)
         if labelled:
@@ -218,14 +216,12 @@ class TrainingController:
         return commands
 
     def _pretrain_command(self, cfg: TrainingConfig, out: Path, encoder: str | None, common: list[str]) -> Command:
-        from ..labels import LabelProject
-        from ..weights import default_checkpoint_path
-        from ._labelling import labelling_for
+        from ....labels import LabelProject
+        from ....weights import default_checkpoint_path
 
         images: list[Path] = []
-        store = labelling_for(self.session).store
-        if store is not None:
-            images.append(Path(store.scan_path))  # the opened scan
+        if self.session.labels_scan is not None:
+            images.append(Path(self.session.labels_scan))  # the opened scan
         if cfg.use_project:
             project = self._project_dir(cfg)
             try:
@@ -239,7 +235,7 @@ class TrainingController:
             raise NemesisInputError("nothing to pretrain on: open a scan, or give a dataset folder")
         import hashlib
 
-        from ..atomic import write_json_atomic
+        from ....atomic import write_json_atomic
 
         # the scan list is named by its content, in the project: the same scans again reuse the
         # preprocessed cache ``nemesis pretrain`` keeps per data path; the run folder keeps a copy
@@ -320,7 +316,7 @@ class TrainingController:
         child = self._child
         if child is None:
             return
-        from ._process import SHUTDOWN_GRACE_S
+        from ..._process import SHUTDOWN_GRACE_S
 
         child.shutdown(SHUTDOWN_GRACE_S if grace_s is None else grace_s)
         try:
@@ -422,8 +418,8 @@ class TrainingController:
         return run.encoder
 
     def _on_session_run(self, job: str, state) -> None:
-        from ._workers import DONE as JOB_DONE
-        from ._workers import RUNNING as JOB_RUNNING
+        from ..._workers import DONE as JOB_DONE
+        from ..._workers import RUNNING as JOB_RUNNING
 
         pending = self._apply_pending
         if pending is None or job != pending or state.status == JOB_RUNNING:
@@ -450,7 +446,7 @@ class TrainingController:
 
     def _write_run_file(self, out: Path, cfg: TrainingConfig, commands: list[Command], status: str,
                         encoder: str | None) -> None:
-        from ..atomic import write_json_atomic
+        from ....atomic import write_json_atomic
 
         doc = {"format": "napari-nemesis/training-widget-run", "version": 1, "mode": cfg.mode,
                "config": asdict(cfg), "encoder": encoder, "commands": [c.args for c in commands], "status": status,
@@ -566,6 +562,12 @@ def _visible(widget) -> bool:
         return False
 
 
+def _default_project() -> Path:
+    from ..._settings import load_project_dir  # the same default as the Labelling dock
+
+    return load_project_dir()
+
+
 def training_for(session) -> TrainingController:
     """The training controller of a session (made on first use)."""
-    return session.part("training", TrainingController)
+    return session.feature("training")

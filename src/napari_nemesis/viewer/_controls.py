@@ -1,12 +1,12 @@
-"""Small pieces the dock widgets share: run controls, the device picker, safe signal hookups."""
+"""Small pieces the docks share: run controls, the device picker, safe signal hookups."""
 
 from __future__ import annotations
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
 
-from .._settings import DEVICES
-from .._workers import CANCELLED, DONE, FAILED, RUNNING
+from ._runstate import CANCELLED, DONE, FAILED, RUNNING
+from ._settings import DEVICES
 
 
 def follow(signal, slot, owner: QWidget) -> None:
@@ -26,7 +26,7 @@ def call_safely(fn, *args, **kwargs):
     """Run a session call from a button: a user error becomes a notification, not a traceback."""
     from napari.utils.notifications import show_error
 
-    from ...errors import NemesisError
+    from ..errors import NemesisError
 
     try:
         return fn(*args, **kwargs)

@@ -34,9 +34,10 @@ from psygnal import Signal, SignalGroup
 from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtCore import Signal as QtSignal
 
-from ..errors import NemesisError, NemesisInputError
-from ._qtwindow import qt_window
-from ._workers import FAILED, RunState, start_job
+from ....errors import NemesisError, NemesisInputError
+from ..._napari_private import qt_window
+from ..._settings import default_project_dir, load_project_dir, save_project_dir  # noqa: F401 (re-exported)
+from ..._workers import FAILED, RunState, start_job
 
 #: The map over the grid (``map:label state``) and the hover column.
 MAP_NAME = "label state"
@@ -46,52 +47,11 @@ STATE_VALUES = np.array([0.0, 1.0, 0.35], dtype=np.float32)
 STATE_RGB = (0.2, 0.9, 0.35)
 
 
-# ---- where labels are saved ------------------------------------------------------------------------
-def default_project_dir() -> Path:
-    """The labelling project used until the user picks another: ``$NEMESIS_LABELS_PROJECT``, else
-    ``labelling-project`` in ``$NEMESIS_CONFIG_DIR`` (tests) or in the user data folder."""
-    env = os.environ.get("NEMESIS_LABELS_PROJECT")
-    if env:
-        return Path(env).expanduser()
-    config = os.environ.get("NEMESIS_CONFIG_DIR")
-    if config:
-        return Path(config) / "labelling-project"
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("napari-nemesis", appauthor=False)) / "labelling-project"
-
-
-def _prefs_path() -> Path:
-    from ._settings import settings_path
-
-    return settings_path().parent / "labelling.json"
-
-
-def load_project_dir() -> Path:
-    """The project folder picked last time (remembered beside the viewer settings), or the default."""
-    try:
-        doc = json.loads(_prefs_path().read_text(encoding="utf-8"))
-        if isinstance(doc, dict) and doc.get("project"):
-            return Path(doc["project"])
-    except (OSError, ValueError):
-        pass
-    return default_project_dir()
-
-
-def save_project_dir(path: Path) -> None:
-    from ..atomic import write_json_atomic
-
-    try:
-        write_json_atomic(_prefs_path(), {"project": str(path)})
-    except OSError:
-        pass  # an unwritable config folder only loses the preference
-
-
 def scan_image_path(volume, project_root: Path) -> Path:
     """The image file the project records for ``volume``: its own file when it came from one,
     else a NIfTI copy written once into ``PROJECT/images`` (same voxels, so the same hash)."""
-    from ..data.io import write_volume
-    from ..labels import ScanFingerprint
+    from ....data.io import write_volume
+    from ....labels import ScanFingerprint
 
     source = Path(str(volume.source)) if volume.source is not None else None
     if source is not None and source.is_file() and volume.meta.get("format") not in ("memory", "napari-layer"):
@@ -111,7 +71,7 @@ def scan_image_path(volume, project_root: Path) -> Path:
 # ---- jobs (worker threads; core calls only) -------------------------------------------------------
 def open_store_job(project_dir: Path, volume, superpatch: int, spacing_zyx, organs, *, cancel, report):
     """Open (or start) the project with the session's grid and the scan's labels in it."""
-    from ..labels import PROJECT_FILE, LabelProject
+    from ....labels import PROJECT_FILE, LabelProject
 
     report({"event": "stage", "name": "opening labels"})
     project_dir = Path(project_dir)
@@ -123,7 +83,7 @@ def open_store_job(project_dir: Path, volume, superpatch: int, spacing_zyx, orga
 
 
 def fill_job(store, source, threshold: int | None, overwrite: bool, scheme: str, *, cancel, report):
-    from ..labels import fill_from_segmentation
+    from ....labels import fill_from_segmentation
 
     report({"event": "stage", "name": "presence from the segmentation"})
     return fill_from_segmentation(store, source, threshold=threshold, overwrite=overwrite, scheme=scheme)
@@ -145,11 +105,12 @@ class LabellingController:
     """The open scan's labels and what the Labelling dock's buttons and keys do to them."""
 
     def __init__(self, session) -> None:
-        from ..data import ORGAN_NAMES
+        from ....data import ORGAN_NAMES
 
         self._session = weakref.ref(session)
         self.events = LabellingEvents()
-        self.project_dir: Path = load_project_dir()
+        self._project_dir: Path = load_project_dir()
+        session.labels_project = self._project_dir
         #: the organ list a *new* project gets (a project keeps its own: a project setting)
         self.new_project_organs: tuple[str, ...] = tuple(ORGAN_NAMES)
         self.store = None
@@ -178,6 +139,18 @@ class LabellingController:
         if session is None:
             raise NemesisInputError("this labelling controller's viewer was closed")
         return session
+
+    @property
+    def project_dir(self) -> Path:
+        return self._project_dir
+
+    @project_dir.setter
+    def project_dir(self, path) -> None:
+        """The project labels go to; the session shares it (the Training dock trains from it)."""
+        self._project_dir = Path(path)
+        session = self._session()
+        if session is not None:
+            session.labels_project = self._project_dir
 
     # ---- opening ----------------------------------------------------------------------------------
     def set_project(self, path, organs=None, wait: bool = True):
@@ -228,9 +201,10 @@ class LabellingController:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        from ..labels import LabellingSession
+        from ....labels import LabellingSession
 
         self.store, self._ctx = store, ctx
+        session.labels_scan = Path(store.scan_path) if store is not None else None
         self.cursor = None
         if store is not None:
             self.cursor = LabellingSession(store, session.selected if session.selected is not None else 0)
@@ -340,7 +314,7 @@ class LabellingController:
     def handle_key(self, key: str) -> bool:
         """What a labelling key does (see ``labels.KEYS``); False when it is not one of ours.
         A refused change (e.g. the sidecar cannot be written) becomes a notification."""
-        from ..labels import KEYS
+        from ....labels import KEYS
 
         if key not in KEYS or self.cursor is None or not self._current():
             return False
@@ -387,7 +361,7 @@ class LabellingController:
     def segmentation_array(self, layer) -> np.ndarray:
         """A Labels layer's data as a label map on the scan's canonical voxel grid (refused when it
         is not on the scan's grid)."""
-        from ._io import layer_world_matrix, volume_from_layer
+        from ..._io import layer_world_matrix, volume_from_layer
 
         volume = self.store.volume
         data = np.asarray(layer.data)
@@ -406,7 +380,7 @@ class LabellingController:
         the scan's canonical grid) with the core's presence rule (``labels.fill_from_segmentation``);
         hand labels are kept unless ``overwrite``. ``threshold``: voxels at the model's spacing
         (default: the project's)."""
-        from ..labels import LabelProject
+        from ....labels import LabelProject
 
         self._need_cursor()
         store = self.store
@@ -443,7 +417,7 @@ class LabellingController:
 
 def labelling_for(session) -> LabellingController:
     """The labelling controller of a session (made on first use)."""
-    return session.part("labelling", LabellingController)
+    return session.feature("labelling")
 
 
 def _notify(text: str) -> None:

@@ -1,0 +1,93 @@
+"""Every reach into napari's private attributes, in one place.
+
+napari 0.9 has no public accessor for a few things the plugin needs: the ``QMainWindow`` (closing it
+must stop our jobs and child processes; docks are tabbed and the window kept on the screen), the
+vispy canvas (the labelling keys filter its key events; colorbars are placed before a frame, not
+while napari draws one). A viewer handed to a dock by napari's own routes (the Plugins menu,
+``napari -w``, ``add_plugin_dock_widget``) is a ``PublicOnlyProxy``: not a QObject, and every
+private access through it raises a FutureWarning a user sees as a toast. :func:`real_viewer` unwraps
+it once, where a dock first meets its viewer, so nothing else ever holds a proxy. When napari
+removes one of these attributes the functions here return None and the feature degrades (its tests
+then fail and say so).
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+
+
+@contextmanager
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def real_viewer(viewer):
+    """The napari ``Viewer`` behind a ``PublicOnlyProxy`` (or ``viewer`` itself)."""
+    try:
+        wrapped = object.__getattribute__(viewer, "__wrapped__")
+    except AttributeError:
+        return viewer
+    return real_viewer(wrapped)
+
+
+def qt_window(viewer):
+    """The viewer's ``QMainWindow``, or None (a headless viewer, a closed one, a future napari)."""
+    viewer = real_viewer(viewer) if viewer is not None else None
+    window = getattr(viewer, "window", None) if viewer is not None else None
+    if window is None:
+        return None
+    with _quiet():
+        return getattr(window, "_qt_window", None)
+
+
+def qt_viewer(viewer):
+    window = getattr(real_viewer(viewer), "window", None) if viewer is not None else None
+    with _quiet():
+        return getattr(window, "_qt_viewer", None)
+
+
+def qt_canvas(viewer):
+    """The vispy canvas napari draws the layers on, or None."""
+    with _quiet():
+        return getattr(qt_viewer(viewer), "canvas", None)
+
+
+def canvas_widget(viewer):
+    """The Qt widget of the canvas (where key events and overlays of ours go), or None."""
+    canvas = qt_canvas(viewer)
+    with _quiet():
+        return getattr(canvas, "native", None) if canvas is not None else None
+
+
+def place_canvas_overlays(canvas) -> None:
+    """Place the canvas overlays (colorbars) now if a change asked napari to: it would do so while
+    drawing the next frame, and an overlay placed there (at a fractional position it always finds
+    moved) asks for a second frame. Needs napari 0.9's private canvas; else nothing happens."""
+    with _quiet():
+        if canvas is not None and getattr(canvas, "_needs_overlay_position_update", False):
+            place = getattr(canvas, "_update_overlay_canvas_positions", None)
+            if place is not None:
+                place()
+
+
+def layer_type(layer) -> str:
+    """``"image"``, ``"labels"``, ``"vectors"``, ... of a layer."""
+    with _quiet():
+        return str(getattr(layer, "_type_string", type(layer).__name__.lower()))
+
+
+def text_overlay(viewer):
+    """The canvas's text overlay (napari 0.9: ``viewer.canvas.overlays.text``), or None."""
+    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
+    text = getattr(overlays, "text", None) if overlays is not None else None
+    return text if text is not None else getattr(viewer, "text_overlay", None)
+
+
+def viewer_camera(viewer):
+    """napari's camera: ``viewer.scene.camera`` since 0.9 (``viewer.camera`` warns), else the old one."""
+    scene = getattr(viewer, "scene", None)
+    camera = getattr(scene, "camera", None)
+    return camera if camera is not None else viewer.camera

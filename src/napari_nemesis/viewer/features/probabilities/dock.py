@@ -1,0 +1,212 @@
+"""Organ probabilities dock: weights, Run, organ heatmap toggles, the superpatch table, the bars."""
+
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QColor
+from qtpy.QtWidgets import QAbstractItemView, QCheckBox, QFileDialog, QGridLayout, QGroupBox, QHBoxLayout, QLabel, \
+    QLineEdit, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
+
+from ....data import ORGAN_NAMES
+from ... import _layers as L
+from ..._controls import DeviceRow, RunControls, call_safely, follow, wrapped_label
+from ..._dock import NemesisDock
+from .controller import JOB
+
+
+class ProbabilitiesWidget(NemesisDock):
+    title = "Organ probabilities"
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__(napari_viewer)
+        self.controller = self.session.feature("probabilities")
+        settings = self.session.settings
+
+        self.checkpoint = QLineEdit(settings.checkpoint)
+        self.checkpoint.setPlaceholderText("bundled small model")
+        self.probe = QLineEdit(settings.probe)
+        self.probe.setPlaceholderText("bundled probe head")
+        self.apply_weights = QPushButton("Use these weights")
+        self.batch = QSpinBox()
+        self.batch.setRange(1, 64)
+        self.batch.setValue(settings.batch)
+        self.device = DeviceRow(self.session)
+        self.controls = RunControls(self.session, JOB, "Compute", self.run)
+        self.summary = wrapped_label("Press Compute: one probability per organ for every superpatch.")
+        self.organ_boxes = {organ: QCheckBox(organ.replace("_", " ")) for organ in ORGAN_NAMES}
+        self.table = QTableWidget(0, 2 + len(ORGAN_NAMES))
+        self.table.setHorizontalHeaderLabels(["sp", "z,y,x"] + [_short(o) for o in ORGAN_NAMES])
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setMinimumHeight(180)
+        self.bars = _Bars()
+
+        weights_box = QGroupBox("Weights")
+        weights = QGridLayout(weights_box)
+        for row, (label, edit, pick) in enumerate((("checkpoint", self.checkpoint, self._pick_checkpoint),
+                                                   ("probe head", self.probe, self._pick_probe))):
+            browse = QPushButton("...")
+            browse.setMaximumWidth(32)
+            browse.clicked.connect(pick)
+            weights.addWidget(QLabel(label), row, 0)
+            weights.addWidget(edit, row, 1)
+            weights.addWidget(browse, row, 2)
+        weights.addWidget(self.apply_weights, 2, 0, 1, 3)
+        batch_row = QHBoxLayout()
+        batch_row.addWidget(QLabel("batch"))
+        batch_row.addWidget(self.batch)
+        batch_row.addStretch(1)
+        weights.addLayout(batch_row, 3, 0, 1, 3)
+        weights.addWidget(self.device, 4, 0, 1, 3)
+
+        organs_box = QGroupBox("Heatmaps")
+        organs = QGridLayout(organs_box)
+        for k, (organ, box) in enumerate(self.organ_boxes.items()):
+            r, g, b = L.ORGAN_COLORS.get(organ, (1, 1, 1))
+            box.setStyleSheet(f"QCheckBox {{ color: rgb({int(255 * r)}, {int(255 * g)}, {int(255 * b)}); }}")
+            box.setChecked(organ in self.controller.visible_organs)
+            box.toggled.connect(lambda on, o=organ: self.controller.set_organ_visible(o, on))
+            organs.addWidget(box, k // 2, k % 2)
+
+        layout = self.layout_
+        layout.addWidget(weights_box)
+        layout.addWidget(self.controls)
+        layout.addWidget(self.summary)
+        layout.addWidget(organs_box)
+        layout.addWidget(self.table)
+        layout.addWidget(self.bars)
+        self.add_hosted_panels()
+        self.finish()
+
+        self.apply_weights.clicked.connect(self._apply_weights)
+        self.batch.valueChanged.connect(lambda v: self.session.update_settings(batch=int(v)))
+        self.table.cellClicked.connect(self._row_clicked)
+        events = self.session.events
+        follow(events.probabilities, self._on_probabilities, self)
+        follow(events.selection, self._on_selection, self)
+        follow(events.settings, self._on_settings, self)
+        if self.controller.result is not None:
+            self._on_probabilities(self.controller.result)
+
+    def run(self):
+        """What the Compute button does (no waiting: the GUI stays live)."""
+        return self.session.run_probabilities(wait=False)
+
+    # ---- weights ----------------------------------------------------------------------------------
+    def _pick_checkpoint(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "NEMESIS checkpoint", self.checkpoint.text(),
+                                              "safetensors (*.safetensors)")
+        if path:
+            self.checkpoint.setText(path)
+
+    def _pick_probe(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Probe head", self.probe.text(), "safetensors (*.safetensors)")
+        if path:
+            self.probe.setText(path)
+
+    def _apply_weights(self) -> None:
+        call_safely(self.session.set_weights, self.checkpoint.text().strip() or None,
+                    self.probe.text().strip() or None, wait=False)
+
+    def _on_settings(self, settings) -> None:
+        self.checkpoint.setText(settings.checkpoint)
+        self.probe.setText(settings.probe)
+        if self.batch.value() != settings.batch:
+            self.batch.setValue(settings.batch)
+
+    # ---- results ----------------------------------------------------------------------------------
+    def _on_probabilities(self, result) -> None:
+        self.table.setRowCount(0)
+        if result is None:
+            self.summary.setText("Press Compute: one probability per organ for every superpatch.")
+            self.bars.show_values(None, None)
+            return
+        grid = self.session.scan.grid
+        values = result.values
+        self.table.setColumnCount(2 + len(result.organs))
+        self.table.setHorizontalHeaderLabels(["sp", "z,y,x"] + [_short(o) for o in result.organs])
+        self.table.setRowCount(len(values))
+        for i, row in enumerate(values):
+            self.table.setItem(i, 0, _item(str(i)))
+            self.table.setItem(i, 1, _item(",".join(map(str, grid.grid_index(i)))))
+            for k, p in enumerate(row):
+                cell = _item(f"{p:.2f}")
+                if p >= result.threshold:
+                    cell.setBackground(QColor(255, 220, 120))
+                    cell.setForeground(QColor(0, 0, 0))
+                self.table.setItem(i, 2 + k, cell)
+        self.table.resizeColumnsToContents()
+        present = [f"{o.replace('_', ' ')} ({int((values[:, k] >= result.threshold).sum())})"
+                   for k, o in enumerate(result.organs) if (values[:, k] >= result.threshold).any()]
+        trust = (f" The head's held-out AUROC: {result.auroc:.2f}." if result.auroc is not None else "")
+        kept = "" if self.session.weights_remembered else " (this session only)"
+        self.summary.setText(
+            f"{len(values)} superpatches on {result.device} with {result.weights.describe()}{kept}. Present "
+            f"(p >= {result.threshold:g}, superpatches): {', '.join(present) or 'none'}.{trust}")
+        self._on_selection(self.session.selected)
+
+    def _on_selection(self, index) -> None:
+        result = self.controller.result
+        if index is not None and index < self.table.rowCount():
+            self.table.blockSignals(True)
+            self.table.selectRow(index)
+            self.table.blockSignals(False)
+        if result is None or index is None:
+            self.bars.show_values(None, None)
+        else:
+            self.bars.show_values(result.organs, result.values[index], result.threshold, title=f"superpatch {index}")
+
+    def _row_clicked(self, row: int, _column: int) -> None:
+        self.session.select(row)
+        self.session.centre_on(row)
+
+
+class _Bars(QWidget):
+    """The selected superpatch's probabilities as horizontal bars (matplotlib in the dock)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(3.2, 2.2), dpi=90, layout="constrained")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(180)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.canvas)
+        self.axes = self.figure.add_subplot(111)
+        self.show_values(None, None)
+
+    def show_values(self, organs, values, threshold: float = 0.5, title: str = "") -> None:
+        ax = self.axes
+        ax.clear()
+        if organs is None:
+            ax.text(0.5, 0.5, "select a superpatch", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+        else:
+            ax.set_axis_on()
+            y = np.arange(len(organs))
+            colors = [L.ORGAN_COLORS.get(o, (0.6, 0.6, 0.6)) for o in organs]
+            ax.barh(y, values, color=colors)
+            ax.axvline(threshold, color="0.4", lw=0.8, ls="--")
+            ax.set_yticks(y, [o.replace("_", " ") for o in organs], fontsize=8)
+            ax.invert_yaxis()
+            ax.set_xlim(0, 1)
+            ax.tick_params(axis="x", labelsize=8)
+            ax.set_title(title, fontsize=9)
+        self.canvas.draw_idle()
+
+
+def _item(text: str) -> QTableWidgetItem:
+    item = QTableWidgetItem(text)
+    item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+    return item
+
+
+def _short(organ: str) -> str:
+    return {"gallbladder": "gallb", "left_kidney": "kid L", "right_kidney": "kid R", "pancreas": "panc",
+            "stomach": "stom"}.get(organ, organ)

@@ -1,0 +1,363 @@
+"""Training dock: mode, data, schedule; Train / Stop / Resume; progress, ETA, the live plot; the result."""
+
+from __future__ import annotations
+
+import time
+
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, \
+    QLabel, QLineEdit, QProgressBar, QPushButton, QSizePolicy, QSpinBox, QVBoxLayout, QWidget
+
+from ..._settings import DEVICES
+from ..._controls import call_safely, follow, set_progress, wrapped_label
+from ..._dock import NemesisDock
+from .controller import MODE_TITLES, MODES, TrainingConfig
+
+#: What "steps" counts in each mode, and the command's default.
+STEP_UNITS = {"linear": ("full-batch steps", 200), "finetune": ("epochs", 8), "pretrain": ("steps", 200)}
+#: The plot is redrawn at most this often (ms): drawing costs the GUI thread a few ms.
+PLOT_REDRAW_MS = 400
+#: While a run goes on, its progress text is rewritten at most this often (s).
+TEXT_REFRESH_S = 1.0
+
+
+class TrainingWidget(NemesisDock):
+    title = "Training"
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__(napari_viewer)
+        self.controller = self.session.feature("training")
+        cfg = self.controller.config
+
+        self.mode = QComboBox()
+        self.mode.addItems([MODE_TITLES[m] for m in MODES])
+        self.mode.setCurrentIndex(MODES.index(cfg.mode))
+        self.encoder = _path_row("the session's weights (bundled if none picked)", cfg.checkpoint, self._pick_encoder)
+        self.use_project = QCheckBox("the labelling project")
+        self.use_project.setChecked(cfg.use_project)
+        self.project = _path_row("the Labelling dock's project", cfg.project, self._pick_project)
+        self.dataset = _path_row("none (a folder of scans with label maps)", cfg.dataset, self._pick_dataset)
+        self.label_ratio = QDoubleSpinBox()
+        self.label_ratio.setRange(0.05, 1.0)
+        self.label_ratio.setSingleStep(0.05)
+        self.label_ratio.setValue(cfg.label_ratio)
+        self.label_ratio.setToolTip("Share of the dataset folder's labelled scans used (nested subsets, as "
+                                    "'nemesis probe --label-ratio'); the project's labels are all used")
+        self.steps = QSpinBox()
+        self.steps.setRange(0, 10**7)
+        self.steps.setSpecialValueText("default")
+        self.steps.setValue(cfg.steps)
+        self.lr = QDoubleSpinBox()
+        self.lr.setDecimals(6)
+        self.lr.setRange(0.0, 1.0)
+        self.lr.setSingleStep(1e-4)
+        self.lr.setSpecialValueText("default")
+        self.lr.setValue(cfg.lr)
+        self.batch = QSpinBox()
+        self.batch.setRange(0, 256)
+        self.batch.setSpecialValueText("default")
+        self.batch.setValue(cfg.batch)
+        self.device = QComboBox()
+        self.device.addItems(list(DEVICES))
+        self.device.setCurrentText(cfg.device)
+        self.out = _path_row("PROJECT/runs/<mode>-<date-time>", cfg.out, self._pick_out)
+        self.apply_when_done = QCheckBox("use the new head for the heatmaps when done")
+        self.apply_when_done.setChecked(cfg.apply_when_done)
+        self.train_button = QPushButton("Train")
+        self.stop_button = QPushButton("Stop")
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.setToolTip("Continue a stopped run where it saved: the last one, or the run in the "
+                                      "output folder")
+        self.bar = QProgressBar()
+        self.bar.setTextVisible(True)
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0)
+        self.bar.setFormat("idle")
+        self.eta = _steady_label("", lines=2)
+        self.status = _steady_label("Runs in a separate process: napari stays responsive, and its memory "
+                                    "(GPU included) is freed when it ends.", lines=4)
+        self._shown_at = 0.0
+        self.plot = LivePlot()
+        self.use_new = QPushButton("Use the new weights")
+        self.use_bundled = QPushButton("Back to the bundled weights")
+        self.use_encoder = QPushButton("Use as encoder")
+        self.use_encoder.setToolTip("A pretraining run's checkpoint becomes the encoder of the next run")
+
+        what = QGroupBox("What to train")
+        form = QFormLayout(what)
+        form.addRow("mode", self.mode)
+        form.addRow("encoder", self.encoder)
+        data = QGroupBox("Data")
+        data_form = QFormLayout(data)
+        data_form.addRow(self.use_project, self.project)
+        data_form.addRow("dataset folder", self.dataset)
+        data_form.addRow("label ratio", self.label_ratio)
+        schedule = QGroupBox("Schedule")
+        schedule_form = QFormLayout(schedule)
+        self.steps_label = "steps"
+        schedule_form.addRow("steps", self.steps)
+        schedule_form.addRow("learning rate", self.lr)
+        schedule_form.addRow("batch", self.batch)
+        schedule_form.addRow("device", self.device)
+        schedule_form.addRow("output folder", self.out)
+        self._schedule_form = schedule_form
+        buttons = QHBoxLayout()
+        for button in (self.train_button, self.stop_button, self.resume_button):
+            buttons.addWidget(button)
+        result = QHBoxLayout()
+        for button in (self.use_new, self.use_bundled, self.use_encoder):
+            result.addWidget(button)
+
+        layout = self.layout_
+        layout.addWidget(what)
+        layout.addWidget(data)
+        layout.addWidget(schedule)
+        layout.addWidget(self.apply_when_done)
+        layout.addLayout(buttons)
+        layout.addWidget(self.bar)
+        layout.addWidget(self.eta)
+        layout.addWidget(self.status)
+        layout.addWidget(self.plot)
+        layout.addLayout(result)
+        self.add_hosted_panels()
+        self.finish()
+
+        self.mode.currentIndexChanged.connect(lambda _i: self._mode_changed())
+        self.train_button.clicked.connect(lambda: call_safely(self.train))
+        self.stop_button.clicked.connect(lambda: call_safely(self.controller.stop))
+        self.resume_button.clicked.connect(lambda: call_safely(self.resume))
+        self.use_new.clicked.connect(lambda: call_safely(self.controller.apply))
+        self.use_bundled.clicked.connect(lambda: call_safely(self.controller.use_bundled))
+        self.use_encoder.clicked.connect(lambda: call_safely(self._use_encoder))
+        self.dataset.edit.textChanged.connect(lambda _t: self._mode_changed())
+        follow(self.controller.events.run, self._on_run, self)
+        self._mode_changed()
+        self._on_run(self.controller.run)
+
+    # ---- the form ---------------------------------------------------------------------------------------
+    def config(self) -> TrainingConfig:
+        """The dock's fields as a :class:`TrainingConfig`."""
+        return TrainingConfig(
+            mode=MODES[self.mode.currentIndex()], use_project=self.use_project.isChecked(),
+            project=self.project.text(), dataset=self.dataset.text(), steps=self.steps.value(),
+            lr=self.lr.value(), label_ratio=self.label_ratio.value(), batch=self.batch.value(),
+            device=self.device.currentText(), out=self.out.text(), checkpoint=self.encoder.text(),
+            apply_when_done=self.apply_when_done.isChecked(),
+        )
+
+    def train(self):
+        """What the Train button does."""
+        return self.controller.start(self.config())
+
+    def resume(self):
+        """What the Resume button does: the run in the output folder if one is named there (e.g. a
+        run stopped in an earlier napari session), else the last run."""
+        return self.controller.resume(self.out.text() or None)
+
+    def _mode_changed(self) -> None:
+        mode = MODES[self.mode.currentIndex()]
+        unit, default = STEP_UNITS[mode]
+        label = self._schedule_form.labelForField(self.steps)
+        if label is not None:
+            label.setText(unit)
+        self.steps.setSpecialValueText(f"default ({default})")
+        self.label_ratio.setEnabled(mode != "pretrain" and bool(self.dataset.text()))
+        self.use_project.setText("the project's scans" if mode == "pretrain" else "the labelling project")
+        self.apply_when_done.setEnabled(mode != "pretrain")
+
+    def _use_encoder(self) -> None:
+        self.encoder.setText(self.controller.use_as_encoder())
+        self.mode.setCurrentIndex(MODES.index("linear"))
+
+    def _pick(self, row, title: str, folder: bool) -> None:
+        if folder:
+            path = QFileDialog.getExistingDirectory(self, title, row.text())
+        else:
+            path, _ = QFileDialog.getOpenFileName(self, title, row.text(), "safetensors (*.safetensors)")
+        if path:
+            row.setText(path)
+
+    def _pick_encoder(self) -> None:
+        self._pick(self.encoder, "NEMESIS checkpoint", folder=False)
+
+    def _pick_project(self) -> None:
+        self._pick(self.project, "Labelling project folder", folder=True)
+
+    def _pick_dataset(self) -> None:
+        self._pick(self.dataset, "Dataset folder (BTCV layout, nnU-Net layout or a JSON list)", folder=True)
+
+    def _pick_out(self) -> None:
+        self._pick(self.out, "Run folder", folder=True)
+
+    # ---- the run ----------------------------------------------------------------------------------------
+    def _on_run(self, run) -> None:
+        running = run is not None and run.running
+        self.train_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        self.resume_button.setEnabled(not running)
+        self.use_new.setEnabled(not running and run is not None and bool(run.head))
+        self.use_encoder.setEnabled(not running and run is not None and bool(run.encoder))
+        if run is None:
+            return
+        self.plot.show_run(run)
+        now = time.monotonic()
+        if running and now - self._shown_at < TEXT_REFRESH_S and run.status == self.bar.property("status"):
+            return  # text at most once a second while it runs: each change repaints part of the dock
+        self._shown_at = now
+        self.bar.setProperty("status", run.status)
+        set_progress(self.bar, max(1, run.total), min(run.step, max(1, run.total)),
+                     f"{run.status}: %v/%m" if run.total else run.status)
+        eta = f"; about {_duration(run.eta_s)} left" if running and run.eta_s is not None else ""
+        where = f" (pid {self.controller.pid})" if running and self.controller.pid else ""
+        _set(self.eta.setText, f"{MODE_TITLES[run.mode]}{where}, {_duration(run.elapsed_s)} so far{eta}; run folder "
+             f"{run.out}", self.eta.text())
+        _set(self.status.setText, run.message, self.status.text())
+        self.status.setToolTip(run.message)
+
+
+class LivePlot(QWidget):
+    """Training loss and held-out AUROC against the step (matplotlib in the dock).
+
+    At most every :data:`PLOT_REDRAW_MS`, with the points that arrived meanwhile. The axes, ticks
+    and labels (what makes a matplotlib draw cost tens of ms, more on a busy CPU) are drawn only
+    when a limit changes: the x-axis spans the run's steps and the loss axis only grows. Otherwise
+    the lines are drawn over the saved background (blitting), which takes about a millisecond, so
+    the plot never makes napari stutter. Nothing is drawn while the dock is hidden.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(3.4, 2.3), dpi=90)
+        self.figure.subplots_adjust(left=0.15, right=0.85, bottom=0.2, top=0.88)  # fixed: no layout pass
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(190)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.canvas)
+        self.loss_axes = self.figure.add_subplot(111)
+        self.auroc_axes = self.loss_axes.twinx()
+        (self.loss_line,) = self.loss_axes.plot([], [], color="tab:blue", lw=1.0, label="training loss",
+                                                animated=True)
+        (self.auroc_line,) = self.auroc_axes.plot([], [], color="tab:orange", marker="o", ms=4, lw=1.2,
+                                                  label="held-out AUROC", animated=True)
+        self.loss_axes.set_xlabel("step", fontsize=8)
+        self.loss_axes.set_ylabel("loss", fontsize=8, color="tab:blue")
+        self.auroc_axes.set_ylabel("AUROC", fontsize=8, color="tab:orange")
+        self.auroc_axes.set_ylim(0.0, 1.05)
+        for ax in (self.loss_axes, self.auroc_axes):
+            ax.tick_params(labelsize=7)
+            ax.locator_params(nbins=4)  # fewer tick labels: text is most of a full draw's cost
+        self._run = None
+        self._drawn = None
+        self._limits = None
+        self._background = None
+        self.draws = 0  # updates that showed new points
+        self.full_draws = 0  # of those, the ones that redrew the axes
+        self.canvas.mpl_connect("draw_event", self._on_draw)
+        self._timer = QTimer(self)
+        self._timer.setInterval(PLOT_REDRAW_MS)
+        self._timer.timeout.connect(self._redraw)
+        self._timer.start()
+
+    def show_run(self, run) -> None:
+        """Remember the run; its new points are drawn at the next redraw tick."""
+        self._run = run
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        super().showEvent(event)
+        self._drawn = None  # shown again: bring it up to date at the next tick
+
+    def _on_draw(self, _event) -> None:
+        """After a full draw (axes only: the lines are animated): keep the background, add the lines."""
+        self._background = self.canvas.copy_from_bbox(self.figure.bbox)
+        self._draw_lines()
+
+    def _draw_lines(self) -> None:
+        self.loss_axes.draw_artist(self.loss_line)
+        self.auroc_axes.draw_artist(self.auroc_line)
+
+    def _limits_for(self, run) -> tuple:
+        top = max(run.loss) if run.loss else 1.0
+        current = self._limits[1] if self._limits is not None and self._limits[3] == id(run) else 0.0
+        loss_top = current if 0.0 < top <= current else 1.25 * top if top > 0 else 1.0
+        return (max(1, run.total, run.step), loss_top, run.mode, id(run))
+
+    def _redraw(self) -> None:
+        run = self._run
+        if run is None or not self.isVisible():
+            return
+        key = (len(run.loss), len(run.auroc), id(run), run.total)
+        if key == self._drawn:
+            return
+        self._drawn = key
+        self.loss_line.set_data(run.loss_steps, run.loss)
+        self.auroc_line.set_data(run.auroc_steps, run.auroc)
+        limits = self._limits_for(run)
+        if not (run.loss or run.auroc) and self._background is not None:
+            limits = self._limits  # a new run without points yet: clear the lines, keep the axes
+        if limits != self._limits or self._background is None:
+            self._limits = limits
+            self.loss_axes.set_xlim(0, limits[0])
+            self.loss_axes.set_ylim(0.0, limits[1])
+            self.canvas.draw()  # the axes; _on_draw keeps them as the background and adds the lines
+            self.full_draws += 1
+        else:
+            self.canvas.restore_region(self._background)
+            self._draw_lines()
+            self.canvas.blit(self.figure.bbox)
+        self.draws += 1
+
+
+class _PathRow(QWidget):
+    """A path field with a browse button."""
+
+    def __init__(self, placeholder: str, text: str, pick) -> None:
+        super().__init__()
+        self.edit = QLineEdit(text)
+        self.edit.setPlaceholderText(placeholder)
+        browse = QPushButton("...")
+        browse.setMaximumWidth(32)
+        browse.clicked.connect(pick)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.edit, 1)
+        row.addWidget(browse)
+
+    def text(self) -> str:
+        return self.edit.text().strip()
+
+    def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)
+        self.edit.setText(text)
+
+
+def _set(setter, value, current) -> None:
+    """Call a Qt setter only when the value changes (each call repaints, a text may re-lay out)."""
+    if value != current:
+        setter(*value) if isinstance(value, tuple) else setter(value)
+
+
+def _steady_label(text: str, lines: int) -> QLabel:
+    """A wrapped label of a fixed number of lines: new text never re-lays out the dock."""
+    label = wrapped_label(text)
+    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+    label.setFixedHeight(lines * label.fontMetrics().lineSpacing() + 2 * label.fontMetrics().descent() + 4)
+    return label
+
+
+def _path_row(placeholder: str, text: str, pick) -> _PathRow:
+    return _PathRow(placeholder, text, pick)
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
