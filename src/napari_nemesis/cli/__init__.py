@@ -30,8 +30,22 @@ COMMAND_MODULES = [
 ]
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` ends each option's help with its default, unless the help already names it or the
+    default is None or False (nothing to show, or a flag that is off)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """argparse with its errors on one line (``nemesis CMD: error: argument --x: ...``), no usage block."""
+    """argparse with its errors on one line (``nemesis CMD: error: argument --x: ...``), no usage block;
+    ``--help`` shows defaults (every subcommand parser is one of these, so it has the same formatter)."""
+
+    def __init__(self, *args, formatter_class=DefaultsHelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
         text = " ".join(str(message).split())

@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("labels", help="superpatch labelling projects: status, fill from a segmentation, export, "
                        "train the probe from labels, label next",
                        description="A labelling project is a folder with the label sidecars of several scans and "
-                       "their shared settings (organs, superpatch size, spacing). See docs/labels.md.")
+                       "their shared settings (organs, superpatch size, spacing). See "
+                       "https://github.com/napari-nemesis/napari-nemesis/blob/main/docs/labels.md.")
     lsub = p.add_subparsers(dest="labels_command", metavar="ACTION")
     lsub.required = True
 

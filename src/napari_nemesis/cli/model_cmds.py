@@ -168,7 +168,8 @@ def _text_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     model = load_default_model()
     head, meta = load_default_probe()
-    print("NEMESIS bundled model (docs/model-card.md):")
+    print("NEMESIS bundled model (model card: "
+          "https://github.com/napari-nemesis/napari-nemesis/blob/main/docs/model-card.md):")
     for k, v in describe(model).items():
         print(f"  {k}: {v}")
     print()
