@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_viewer_gui import _scan_volume, make_tiny_weights
+from test_viewer_gui import _scan_volume, _value_at, make_tiny_weights
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "napari_nemesis"
 
@@ -109,8 +109,9 @@ def test_keys_in_the_dock_change_the_right_labels(labelling, qtbot):
     assert store.get(5).organs == (organs[2], organs[7])
     # the grid shows the states: one map value per superpatch, a hover column
     session.scene.flush()
-    states = session.layers["map:label state"].data
-    assert states[np.unravel_index(5, shape)] == 1.0 and states[np.unravel_index(6, shape)] == 0.0
+    states = session.layers["map:label state"]
+    assert _value_at(states, session.scan.box_centre_world(5)) == 6  # the superpatch's id, outlined by state
+    assert c.layer.color_of(5)[3] == 1.0 and c.layer.color_of(6)[3] == 0.0  # labelled: drawn; unlabelled: not
     hover = session.layers["grid"].features["label"].iloc[1:].tolist()
     assert hover[5] == f"labelled: {organs[2]}, {organs[7]}" and hover[6] == "unlabelled"
     # a text field keeps its keys
@@ -262,7 +263,8 @@ def test_modules_named_by_the_manifest_do_not_import_torch():
 
     manifest = yaml.safe_load((SRC / "napari.yaml").read_text())
     modules = sorted({c["python_name"].split(":")[0] for c in manifest["contributions"]["commands"]})
-    assert "napari_nemesis.viewer.widgets.labelling" in modules and "napari_nemesis.viewer.widgets.training" in modules
+    assert "napari_nemesis.viewer.features.labelling.dock" in modules
+    assert "napari_nemesis.viewer.features.training.dock" in modules
     code = f"import sys, {', '.join(modules)}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -294,11 +296,11 @@ def test_label_state_map_is_hidden_until_something_is_labelled(labelling, qtbot)
     with the first labelled or skipped superpatch and hides again when that is undone."""
     session, _widget, c = labelling
     layer = session.layers["map:label state"]
-    assert not layer.visible and not np.any(layer.data > 0)
+    assert not layer.visible and all(c.layer.color_of(i)[3] == 0.0 for i in range(session.scan.n))
     session.select(3)
     c.act("skip")
     qtbot.waitUntil(lambda: layer.visible, timeout=10000)
-    assert layer.data[np.unravel_index(3, session.scan.grid.grid_shape)] > 0
+    assert c.layer.color_of(3)[3] > 0
     c.act("undo")
     qtbot.waitUntil(lambda: not layer.visible, timeout=10000)
     c.set_show_states(False)  # the dock's tick box: hidden even with labels

@@ -23,7 +23,7 @@ def tiny_weights(tmp_path_factory):
 
 # ---- no Qt -------------------------------------------------------------------------------------------
 def test_reconstruction_targets_reset_fitting_arrays_in_place_and_allocate_the_rest():
-    from napari_nemesis.viewer._jobs import ReconstructionTargets
+    from napari_nemesis.viewer.features.reconstruction.layers import ReconstructionTargets
 
     fitting = np.ones((3, 4, 5), np.float32)
     other = np.ones((2, 2, 2), np.float32)
@@ -112,7 +112,7 @@ def test_runs_fill_the_layers_made_when_the_scan_opened_and_add_none(session, ti
     assert list(viewer.layers) == before  # no run added (or removed) a layer
     assert all(session.layers[role] is layer for role, layer in made.items())
     shown = {role for role, layer in made.items() if layer.visible}
-    assert shown == {"reconstruction", "error_map", "prob:liver"}  # the rest on demand
+    assert shown == {"reconstruction", "prob:liver"}  # the rest on demand (the error map: the dock's box)
     assert not any(layer.metadata[BLANK] for layer in made.values())
     box = session.scan.grid.box(2, clip=True)
     assert made["masked"].data.shape == made["reconstruction"].data.shape == box.shape
@@ -171,7 +171,7 @@ def test_layer_changes_wait_for_the_next_event_loop_turn(session, qtbot):
     result = session.run_probabilities(wait=True)
     layer = session.layers["prob:liver"]
     shown = layer.data.copy()
-    session._probabilities_ready(session.scan, dataclasses.replace(result, values=1.0 - result.values))
+    session.feature("probabilities").ready(session.scan, dataclasses.replace(result, values=1.0 - result.values))
     assert np.array_equal(layer.data, shown)  # not in the handler's turn
     qtbot.waitUntil(lambda: not scene.busy, timeout=5000)
     assert np.allclose(layer.data, 1.0 - shown)

@@ -212,7 +212,7 @@ def test_a_dataset_folder_is_filled_into_a_project_then_trained(trainer, qtbot, 
 
 
 def controller_labelling_image(session) -> str:
-    from napari_nemesis.viewer._labelling import labelling_for
+    from napari_nemesis.viewer.features.labelling.controller import labelling_for
 
     return str(labelling_for(session).store.scan_path)
 

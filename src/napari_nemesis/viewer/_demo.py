@@ -263,6 +263,10 @@ def label_and_train(session, fill_from=None, project=None, before_train=None, ti
     t0 = time.perf_counter()
     run = training.start(config)
     training.wait(timeout_s)  # the run, then its head applied and the probabilities shown
+    if run.status == "done" and run.head and (session.probabilities is None
+                                              or session.probabilities.weights.probe != run.head):
+        training.apply(run)  # a head near chance is not applied by itself: the workflow applies it
+        training.wait(timeout_s)
     seconds = time.perf_counter() - t0
     if run.status != "done":
         raise RuntimeError(f"training from labels ended {run.status}: {run.message}")
@@ -285,6 +289,7 @@ def labelling_tour(session, out: Path, organ: str = "liver") -> dict[str, Path]:
     labelling = labelling_for(session)
     previous = labelling.project_dir
     weights = session.weights  # the tour's head lives in a temporary folder: the user's come back
+    remembered = session.weights_remembered
     shots: dict[str, Path] = {}
     with tempfile.TemporaryDirectory(prefix="nemesis-tour-") as tmp:
         try:
@@ -323,7 +328,9 @@ def labelling_tour(session, out: Path, organ: str = "liver") -> dict[str, Path]:
         finally:
             labelling.set_project(previous, wait=True)
             if session.weights != weights:
-                session.set_weights(weights.checkpoint, weights.probe, wait=True)
+                session.set_weights(weights.checkpoint, weights.probe, wait=True,
+                                    remember=remembered)
+            _raise_dock(session, "Superpatch grid")  # the tour leaves the user where a session starts
     return shots
 
 

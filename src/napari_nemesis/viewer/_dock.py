@@ -38,6 +38,7 @@ class NemesisDock(QScrollArea):
         self.session = session_for(self.viewer)
         self.body = QWidget()
         self.layout_ = QVBoxLayout(self.body)
+        self.panels: dict[str, QWidget] = {}  # feature name -> its panel hosted here
         self.setWidget(self.body)
         self.setWidgetResizable(True)
         self.setFrameShape(QFrame.Shape.NoFrame)
@@ -55,7 +56,8 @@ class NemesisDock(QScrollArea):
     def add_hosted_panels(self) -> None:
         """Add here the panels other features host in this dock (``Feature.host``)."""
         for spec in self.session.hosted_panels(self.title):
-            self.layout_.addWidget(spec.make_panel(self.session, self.body))
+            self.panels[spec.name] = spec.make_panel(self.session, self.body)
+            self.layout_.addWidget(self.panels[spec.name])
 
     def finish(self) -> None:
         """Call at the end of a subclass's ``__init__``: the body's stretch at the bottom."""

@@ -233,12 +233,12 @@ def block_image(values, grid_shape, fill: float = np.nan) -> np.ndarray:
     return out.reshape(shape)
 
 
-def block_cells(grid) -> tuple[int, int, int]:
-    """Per axis, the cell size (model voxels, a divisor of the superpatch) of a block image that ends
-    at the scan's edge (within 2 % of the scan, at least one voxel), not at the padded grid's: the
-    slider and the view then cover the scan, not the padding beyond it."""
+def block_cells(grid, max_cell: int | None = None) -> tuple[int, int, int]:
+    """Per axis, the cell size (model voxels, a divisor of the superpatch, at most ``max_cell``) of a
+    block image that ends at the scan's edge (within 2 % of the scan, at least one voxel), not at
+    the padded grid's: the slider and the view then cover the scan, not the padding beyond it."""
     s = int(grid.superpatch)
-    divisors = [d for d in range(s, 0, -1) if s % d == 0]
+    divisors = [d for d in range(s, 0, -1) if s % d == 0 and (max_cell is None or d <= max_cell)]
     cells = []
     for n in grid.shape:
         tolerance = max(1, int(round(0.02 * n)))
@@ -246,10 +246,11 @@ def block_cells(grid) -> tuple[int, int, int]:
     return tuple(cells)  # type: ignore[return-value]
 
 
-def block_image_clipped(values, grid, dtype=np.float32, fill=np.nan) -> tuple[np.ndarray, np.ndarray]:
+def block_image_clipped(values, grid, dtype=np.float32, fill=np.nan,
+                        max_cell: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-superpatch values ``(n,)`` as a block image clipped to the scan, and its world matrix:
     cell ``c`` of axis ``a`` spans model voxels ``[c d_a, (c + 1) d_a)`` (``d`` = :func:`block_cells`)."""
-    cells = block_cells(grid)
+    cells = block_cells(grid, max_cell)
     s = int(grid.superpatch)
     blocks = block_image(values, grid.grid_shape, fill=fill).astype(dtype, copy=False)
     for axis, d in enumerate(cells):

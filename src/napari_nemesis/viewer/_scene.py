@@ -201,7 +201,7 @@ class Scene:
             self.link_contrast()
             self.raise_overlays()
             if not self.turns.waiting("make:"):
-                self._warm_later()
+                self.warm_later()
 
         self.turns.step(f"make:{role}", made)
 
@@ -229,7 +229,8 @@ class Scene:
         if world is not None:
             set_transform(layer, L.transform_kwargs(world))
 
-    def _warm_later(self) -> None:
+    def warm_later(self) -> None:
+        """Draw the hidden blank layers once, off screen, on later turns (see :meth:`_warm_up`)."""
         self.turns.step("warm", self._warm_up)
 
     def _warm_up(self) -> None:
@@ -260,15 +261,16 @@ class Scene:
         self._warmed_text = True
         layer.metadata[_WARM] = True
         if len(layers) > 1:
-            self._warm_later()
+            self.warm_later()
 
     # ---- shared display helpers -----------------------------------------------------------------
     def block_map(self, role: str, grid, values: np.ndarray, colormap, name: str, limits=(0.0, 1.0),
-                  visible: bool | None = None, scan_zyx=None, **kwargs):
-        """Per-superpatch values as a block image over the grid, clipped to the scan (``scan_zyx``:
-        the scan's shape at the grid's spacing), updated in place; ``visible``: show or hide it
-        (None: shown when made, then as the user left it). Returns the layer."""
-        image, world = L.block_image_clipped(values, grid, scan_zyx)
+                  visible: bool | None = None, lift: bool = False, **kwargs):
+        """Per-superpatch values as a block image over the grid, clipped to the scan, updated in
+        place; ``visible``: show or hide it (None: shown when made, then as the user left it);
+        ``lift``: when it is shown, it goes just under the overlays (above results made after it).
+        Returns the layer."""
+        image, world = L.block_image_clipped(values, grid)
         layer = self.get(role)
         if layer is not None and layer.data.shape == image.shape and layer.data.dtype == image.dtype:
             layer.data[...] = image  # a new array would re-slice every layer
@@ -276,7 +278,7 @@ class Scene:
             if tuple(layer.contrast_limits) != tuple(limits):
                 layer.contrast_limits = tuple(limits)
             if visible is not None and layer.visible != visible:
-                if visible:
+                if visible and lift:
                     self.lift_under_overlays(layer)
                 layer.visible = visible
             elif layer.visible:
@@ -293,7 +295,7 @@ class Scene:
             show(layer, shown)
         self.raise_overlays()
         if not shown:
-            self._warm_later()
+            self.warm_later()
         return layer
 
     def place_overlays(self) -> None:

@@ -597,7 +597,7 @@ class NemesisSession:
         if values.shape != (ctx.n,):
             raise NemesisInputError(f"map {name!r}: {values.shape} values for {ctx.n} superpatches")
         self.scene.block_map(f"map:{name}", ctx.grid, values, heatmap(rgb, f"nemesis map:{name}"), name, limits,
-                             visible)
+                             visible, lift=True)
 
     # ---- docks ---------------------------------------------------------------------------------
     def show_widgets(self, front: str = "Superpatch grid") -> dict[str, Any]:

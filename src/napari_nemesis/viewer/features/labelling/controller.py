@@ -38,13 +38,11 @@ from ....errors import NemesisError, NemesisInputError
 from ..._napari_private import qt_window
 from ..._settings import default_project_dir, load_project_dir, save_project_dir  # noqa: F401 (re-exported)
 from ..._workers import FAILED, RunState, start_job
+from .layers import LabelStateLayer
 
 #: The map over the grid (``map:label state``) and the hover column.
 MAP_NAME = "label state"
 COLUMN = "label"
-#: Map value per state code (0 unlabelled, 1 labelled, 2 skipped): transparent, full, faint.
-STATE_VALUES = np.array([0.0, 1.0, 0.35], dtype=np.float32)
-STATE_RGB = (0.2, 0.9, 0.35)
 
 
 def scan_image_path(volume, project_root: Path) -> Path:
@@ -109,6 +107,7 @@ class LabellingController:
 
         self._session = weakref.ref(session)
         self.events = LabellingEvents()
+        self.layer = LabelStateLayer(session.scene)
         self._project_dir: Path = load_project_dir()
         session.labels_project = self._project_dir
         #: the organ list a *new* project gets (a project keeps its own: a project setting)
@@ -228,10 +227,6 @@ class LabellingController:
         return session is not None and self.store is not None and session.scan is self._ctx
 
     # ---- showing ----------------------------------------------------------------------------------
-    def state_values(self) -> np.ndarray:
-        """The map's value per superpatch (0 unlabelled, 1 labelled, 0.35 skipped)."""
-        return STATE_VALUES[self.store.state_codes()]
-
     def label_texts(self) -> np.ndarray:
         """What hovering a superpatch says about its label."""
         texts = np.empty(self.store.n, dtype=object)
@@ -252,14 +247,14 @@ class LabellingController:
         if self.show_states and self._current():
             self._show_map(session)
         else:
-            session.scene.set_visible(f"map:{MAP_NAME}", False)
+            self.layer.hide()
 
     def _refresh(self, indices=None) -> None:
         session = self._session()
         if session is None or session.scan is None:
             return
         if not self._current():
-            session.scene.remove([f"map:{MAP_NAME}"])
+            self.layer.remove()
             return
         if self.show_states:
             self._show_map(session)
@@ -268,8 +263,8 @@ class LabellingController:
     def _show_map(self, session) -> None:
         """The label-state map, shown once a superpatch is labelled or skipped: an all-unlabelled
         map draws nothing, yet a shown layer costs every canvas frame 7-12 ms (software OpenGL)."""
-        values = self.state_values()
-        session.show_grid_map(MAP_NAME, values, STATE_RGB, visible=bool(np.any(values > 0)))
+        codes = self.store.state_codes()
+        self.layer.show(session.scan.grid, codes, visible=bool(np.any(codes > 0)))
 
     def _labels_changed(self, indices) -> None:
         if self._current():

@@ -46,6 +46,8 @@ POLL_MS = 100
 #: What the widget asked for, kept in every run folder (and read back to resume).
 RUN_FILE = "widget-run.json"
 DEFAULT_PRETRAIN_STEPS = 200
+#: A new head replaces the heatmaps' one by itself only with at least this held-out AUROC.
+MIN_AUTO_AUROC = 0.6
 
 
 @dataclass
@@ -289,6 +291,7 @@ class TrainingController:
                           stop_file=None if cfg.mode == "pretrain" else out / "STOP")
         self.config = cfg
         run = TrainingRun(cfg, out, [command], resumed=True, source_checkpoint=doc.get("encoder"))
+        _restore_curve(run, self.run if self.run is not None and Path(self.run.out) == out else None)
         self._write_run_file(out, cfg, [Command(train, "")], "resumed", run.source_checkpoint)
         return self._launch(run)
 
@@ -375,6 +378,13 @@ class TrainingController:
         if child.status == DONE:
             self.events.offered.emit(run)
             if run.config.apply_when_done and run.head:
+                auroc = (run.result or {}).get("auroc_mean")
+                if auroc is None or float(auroc) < MIN_AUTO_AUROC:
+                    run.message += (f"; not used for the heatmaps: its held-out AUROC "
+                                    f"{'is unknown' if auroc is None else f'{float(auroc):.2f}'} (below "
+                                    f"{MIN_AUTO_AUROC:g}: near chance). 'Use the new head' applies it anyway")
+                    self.events.run.emit(run)
+                    return
                 try:
                     self.apply(run)
                 except NemesisError as exc:
@@ -396,13 +406,19 @@ class TrainingController:
                        f"({result.get('estimate')}); new head {Path(run.head).name} in the run folder")
 
     # ---- using the result -------------------------------------------------------------------------------
-    def apply(self, run: TrainingRun | None = None) -> None:
-        """Use the run's head (and encoder) for the organ probabilities, then recompute them."""
+    def apply(self, run: TrainingRun | None = None, remember: bool = False) -> None:
+        """Use the run's head (and encoder) for the organ probabilities, then recompute them; for
+        this session only unless ``remember`` (:meth:`keep`): the next napari starts with the
+        weights the user picked, not with every head a trial run made."""
         run = run or self.run
         if run is None or not run.head:
             raise NemesisInputError("no new probe head to use: a probe run must end first")
         self._apply_pending = "weights"
-        self.session.set_weights(run.checkpoint, run.head, wait=False)
+        self.session.set_weights(run.checkpoint, run.head, wait=False, remember=remember)
+
+    def keep(self, run: TrainingRun | None = None) -> None:
+        """Use the run's head and keep it for the next sessions too."""
+        self.apply(run, remember=True)
 
     def use_bundled(self) -> None:
         """Back to the bundled weights and head; the heatmaps are recomputed."""
@@ -457,6 +473,28 @@ class TrainingController:
             pass
 
 
+def _restore_curve(run: TrainingRun, before: TrainingRun | None) -> None:
+    """A resumed run's plot starts with the curve so far: the stopped run's points (same folder),
+    else the run folder's event log up to the step its saved state holds."""
+    if before is not None:
+        run.loss_steps, run.loss = list(before.loss_steps), list(before.loss)
+        run.auroc_steps, run.auroc = list(before.auroc_steps), list(before.auroc)
+        run.step, run.total = before.step, before.total
+        return
+    log = Path(run.out) / "log.jsonl"
+    try:
+        lines = log.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("event") in ("step", "eval", "fold", "epoch"):
+            _apply_event(run, event)
+
+
 def _apply_event(run: TrainingRun, event: dict[str, Any]) -> None:
     """One event of the child (the core's event format) into the run's progress and points."""
     kind = event.get("event")
@@ -466,6 +504,11 @@ def _apply_event(run: TrainingRun, event: dict[str, Any]) -> None:
         run.device = str(event.get("device") or run.device)
         run._rate_from = None
         run.message = f"{'resumed' if event.get('resumed') or run.resumed else 'started'} on {run.device}"
+        if run.resumed:  # the curve so far, up to the step the run resumes from (later points are redone)
+            keep = [k for k, s in enumerate(run.loss_steps) if s <= run.step]
+            run.loss_steps, run.loss = [run.loss_steps[k] for k in keep], [run.loss[k] for k in keep]
+            keep = [k for k, s in enumerate(run.auroc_steps) if s <= run.step]
+            run.auroc_steps, run.auroc = [run.auroc_steps[k] for k in keep], [run.auroc[k] for k in keep]
     elif kind == "item":
         run.message = f"features {event.get('done')}/{event.get('total')}"
     elif kind == "stage":

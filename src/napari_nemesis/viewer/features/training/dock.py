@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, \
+from qtpy.QtWidgets import QGridLayout, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, \
     QLabel, QLineEdit, QProgressBar, QPushButton, QSizePolicy, QSpinBox, QVBoxLayout, QWidget
 
 from ..._settings import DEVICES
@@ -79,6 +79,9 @@ class TrainingWidget(NemesisDock):
         self._shown_at = 0.0
         self.plot = LivePlot()
         self.use_new = QPushButton("Use the new weights")
+        self.use_new.setToolTip("For this session; 'Keep' also starts the next sessions with them")
+        self.keep_new = QPushButton("Keep")
+        self.keep_new.setToolTip("Use the new weights now and in the next sessions")
         self.use_bundled = QPushButton("Back to the bundled weights")
         self.use_encoder = QPushButton("Use as encoder")
         self.use_encoder.setToolTip("A pretraining run's checkpoint becomes the encoder of the next run")
@@ -104,9 +107,9 @@ class TrainingWidget(NemesisDock):
         buttons = QHBoxLayout()
         for button in (self.train_button, self.stop_button, self.resume_button):
             buttons.addWidget(button)
-        result = QHBoxLayout()
-        for button in (self.use_new, self.use_bundled, self.use_encoder):
-            result.addWidget(button)
+        result = QGridLayout()
+        for k, button in enumerate((self.use_new, self.keep_new, self.use_bundled, self.use_encoder)):
+            result.addWidget(button, k // 2, k % 2)
 
         layout = self.layout_
         layout.addWidget(what)
@@ -127,6 +130,7 @@ class TrainingWidget(NemesisDock):
         self.stop_button.clicked.connect(lambda: call_safely(self.controller.stop))
         self.resume_button.clicked.connect(lambda: call_safely(self.resume))
         self.use_new.clicked.connect(lambda: call_safely(self.controller.apply))
+        self.keep_new.clicked.connect(lambda: call_safely(self.controller.keep))
         self.use_bundled.clicked.connect(lambda: call_safely(self.controller.use_bundled))
         self.use_encoder.clicked.connect(lambda: call_safely(self._use_encoder))
         self.dataset.edit.textChanged.connect(lambda _t: self._mode_changed())
@@ -196,6 +200,7 @@ class TrainingWidget(NemesisDock):
         self.stop_button.setEnabled(running)
         self.resume_button.setEnabled(not running)
         self.use_new.setEnabled(not running and run is not None and bool(run.head))
+        self.keep_new.setEnabled(not running and run is not None and bool(run.head))
         self.use_encoder.setEnabled(not running and run is not None and bool(run.encoder))
         if run is None:
             return
