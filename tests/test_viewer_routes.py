@@ -160,7 +160,8 @@ def test_a_second_scan_becomes_the_one_truth_on_screen(make_napari_viewer, qtbot
     # the camera and the slice are inside the new scan, its grid drawn over it
     lo, hi = (np.asarray(e) for e in ctx.layer.extent.world)
     point = np.asarray(viewer.dims.point)[-3:]
-    assert np.all(point >= lo - 1e-6) and np.all(point <= hi + 1e-6)
+    hidden = list(viewer.dims.not_displayed)
+    assert np.all(point[hidden] >= lo[hidden] - 1e-6) and np.all(point[hidden] <= hi[hidden] + 1e-6)
     centre = np.asarray(viewer_camera(viewer).center)[-2:]
     displayed = list(viewer.dims.displayed)[-2:]
     assert np.all(centre >= lo[displayed] - 1) and np.all(centre <= hi[displayed] + 1)
@@ -236,10 +237,13 @@ def test_window_level_by_right_drag(make_napari_viewer, qtbot, tiny_weights, tmp
             self.button, self.modifiers, self.handled = 2, [], False
             self.view_direction, self.dims_displayed, self.is_dragging = None, [1, 2], kind == "mouse_move"
 
-    mouse_press_callbacks(viewer, Event("mouse_press", (100, 100)))
-    mouse_move_callbacks(viewer, Event("mouse_move", (250, 40)))  # right 150 px: width x2; up 60 px: level up
+    event = Event("mouse_press", (100, 100))  # napari updates one event object through a drag
+    mouse_press_callbacks(viewer, event)
+    event.type, event.pos, event.is_dragging = "mouse_move", np.array([250.0, 40.0]), True
+    mouse_move_callbacks(viewer, event)  # right 150 px: width x2; up 60 px: level up
     new_level, new_width = window_of(scan.contrast_limits)
-    mouse_release_callbacks(viewer, Event("mouse_release", (250, 40)))
+    event.type, event.is_dragging = "mouse_release", False
+    mouse_release_callbacks(viewer, event)
     assert new_width == pytest.approx(2 * width)
     assert new_level == pytest.approx(level + 60 * width / 300)
     panel = session.widgets["Superpatch grid"].panels["radiology"]

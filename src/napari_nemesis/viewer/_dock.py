@@ -25,10 +25,10 @@ LEFT_SHARE = 0.2
 
 class NemesisDock(QScrollArea):
     """A dock's frame: a scrolling body with a vertical layout (``self.layout_``), the viewer (never
-    napari's proxy) and its session. Subclasses set ``title`` (the manifest's display name) and fill
+    napari's proxy) and its session. Subclasses set ``dock_title`` (the manifest's display name) and fill
     ``self.layout_``."""
 
-    title = ""
+    dock_title = ""
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
@@ -47,7 +47,7 @@ class NemesisDock(QScrollArea):
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Ignored)
         self.setMinimumHeight(120)
         self.setMinimumWidth(260)
-        self.session.widgets.setdefault(self.title, self)
+        self.session.widgets.setdefault(self.dock_title, self)
         QTimer.singleShot(0, self._docked)
 
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
@@ -55,7 +55,7 @@ class NemesisDock(QScrollArea):
 
     def add_hosted_panels(self) -> None:
         """Add here the panels other features host in this dock (``Feature.host``)."""
-        for spec in self.session.hosted_panels(self.title):
+        for spec in self.session.hosted_panels(self.dock_title):
             self.panels[spec.name] = spec.make_panel(self.session, self.body)
             self.layout_.addWidget(self.panels[spec.name])
 
@@ -111,7 +111,7 @@ def arrange_docks(viewer, newest: QDockWidget | None = None, front: str | None =
             window.tabifyDockWidget(anchor, dock)
     chosen = newest
     if front is not None:
-        chosen = next((d for d in docks if _inner(d).title == front), chosen)
+        chosen = next((d for d in docks if getattr(_inner(d), "dock_title", None) == front), chosen)
     if chosen is not None:
         chosen.raise_()
     fit_window(window)

@@ -56,7 +56,7 @@ SAVE_WAIT_S = 60.0
 #: Seconds :meth:`ChildRun.shutdown` lets a stopped child save before it is killed.
 SHUTDOWN_GRACE_S = 10.0
 
-RUNNING, STOPPING, DONE, STOPPED, FAILED = "running", "stopping", "done", "stopped", "failed"
+from ._runstate import DONE, FAILED, RUNNING, STOPPED, STOPPING, RunStatus  # noqa: E402,F401 (one vocabulary)
 
 
 @dataclass
@@ -92,7 +92,7 @@ class ChildRun:
     commands: list[Command]
     log_dir: Path
     env: dict[str, str] | None = None
-    status: str = ""
+    status: RunStatus | str = ""
     current: int = -1
     returncode: int | None = None
     result: dict[str, Any] | None = None  # the last JSON line without an "event" key (``--json``)

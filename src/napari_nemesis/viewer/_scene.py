@@ -115,8 +115,15 @@ class Scene:
         if overlays and list(layers)[-len(overlays):] != overlays:
             for layer in overlays:
                 layers.move(layers.index(layer), len(layers))
-        if overlays and layers.selection.active is not overlays[-1]:
+        if overlays and layers.selection.active is not overlays[-1] and self._can_activate():
             layers.selection.active = overlays[-1]
+
+    def _can_activate(self) -> bool:
+        """Making a layer active makes napari read its value under the cursor; in 3D, before the mouse
+        has moved over the canvas, napari's cursor has no view direction and that read fails
+        ("len() of unsized object"). Then the active layer is left as it is."""
+        viewer = self.viewer
+        return viewer.dims.ndisplay == 2 or getattr(viewer.cursor, "view_direction", None) is not None
 
     def lift_under_overlays(self, layer) -> None:
         """Move a layer made earlier just under the overlays (one scene-graph rebuild, only when it

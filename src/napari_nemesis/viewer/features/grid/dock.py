@@ -16,7 +16,7 @@ _NO_SCAN = "No scan yet: open a CT (File > Open) or the sample."
 
 
 class GridWidget(NemesisDock):
-    title = "Superpatch grid"
+    dock_title = "Superpatch grid"
 
     def __init__(self, napari_viewer) -> None:
         super().__init__(napari_viewer)

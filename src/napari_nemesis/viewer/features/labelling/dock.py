@@ -17,7 +17,7 @@ KEYS_HELP = ("Keys (while this dock has the focus, or on the canvas in labelling
 
 
 class LabellingWidget(NemesisDock):
-    title = "Labelling"
+    dock_title = "Labelling"
 
     def __init__(self, napari_viewer) -> None:
         super().__init__(napari_viewer)

@@ -16,7 +16,7 @@ from .controller import JOB
 
 
 class ProbabilitiesWidget(NemesisDock):
-    title = "Organ probabilities"
+    dock_title = "Organ probabilities"
 
     def __init__(self, napari_viewer) -> None:
         super().__init__(napari_viewer)

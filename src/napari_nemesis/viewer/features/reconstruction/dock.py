@@ -15,7 +15,7 @@ _EMPTY = "PSNR and SSIM appear here after a run."
 
 
 class ReconstructionWidget(NemesisDock):
-    title = "Reconstruction"
+    dock_title = "Reconstruction"
 
     def __init__(self, napari_viewer) -> None:
         super().__init__(napari_viewer)

@@ -89,7 +89,7 @@ class TrainingRun:
     config: TrainingConfig
     out: Path
     commands: list[Command]
-    status: str = RUNNING
+    status: RunStatus = RUNNING
     message: str = "starting"
     step: int = 0
     total: int = 0

@@ -22,7 +22,7 @@ TEXT_REFRESH_S = 1.0
 
 
 class TrainingWidget(NemesisDock):
-    title = "Training"
+    dock_title = "Training"
 
     def __init__(self, napari_viewer) -> None:
         super().__init__(napari_viewer)
