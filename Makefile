@@ -8,8 +8,9 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
 # The lowest napari the plugin supports, tested by `make test-min`; pyproject.toml declares the same
-# lower bound (tests/test_release.py checks that they agree). 0.6.5: the first with layer.colorbar.
-NAPARI_MIN ?= 0.6.5
+# lower bound (tests/test_release.py checks that they agree). 0.9.2: the first whose reset_view takes
+# layers= (viewer/_demo.py); see the comment at napari in pyproject.toml.
+NAPARI_MIN ?= 0.9.2
 MIN_VENV   ?= .venv-min
 MIN_BIN    := $(MIN_VENV)/bin
 
