@@ -105,7 +105,7 @@ def test_label_states_do_not_mix_with_the_heatmaps(session, qtbot):
     session.run_probabilities(wait=True)
     labelling = session.feature("labelling")
     labelling.wait()
-    store = labelling.store
+    store = labelling.ensure_store()
     for i in range(store.n):
         store.set(i, (store.organs[0],), "labelled")
     session.select(4)
@@ -241,3 +241,20 @@ def test_dicom_folder_with_two_series_offers_a_chooser(make_napari_viewer, tiny_
     qtbot.waitUntil(lambda: session.scan is not None and session.scan.prepared.volume.meta.get("series_uid")
                     == "1.2.3.4.200", timeout=60000)
     assert len(session.scan_layers()) == 2 and session.scan.prepared.volume.shape[0] == 4
+
+
+def test_labelling_dock_writes_nothing_before_the_first_label(session, tmp_path):
+    """Opening scans with the Labelling dock used to add each one to the user's default project."""
+    from napari_nemesis.viewer._settings import default_project_dir
+
+    labelling = session.feature("labelling")
+    labelling.wait()
+    project = default_project_dir()
+    assert labelling.store is None and labelling.pending is not None
+    assert not project.exists() or not any(project.rglob("*"))  # no project file, no image copy, no sidecar
+    dock = session.widgets["Labelling"]
+    assert len(dock.organ_checks) == 8 and dock.accept_button.isEnabled()
+    session.select(2)
+    labelling.act("skip")  # the first label starts the scan's labels
+    assert labelling.store is not None and labelling.store.get(2).state == "skipped"
+    assert (project / "nemesis-labels-project.json").is_file()

@@ -121,10 +121,15 @@ def test_linear_probe_stops_resumes_and_updates_the_heatmaps(trainer, qtbot, tin
     resumed = controller.run
     assert resumed.resumed and resumed.out == run.out
     assert controller.wait(180).status == "done", resumed.message
-    assert resumed.loss_steps[0] > stopped_at  # it went on from the saved step
+    steps = resumed.loss_steps
+    assert steps[0] <= stopped_at < steps[-1]  # the curve so far is kept, and it went on from the saved step
+    assert all(a < b for a, b in zip(steps, steps[1:]))  # no step twice
     assert resumed.auroc and all(0.0 <= a <= 1.0 for a in resumed.auroc)  # held-out points plotted
     head = resumed.head
     assert head == str(run.out / "probe.safetensors") and Path(head).is_file()
+    if session.weights.probe != head:  # a head near chance is used only when asked for
+        assert "near chance" in resumed.message
+        widget.use_new.click()
     # applied: the session and the Organ probabilities widget use the new head, heatmaps recomputed
     _wait_until(lambda: session.probabilities is not None and session.probabilities.weights.probe == head, 60, qtbot)
     assert session.weights.probe == head and session.weights.checkpoint == tiny_weights[0]
@@ -156,6 +161,9 @@ def test_finetune_and_pretraining_run_in_a_child_process(trainer, qtbot):
     run = controller.run
     assert controller.wait(240).status == "done", run.message
     assert run.loss and run.checkpoint == str(run.out / "finetuned.safetensors")
+    if session.weights.probe != run.head:  # a head near chance is used only when asked for
+        assert "near chance" in run.message
+        widget.use_new.click()
     _wait_until(lambda: session.probabilities is not None and session.probabilities.weights.probe == run.head, 60,
                 qtbot)
     assert session.weights.checkpoint == run.checkpoint  # the fine-tuned encoder with its head
@@ -176,7 +184,9 @@ def test_finetune_and_pretraining_run_in_a_child_process(trainer, qtbot):
     controller.resume()
     resumed = controller.run
     assert controller.wait(300).status == "done", resumed.message
-    assert resumed.loss_steps[0] > run.step and resumed.step == 300
+    steps = resumed.loss_steps
+    assert steps[0] <= run.step < steps[-1] and resumed.step == 300  # the curve kept, then on from the save
+    assert all(a < b for a, b in zip(steps, steps[1:]))
     assert resumed.encoder and Path(resumed.encoder).is_file() and not resumed.head
     assert widget.use_encoder.isEnabled()
     widget.use_encoder.click()

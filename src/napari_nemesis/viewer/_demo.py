@@ -252,6 +252,7 @@ def label_and_train(session, fill_from=None, project=None, before_train=None, ti
     if project is not None:
         labelling.set_project(project, wait=True)
     labelling.wait()
+    labelling.ensure_store()
     if labelling.store is None:
         raise RuntimeError(f"no labels open: {labelling.message}")
     if fill_from is not None:
@@ -294,8 +295,8 @@ def labelling_tour(session, out: Path, organ: str = "liver") -> dict[str, Path]:
     with tempfile.TemporaryDirectory(prefix="nemesis-tour-") as tmp:
         try:
             labelling.set_project(Path(tmp) / "labelling-project", wait=True)
-            store = labelling.store
             labelling.fill(sample_btcv_labels_path(), wait=True)
+            store = labelling.store
             index = focus_on_organ(session, organ)
             for name in session.probabilities.organs if session.probabilities else ():
                 session.set_organ_visible(name, False)

@@ -37,7 +37,18 @@ from ._settings import Settings, forget_missing_weights, load_settings, save_set
 from ._workers import Job, RunState, start_job
 
 #: Kernel jobs; features add their own names when they first start one.
-KERNEL_JOBS = ("prepare", "weights")
+KERNEL_JOBS = ("open", "prepare", "weights")
+
+
+def read_scan_job(path: Path, *, cancel, report):
+    """Read a scan file for a layer (worker thread): ``(data, kwargs, "image")``; a label map is refused."""
+    from ._io import _read_layer
+
+    report({"event": "stage", "name": f"reading {path.name}"})
+    data, kwargs, kind = _read_layer(path)
+    if kind != "image":
+        raise NemesisInputError(f"{path}: this is a label map, not a CT scan")
+    return data, kwargs, kind
 
 
 class SessionEvents(SignalGroup):
@@ -361,18 +372,31 @@ class NemesisSession:
 
     def open_scan(self, scan, wait: bool = True):
         """Open a scan (a path, a ``data.Volume`` or an Image layer already in the viewer), show
-        it in LPS mm world coordinates and make it the active scan."""
+        it in LPS mm world coordinates and make it the active scan. A file is read in a worker
+        (reading a CT takes the GUI thread's time otherwise); its layer is added on the turn after."""
         from ..data import Volume
-        from ._io import _read_layer, scan_layer_data
+        from ._io import scan_layer_data
 
         if hasattr(scan, "data") and hasattr(scan, "metadata") and scan in self.viewer.layers:
             return self.use_scan_layer(scan, wait=wait)
         if isinstance(scan, Volume):
-            data, kwargs, kind = scan_layer_data(scan)
-        else:
-            data, kwargs, kind = _read_layer(Path(str(scan)))
-            if kind != "image":
-                raise NemesisInputError(f"{scan}: this is a label map, not a CT scan")
+            return self._add_scan(scan_layer_data(scan), wait=wait)
+        path = Path(str(scan))
+        job = self.start("open", read_scan_job, path, wait=False,
+                         on_done=lambda read: self.scene.later("open", lambda: self._add_scan(read, wait=False)),
+                         description=f"reading {path.name}")
+        if not wait:
+            return job
+        job.wait()
+        job.outcome()
+        self.scene.flush()
+        if self.running("prepare"):
+            self.wait("prepare")
+        self.scene.settle()
+        return self.scan
+
+    def _add_scan(self, read, wait: bool):
+        data, kwargs, _kind = read
         self._adopting = True
         try:
             layer = self.viewer.add_image(data, **kwargs)

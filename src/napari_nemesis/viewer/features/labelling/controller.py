@@ -26,6 +26,7 @@ import json
 import os
 import re
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ MAP_NAME = "label state"
 COLUMN = "label"
 
 
-def scan_image_path(volume, project_root: Path) -> Path:
+def scan_image_path(volume, project_root: Path, write: bool = True) -> Path:
     """The image file the project records for ``volume``: its own file when it came from one,
     else a NIfTI copy written once into ``PROJECT/images`` (same voxels, so the same hash)."""
     from ....data.io import write_volume
@@ -61,19 +62,39 @@ def scan_image_path(volume, project_root: Path) -> Path:
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or "scan"
     digest = ScanFingerprint.of_volume(volume).voxel_sha256[:12]
     path = Path(project_root) / "images" / f"{stem}-{digest}.nii.gz"
-    if not path.is_file():
+    if write and not path.is_file():
         write_volume(np.asarray(volume.array, dtype=np.float32), path, volume, dtype=np.float32)
     return path
 
 
+@dataclass(frozen=True)
+class PendingLabels:
+    """A scan with no labels in the project yet: nothing is written (no project file, no scan entry,
+    no image copy) until the first label, when :meth:`LabellingController.ensure_store` starts them."""
+
+    project_dir: Path
+    organs: tuple[str, ...]
+
+
 # ---- jobs (worker threads; core calls only) -------------------------------------------------------
-def open_store_job(project_dir: Path, volume, superpatch: int, spacing_zyx, organs, *, cancel, report):
-    """Open (or start) the project with the session's grid and the scan's labels in it."""
+def open_store_job(project_dir: Path, volume, superpatch: int, spacing_zyx, organs, create: bool = True, *,
+                   cancel, report):
+    """Open (``create``: or start) the project with the session's grid and the scan's labels in it.
+    Without ``create``, a scan the project does not hold yet gives :class:`PendingLabels` and
+    nothing is written; a project of another grid is refused either way."""
     from ....labels import PROJECT_FILE, LabelProject
 
     report({"event": "stage", "name": "opening labels"})
     project_dir = Path(project_dir)
     new = not (project_dir / PROJECT_FILE).is_file()
+    if not create:
+        if new:
+            return PendingLabels(project_dir, tuple(organs))
+        project = LabelProject.open(project_dir, superpatch=superpatch, spacing_zyx=spacing_zyx)
+        found = project.find(scan_image_path(volume, project.root, write=False))
+        if found is None:
+            return PendingLabels(project_dir, tuple(project.organs))
+        return project.store(found, volume=volume)
     project = LabelProject.open(project_dir, create=True, superpatch=superpatch, spacing_zyx=spacing_zyx,
                                 organs=organs if new else None)
     image = scan_image_path(volume, project.root)
@@ -113,6 +134,7 @@ class LabellingController:
         #: the organ list a *new* project gets (a project keeps its own: a project setting)
         self.new_project_organs: tuple[str, ...] = tuple(ORGAN_NAMES)
         self.store = None
+        self.pending: PendingLabels | None = None
         self.cursor = None
         self.show_states = True
         self.keys_on_canvas = False
@@ -159,10 +181,11 @@ class LabellingController:
         if organs:
             self.new_project_organs = tuple(str(o) for o in organs)
         save_project_dir(self.project_dir)
-        return self.open_scan(wait=wait)
+        return self.open_scan(wait=wait, create=True)  # the user picked this project: labels start there
 
-    def open_scan(self, wait: bool = True):
-        """Open the labels of the session's scan (in a worker: hashing a scan takes a moment)."""
+    def open_scan(self, wait: bool = True, create: bool = False):
+        """Open the labels of the session's scan (in a worker: hashing a scan takes a moment). A scan
+        the project does not hold yet is registered at its first label, not now (``create``: now)."""
         session = self.session
         ctx = session.scan
         if ctx is None:
@@ -170,7 +193,7 @@ class LabellingController:
             return None
         spacing = tuple(float(s) for s in ctx.prepared.pre.spacing_zyx)
         job = start_job("labels", open_store_job, self.project_dir, ctx.prepared.volume, int(ctx.grid.superpatch),
-                        spacing, self.new_project_organs, state=self._open_state,
+                        spacing, self.new_project_organs, create, state=self._open_state,
                         on_done=lambda store: self._set_store(ctx, store),
                         on_end=lambda st: self._job_ended("labels", st), description="opening labels")
         self._jobs["labels"] = job
@@ -192,9 +215,9 @@ class LabellingController:
 
     def _set_store(self, ctx, store) -> None:
         session = self._session()
-        if session is None or (store is not None and session.scan is not ctx):
-            return  # a newer scan was opened meanwhile
-        if store is not None and tuple(store.grid.grid_shape_zyx) != tuple(ctx.grid.grid_shape):
+        if session is None or not session.alive or (store is not None and session.scan is not ctx):
+            return  # a newer scan was opened meanwhile, or the viewer closed
+        if store is not None and not isinstance(store, PendingLabels) and tuple(store.grid.grid_shape_zyx) != tuple(ctx.grid.grid_shape):
             raise NemesisInputError(f"{store.path}: the labels' grid {store.grid.grid_shape_zyx} is not the viewer's "
                                     f"{ctx.grid.grid_shape}")
         if self._unsubscribe is not None:
@@ -202,6 +225,15 @@ class LabellingController:
             self._unsubscribe = None
         from ....labels import LabellingSession
 
+        if isinstance(store, PendingLabels):
+            self.pending, store = store, None
+            self.store, self._ctx, self.cursor = None, ctx, None
+            session.labels_scan = None
+            self._say(f"not labelled yet: the first label starts this scan's labels in {self.pending.project_dir}")
+            self._refresh()
+            self.events.store.emit(None)
+            return
+        self.pending = None
         self.store, self._ctx = store, ctx
         session.labels_scan = Path(store.scan_path) if store is not None else None
         self.cursor = None
@@ -279,7 +311,22 @@ class LabellingController:
         if self.cursor is not None and index is not None and self._current() and 0 <= index < self.store.n:
             self.cursor.go_to(int(index))
 
+    @property
+    def organs(self) -> tuple[str, ...]:
+        """The organs labels take: the open labels', else those they will have."""
+        if self.store is not None:
+            return tuple(self.store.organs)
+        return tuple(self.pending.organs) if self.pending is not None else ()
+
+    def ensure_store(self):
+        """The scan's labels, started in the project now if they are still pending."""
+        if self.store is None and self.pending is not None and self._ctx is self.session.scan:
+            self.open_scan(wait=True, create=True)
+        return self.store
+
     def _need_cursor(self):
+        if self.cursor is None and self.pending is not None:
+            self.ensure_store()
         if self.cursor is None or not self._current():
             raise NemesisInputError("no labels open: open a scan first (its labels open in the project "
                                     f"{self.project_dir})")

@@ -145,11 +145,13 @@ class LabellingWidget(NemesisDock):
             box.deleteLater()
         self.organ_checks = {}
         self.project.setText(str(self.controller.project_dir))
-        if store is None:
+        pending = self.controller.pending
+        if store is None and pending is None:
             self.saved_at.setText(f"Labels are saved in the project {self.controller.project_dir} once a scan is open.")
         else:
-            self.saved_at.setText(f"Saved at every change to {store.path}")
-            for k, organ in enumerate(store.organs):
+            self.saved_at.setText(f"Saved at every change to {store.path}" if store is not None else
+                                  f"Nothing saved yet: the first label starts this scan's labels in {pending.project_dir}")
+            for k, organ in enumerate(self.controller.organs):
                 box = QCheckBox(f"{k + 1}  {organ.replace('_', ' ')}" if k < 9 else organ.replace("_", " "))
                 r, g, b = L.ORGAN_COLORS.get(organ, (1, 1, 1))
                 box.setStyleSheet(f"QCheckBox {{ color: rgb({int(255 * r)}, {int(255 * g)}, {int(255 * b)}); }}")
@@ -168,15 +170,26 @@ class LabellingWidget(NemesisDock):
         c = self.controller
         store = c.store
         index = self.session.selected
-        enabled = store is not None
+        enabled = store is not None or c.pending is not None
         for widget in (self.accept_button, self.skip_button, self.undo_button, self.previous_button,
                        self.next_button, self.label_next_button, self.fill_button, self.fill_file_button):
             widget.setEnabled(enabled)
         if store is None:
-            self.title.setText("No labels open: open a scan.")
-            self.counter.setRange(0, 1)
+            n = self.session.scan.n if self.session.scan is not None else 0
+            for box in self.organ_checks.values():
+                box.blockSignals(True)
+                box.setChecked(False)
+                box.blockSignals(False)
+                box.setEnabled(c.pending is not None and index is not None)
+            self.counter.setRange(0, max(1, n))
             self.counter.setValue(0)
-            self.counter.setFormat("no labels open")
+            if c.pending is None:
+                self.title.setText("No labels open: open a scan.")
+                self.counter.setFormat("no labels open")
+            else:
+                self.counter.setFormat(f"0 of {n} labelled")
+                self.title.setText(f"superpatch {index}: unlabelled" if index is not None else
+                                   "No superpatch selected: click one (or press n).")
             return
         counts = store.counts()
         self.counter.setRange(0, store.n)
