@@ -23,9 +23,9 @@ class ProbabilitiesWidget(NemesisDock):
         self.controller = self.session.feature("probabilities")
         settings = self.session.settings
 
-        self.checkpoint = QLineEdit(settings.checkpoint)
+        self.checkpoint = QLineEdit(self.session.weights.checkpoint or "")
         self.checkpoint.setPlaceholderText("bundled small model")
-        self.probe = QLineEdit(settings.probe)
+        self.probe = QLineEdit(self.session.weights.probe or "")
         self.probe.setPlaceholderText("bundled probe head")
         self.apply_weights = QPushButton("Use these weights")
         self.batch = QSpinBox()
@@ -112,8 +112,9 @@ class ProbabilitiesWidget(NemesisDock):
                     self.probe.text().strip() or None, wait=False)
 
     def _on_settings(self, settings) -> None:
-        self.checkpoint.setText(settings.checkpoint)
-        self.probe.setText(settings.probe)
+        weights = self.session.weights  # in use: the remembered ones, or this session's
+        self.checkpoint.setText(weights.checkpoint or "")
+        self.probe.setText(weights.probe or "")
         if self.batch.value() != settings.batch:
             self.batch.setValue(settings.batch)
 
