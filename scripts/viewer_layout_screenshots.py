@@ -35,8 +35,12 @@ def one_size(out: Path, width: int, height: int, extras: bool) -> dict:
 
     viewer = napari.Viewer(title="napari", show=True)
     window = qt_window(viewer)
-    window.showMaximized()
+    window.showMaximized()  # with a window manager; a bare virtual screen has none: the screen's size then
     settle()
+    if window.width() < width * 0.9:
+        window.resize(width, height)
+        window.move(0, 0)
+        settle()
     for title in TITLES:  # Plugins > NEMESIS > <title>, one at a time
         viewer.window.add_plugin_dock_widget("napari-nemesis", title)
         settle(5)
@@ -89,7 +93,15 @@ def main(argv: list[str]) -> int:
         return 2
     out = Path(argv[0])
     sizes = argv[1:] or ["1280x800", "1920x1080"]
+    import os
+    import tempfile
+
     from napari_nemesis.viewer._display import virtual_display
+
+    # a first start: default settings and an empty labelling project, whatever this user picked before
+    fresh = Path(tempfile.mkdtemp(prefix="nemesis-shots-"))
+    os.environ["NEMESIS_CONFIG_DIR"] = str(fresh / "config")
+    os.environ["NEMESIS_LABELS_PROJECT"] = str(fresh / "labelling-project")
 
     for k, size in enumerate(sizes):
         w, h = (int(v) for v in size.split("x"))

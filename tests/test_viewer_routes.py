@@ -150,6 +150,9 @@ def test_a_second_scan_becomes_the_one_truth_on_screen(make_napari_viewer, qtbot
     ctx = session.scan
     assert ctx.name == "second" and ctx.layer is not first_layer
     assert not first_layer.visible and ctx.layer.visible  # the old patient is not on screen
+    order = list(viewer.layers)
+    for role in ("grid_lines", "grid", "prob:liver", "reconstruction"):  # drawn over the new scan, not under it
+        assert order.index(session.layers[role]) > order.index(ctx.layer), role
     # results of the first scan are gone everywhere
     assert session.probabilities is None and session.selected is None
     assert not session.layers["prob:liver"].visible

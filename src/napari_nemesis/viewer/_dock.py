@@ -21,6 +21,7 @@ from ._napari_private import qt_window, real_viewer
 DOCK_WIDTH_PX = 400
 DOCK_WIDTH_SHARE = 0.25
 LEFT_SHARE = 0.2
+SLACK_PX = 48  # splitters and margins between the docks and the canvas
 
 
 class NemesisDock(QScrollArea):
@@ -115,12 +116,14 @@ def arrange_docks(viewer, newest: QDockWidget | None = None, front: str | None =
     if chosen is not None:
         chosen.raise_()
     fit_window(window)
-    width = int(min(DOCK_WIDTH_PX, DOCK_WIDTH_SHARE * window.width()))
-    window.resizeDocks([anchor], [width], Qt.Orientation.Horizontal)
     left = [d for d in window.findChildren(QDockWidget) if d.isVisible() and not d.isFloating()
             and window.dockWidgetArea(d) == Qt.DockWidgetArea.LeftDockWidgetArea]
     left_width = max((d.width() for d in left), default=0)
-    if left and window.width() - width - left_width < window.width() / 2:
+    half = window.width() / 2.0
+    room = window.width() - left_width - half - SLACK_PX  # what the docks may take with the canvas at half
+    width = int(max(anchor.minimumSizeHint().width(), min(DOCK_WIDTH_PX, DOCK_WIDTH_SHARE * window.width(), room)))
+    window.resizeDocks([anchor], [width], Qt.Orientation.Horizontal)
+    if left and window.width() - width - left_width < half + SLACK_PX:
         window.resizeDocks(left[:1], [int(LEFT_SHARE * window.width())], Qt.Orientation.Horizontal)
     from ._session import existing_session
 
@@ -131,7 +134,7 @@ def arrange_docks(viewer, newest: QDockWidget | None = None, front: str | None =
 
 def fit_window(window) -> None:
     """Bring a window larger than its screen's free area back onto it (napari remembers sizes)."""
-    if window.isMaximized() or window.isFullScreen():
+    if window.isFullScreen():
         return
     screen = window.screen() if hasattr(window, "screen") else None
     if screen is None:
@@ -139,6 +142,8 @@ def fit_window(window) -> None:
     free = screen.availableGeometry()
     width, height = min(window.width(), free.width()), min(window.height(), free.height())
     if (width, height) != (window.width(), window.height()):
+        if window.isMaximized():  # a maximized state remembered from a larger screen (or no window manager)
+            window.showNormal()
         window.resize(width, height)
     frame = window.frameGeometry()
     if not free.contains(frame):

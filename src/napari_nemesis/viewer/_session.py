@@ -435,6 +435,10 @@ class NemesisSession:
                 other.visible = False
         if not layer.visible:
             layer.visible = True
+        layers = self.viewer.layers
+        ours = [layers.index(lay) for lay in self.scene.layers.values() if lay is not layer]
+        if ours and layers.index(layer) > min(ours):  # a scan opened later lies under our heatmaps and grid
+            layers.move(layers.index(layer), 0)
         self.scene.adopt("scan", layer)
         self.scene.fit_to(layer)
 
@@ -458,6 +462,12 @@ class NemesisSession:
         self.events.selection.emit(None)
         self.events.scans.emit(self.scan_layers())
         self.scene.orient_camera()
+        from qtpy.QtCore import QTimer
+
+        from ._dock import arrange_docks
+
+        viewer = self.viewer  # the active grid layer widens napari's layer controls: the docks make room again
+        QTimer.singleShot(100, lambda: arrange_docks(viewer) if self.alive else None)
 
     def fit_view(self) -> None:
         """Fit the camera to the active scan (the docks changed the canvas's size)."""
