@@ -34,9 +34,14 @@ class GridController:
             self.layers.set_visible(False)
             self.layers.show_selection(None, None)
             return
-        self.layers.show_grid(ctx.grid)
-        self.layers.set_visible(self.visible)
-        self.layers.show_selection(ctx.grid, self.session.selected)
+        def draw() -> None:  # a turn of its own: adding its layers costs the GUI thread a frame or more each
+            if self.session.scan is ctx:
+                self.layers.show_grid(ctx.grid)
+                self.layers.set_visible(self.visible)
+                self.layers.show_selection(ctx.grid, self.session.selected)
+                self.session.scene.raise_overlays(force=True)
+
+        self.session.scene.turns.step("grid:draw", draw)
 
     def _on_selection(self, index) -> None:
         ctx = self.session.scan

@@ -24,34 +24,51 @@ def _cell_mm(grid) -> float:
 class GridLayers:
     def __init__(self, scene) -> None:
         self.scene = scene
+        self.visible = True
+        self._columns: dict[int, dict] = {}
         for role in OVERLAY_ROLES:
             if role not in scene.overlay_roles:
                 scene.overlay_roles.append(role)
 
     def show_grid(self, grid) -> None:
-        from napari.utils.colormaps import DirectLabelColormap
+        """The lattice lines and the picking layer: made on two event-loop turns the first time (each
+        new layer costs the GUI thread a frame or more), updated in place afterwards."""
+        if self.scene.get("grid_lines") is None or self.scene.get("grid") is None:
+            self._lines(grid)
+            self.scene.turns.step("grid:ids", lambda: self._ids(grid))
+        else:
+            self._lines(grid)
+            self._ids(grid)
 
-        world = L.grid_world_affine(grid)
+    def _lines(self, grid) -> None:
         cell_mm = _cell_mm(grid)
         lines = L.clip_vectors(L.grid_lattice_vectors(grid.grid_shape), L.scan_extent_cells(grid))
         layer = self.scene.put(
-            "grid_lines", "vectors", lines, world, name="superpatch grid lines",
+            "grid_lines", "vectors", lines, L.grid_world_affine(grid), name="superpatch grid lines",
             edge_width=_LINE_WIDTH_MM / cell_mm, length=1.0, edge_color="yellow", vector_style="line", opacity=0.8)
         layer.edge_width = _LINE_WIDTH_MM / cell_mm
+        self.scene.raise_overlays()
+
+    def _ids(self, grid) -> None:
+        from napari.utils.colormaps import DirectLabelColormap
+
         ids, ids_world = L.block_image_clipped(np.arange(1, grid.n + 1), grid, dtype=np.int32, fill=0)
         # transparent: the layer is there for hovering (its features show in the status bar) and
         # picking; the lines and the selection outline are what is drawn
         colormap = DirectLabelColormap(color_dict={None: (0.0, 0.0, 0.0, 0.0), 0: (0.0, 0.0, 0.0, 0.0)})
         layer = self.scene.put("grid", "labels", ids, ids_world, name="superpatch grid",
-                               features=L.grid_features(grid.grid_shape), opacity=1.0, colormap=colormap)
+                               features=L.grid_features(grid.grid_shape, self._columns.get(id(grid))), opacity=1.0,
+                               colormap=colormap, visible=self.visible)
         layer.editable = False  # a display of the grid: no brush can repaint superpatch ids
         self.scene.raise_overlays()
 
     def set_visible(self, visible: bool) -> None:
+        self.visible = bool(visible)
         for role in ("grid", "grid_lines"):
             self.scene.set_visible(role, visible)
 
     def set_features(self, grid, columns) -> None:
+        self._columns = {id(grid): dict(columns)}  # for a picking layer made after them
         layer = self.scene.get("grid")
         if layer is not None:
             layer.features = L.grid_features(grid.grid_shape, columns)

@@ -75,7 +75,8 @@ class ReconstructionWidget(NemesisDock):
         if run is None:
             _set_growing(self.metrics, _EMPTY)
             return
-        self._show_settings(run)  # a script's run: the fields say what is on screen
+        if run.done == 0:
+            self._show_settings(run)  # a script's run: the fields say what is on screen
         m = run.metrics()
         where = f"superpatch {run.indices[0]}" if run.indices else "whole scan"
         state = {"cancelled": ", cancelled", "failed": ", failed"}.get(str(run.status), "")
@@ -87,14 +88,16 @@ class ReconstructionWidget(NemesisDock):
         _set_growing(self.metrics, "\n".join(lines))
 
     def _show_settings(self, run) -> None:
-        for widget, setter, value in ((self.strategy, self.strategy.setCurrentText, run.strategy),
-                                      (self.scope, self.scope.setCurrentText, _SCOPE_TITLES[run.scope]),
-                                      (self.ratio, self.ratio.setValue, run.ratio),
-                                      (self.noise, self.noise.setValue, run.noise),
-                                      (self.seed, self.seed.setValue, run.seed)):
-            widget.blockSignals(True)
-            setter(value)
-            widget.blockSignals(False)
+        for widget, getter, setter, value in (
+                (self.strategy, self.strategy.currentText, self.strategy.setCurrentText, run.strategy),
+                (self.scope, self.scope.currentText, self.scope.setCurrentText, _SCOPE_TITLES[run.scope]),
+                (self.ratio, self.ratio.value, self.ratio.setValue, run.ratio),
+                (self.noise, self.noise.value, self.noise.setValue, run.noise),
+                (self.seed, self.seed.value, self.seed.setValue, run.seed)):
+            if getter() != value:  # an unchanged field is left alone (a change re-lays out the dock)
+                widget.blockSignals(True)
+                setter(value)
+                widget.blockSignals(False)
 
 
 def _set_growing(label, text: str) -> None:
