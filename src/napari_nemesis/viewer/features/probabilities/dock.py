@@ -41,7 +41,9 @@ class ProbabilitiesWidget(NemesisDock):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.verticalHeader().setVisible(False)
-        self.table.setMinimumHeight(180)
+        # fixed heights: filling the table or drawing the bars never re-lays out the dock (a resize of the
+        # bars redraws the matplotlib figure in the same stall as the canvas's frame)
+        self.table.setFixedHeight(190)
         self.bars = _Bars()
 
         weights_box = QGroupBox("Weights")
@@ -175,7 +177,7 @@ class _Bars(QWidget):
 
         self.figure = Figure(figsize=(3.2, 2.2), dpi=90, layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(180)
+        self.canvas.setFixedHeight(180)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.canvas)
