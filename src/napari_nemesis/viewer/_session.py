@@ -273,7 +273,6 @@ class NemesisSession:
             raise NemesisInputError("no scan open: open a CT (File > Open, or the sample data) first")
         return self.scan
 
-    _need_scan = need_scan
 
     def start(self, name: str, fn, *args, wait: bool, progress_in_dock: bool = False, **handlers) -> Job | Any:
         """Run ``fn`` in a worker (:func:`._workers.start_job`) as the session's job ``name``;
@@ -304,7 +303,6 @@ class NemesisSession:
         self.scene.settle()  # a script sees (and the benchmark times) everything the job shows
         return job.outcome()
 
-    _start = start
 
     def cancel(self, job: str | None = None) -> None:
         """Ask a running job (or all of them) to stop; the core stops at its next superpatch."""
@@ -518,7 +516,6 @@ class NemesisSession:
         self._grid_columns = {}
         self.events.grid_columns.emit({})
 
-    _clear_results = clear_results
 
     # ---- selection ---------------------------------------------------------------------------
     def select(self, index: int | None) -> int | None:
