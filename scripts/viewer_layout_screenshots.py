@@ -51,7 +51,6 @@ def one_size(out: Path, width: int, height: int, extras: bool) -> dict:
     session.scene.settle()
     session.run_probabilities(wait=True)
     focus_on_organ(session, "liver")
-    session.widgets["Superpatch grid"].parent()
     from napari_nemesis.viewer._demo import _raise_dock
 
     _raise_dock(session, "Organ probabilities")

@@ -94,7 +94,7 @@ def test_plugins_menu_one_dock_at_a_time_tabs_them_and_the_window_fits(make_napa
     from qtpy.QtWidgets import QApplication
 
     from napari_nemesis.viewer import session_for
-    from napari_nemesis.viewer._dock import nemesis_docks
+    from napari_nemesis.viewer._window import nemesis_docks
     from napari_nemesis.viewer._napari_private import qt_window
 
     viewer = make_napari_viewer(show=True)

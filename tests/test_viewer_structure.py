@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 VIEWER = Path(__file__).resolve().parents[1] / "src" / "napari_nemesis" / "viewer"
-KERNEL = ("_session", "_scene", "_turns", "_dock", "_controls", "_runstate", "_workers", "_process", "_jobs",
+KERNEL = ("_session", "_scene", "_turns", "_dock", "_window", "_controls", "_runstate", "_workers", "_process", "_jobs",
           "_models", "_interaction", "_napari_private", "_settings", "_layers")
 
 

@@ -217,14 +217,9 @@ class Scene:
             key = f"make:{role}"
             if key in self.turns.waiting("make:"):
                 self.turns.drop(key)
-                self._made_now(role)
+                self._makers[role]()
         self.link_contrast()
         self.raise_overlays()
-
-    def _made_now(self, role: str) -> None:
-        maker = self._makers.get(role)
-        if maker is not None:
-            maker()
 
     def blank(self, layer, data: np.ndarray | None = None, world: np.ndarray | None = None) -> None:
         """Hide a layer and mark it as holding no result (``data``: a small array instead of a

@@ -462,10 +462,10 @@ class NemesisSession:
         self.scene.orient_camera()
         from qtpy.QtCore import QTimer
 
-        from ._dock import arrange_docks
+        from ._window import arrange_docks
 
         viewer = self.viewer  # the active grid layer widens napari's layer controls: the docks make room again
-        QTimer.singleShot(100, lambda: arrange_docks(viewer) if self.alive else None)
+        QTimer.singleShot(100, lambda: arrange_docks(viewer, refit=self.fit_view) if self.alive else None)
 
     def fit_view(self) -> None:
         """Fit the camera to the active scan (the docks changed the canvas's size)."""
@@ -585,10 +585,6 @@ class NemesisSession:
             self.events.hover.emit(self.superpatch_info(index))
         self.events.hover_point.emit(world_zyx, ndisplay, index)
 
-    @property
-    def hovered(self) -> int | None:
-        return self._hover_index
-
     # ---- per-superpatch columns (hover status, tables, label states) ---------------------------
     def set_grid_column(self, name: str, values) -> None:
         """Show a per-superpatch value on hover (the grid's status line and docks); None removes it."""
@@ -633,7 +629,7 @@ class NemesisSession:
     # ---- docks ---------------------------------------------------------------------------------
     def show_widgets(self, front: str = "Superpatch grid") -> dict[str, Any]:
         """Dock the NEMESIS docks (once), tabbed on the right, ``front`` in front."""
-        from ._dock import arrange_docks
+        from ._window import arrange_docks
 
         window = getattr(self.viewer, "window", None)
         if window is None:
@@ -648,7 +644,7 @@ class NemesisSession:
                 window.add_dock_widget(widget, name=spec.title, area="right", tabify=bool(self.widgets))
             self.widgets[spec.title] = widget
         self.dock_front = front  # the docks tab themselves in on the next turn: this one stays in front
-        arrange_docks(self.viewer, front=front)
+        arrange_docks(self.viewer, front=front, refit=self.fit_view)
 
         def done() -> None:
             self.dock_front = None

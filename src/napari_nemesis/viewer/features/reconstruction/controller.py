@@ -100,7 +100,6 @@ class ReconstructionController:
         self.session = session
         self.layers = ReconstructionLayers(session.scene)
         self.run: ReconstructionRun | None = None
-        self._targets: ReconstructionTargets | None = None
         self._last_refresh = 0.0
         session.scene.result_clearers.append(self.clear)
         session.events.scan.connect(self._on_scan)
@@ -141,7 +140,6 @@ class ReconstructionController:
         session.scene.flush()  # what the last run still had to show, before its layers are reused
         self.run = run
         targets = self.layers.begin(shape, L.box_world_affine(ctx.grid, origin))
-        self._targets = targets
         self._show_later(ctx, run, refresh=False)
         self._last_refresh = time.monotonic()
         session.events.reconstruction.emit(run)
@@ -205,7 +203,6 @@ class ReconstructionController:
     def clear(self) -> None:
         self.session.cancel(JOB)
         self.run = None
-        self._targets = None
         self.layers.clear()
         self.session.events.reconstruction.emit(None)
 
