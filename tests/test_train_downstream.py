@@ -90,6 +90,10 @@ def test_evaluate_produces_every_row(setup):
                     ("Random ViT", "linear", 1.0), ("NEMESIS", "finetune", 1.0)}
     assert [r["strategy"] for r in res["reconstruction"]] == ["random", "plane", "axis", "dual"]
     assert all(r["psnr_masked"] is not None and r["psnr_masked"] > 0 for r in res["reconstruction"])
+    for r in res["reconstruction"]:          # both learning-free fills reported beside the model
+        for fill in ("mean_fill", "local_fill"):
+            assert r[f"{fill}_psnr_masked"] > 0
+            assert abs(r[f"gain_over_{fill}"] - (r["psnr_masked"] - r[f"{fill}_psnr_masked"])) < 1e-9
     table = format_table(res)
     assert "Random ViT" in table and "0.9633" in table  # the paper's linear AUROC at 100 %
     # issue 9.8: the paper's fine-tuned random ViT is not set beside our linear probe of a random encoder
