@@ -111,6 +111,8 @@ def test_infer_cli_pairs_a_checkpoint_with_the_probe_beside_it(setup, tmp_path, 
     assert main(["infer", str(scan), "--checkpoint", str(ckpt), "--out", str(out), "--json"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["probe"] == str(ckpt.parent / "probe.safetensors") and res["spacing_zyx"] == list(SPACING)
+    assert set(res["trust"]) == {"head_held_out_auroc", "head_held_out_on", "warnings"}
+    assert res["trust"]["head_held_out_auroc"] is not None     # the probe records its test-split AUROC
     # a named probe of another encoder: one line naming both files
     assert main(["infer", str(scan), "--checkpoint", str(other), "--probe", str(ckpt.parent / "probe.safetensors"),
                  "--out", str(out)]) == 2

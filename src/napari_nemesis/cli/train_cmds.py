@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from ._common import write_json as write_json_atomic  # strict JSON: no bare NaN/Infinity
@@ -237,6 +238,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_infer(args: argparse.Namespace) -> int:
     from ..train.inference import infer_scan, write_infer_outputs
     from ..train.probe import check_probe_matches, load_probe, probe_beside
+    from ..train.trust import trust_report
     from ..weights import default_probe_path
 
     model, ckpt = _load_model(args.checkpoint)
@@ -253,7 +255,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
         bar.close()
     out = Path(args.out) if args.out else Path(f"{Path(args.scan).name.split('.')[0]}_nemesis")
     files = write_infer_outputs(res, out)
-    summary = {"scan": args.scan, "checkpoint": ckpt, "probe": str(probe), **res.info,
+    trust = trust_report(res.volume, meta, res.info["spacing_zyx"], model.cfg.superpatch)
+    summary = {"scan": args.scan, "checkpoint": ckpt, "probe": str(probe), **res.info, "trust": trust,
                "organs": res.organs, "max_probability": {o: float(res.probabilities[:, k].max()) for k, o in enumerate(res.organs)},
                "present_superpatches": {o: int((res.probabilities[:, k] >= res.threshold).sum()) for k, o in enumerate(res.organs)},
                **files}
@@ -267,6 +270,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
         for o in res.organs:
             print(f"  {o:<14} max p {summary['max_probability'][o]:.3f}  superpatches >= {res.threshold}: "
                   f"{summary['present_superpatches'][o]}")
+        if trust["head_held_out_auroc"] is not None:
+            print(f"the head's AUROC on {trust['head_held_out_on']}: {trust['head_held_out_auroc']:.3f}")
+    for line in trust["warnings"]:
+        print(f"warning: {args.scan}: {line}", file=sys.stderr)
     return 0
 
 
