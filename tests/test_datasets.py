@@ -27,7 +27,7 @@ from napari_nemesis.data import (
     SPLIT_RULES,
     write_phantom_dataset,
 )
-from napari_nemesis.data.bench_sampling import measure_sampling_rate
+from napari_nemesis.bench.sampling_rate import measure_sampling_rate
 
 SHAPE = (20, 28, 28)  # tiny phantoms: every organ, a few ms each
 SPACING = (16.0, 14.0, 14.0)
@@ -296,3 +296,10 @@ def test_replace_folder_swaps_in_a_whole_folder(tmp_path):
     replace_folder(new, dest)  # the old folder goes whole, not merged
     assert [p.name for p in dest.iterdir()] == ["c.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dest"]  # nothing left aside
+
+
+def test_the_old_bench_sampling_path_still_works():
+    from napari_nemesis.bench.sampling_rate import measure_sampling_rate as new
+    from napari_nemesis.data.bench_sampling import measure_sampling_rate as old
+
+    assert old is new

@@ -1,5 +1,5 @@
 """The sampling section: random superpatches per second from a prepared cache, in this process
-(``data.bench_sampling.measure_sampling_rate``) and through a DataLoader with 2 worker processes,
+(``bench.sampling_rate.measure_sampling_rate``) and through a DataLoader with 2 worker processes,
 the way a pretraining loader draws them. The cache is prepared from the whole-scan section's
 largest synthetic scan."""
 
@@ -35,7 +35,7 @@ def sampling_section(scan_path: Path, workdir: Path, superpatch: int, repeats: i
     """Random superpatches/s from a cache prepared from ``scan_path``: ``SuperpatchCache.sample``
     in this process, and through a DataLoader with 2 worker processes."""
     from ..data import open_cache, prepare_cache
-    from ..data.bench_sampling import measure_sampling_rate
+    from .sampling_rate import measure_sampling_rate
 
     raw = workdir / "sampling_raw"
     (raw / "imagesTr").mkdir(parents=True, exist_ok=True)

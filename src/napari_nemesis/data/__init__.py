@@ -98,7 +98,7 @@ __all__ = [
 
 
 def measure_sampling_rate(*args, **kwargs):
-    """See :func:`napari_nemesis.data.bench_sampling.measure_sampling_rate`."""
-    from .bench_sampling import measure_sampling_rate as _m
+    """See :func:`napari_nemesis.bench.sampling_rate.measure_sampling_rate`."""
+    from ..bench.sampling_rate import measure_sampling_rate as _m
 
     return _m(*args, **kwargs)
