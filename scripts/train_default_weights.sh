@@ -17,6 +17,7 @@ DEVICE=${DEVICE:-auto}
 WORKERS=${WORKERS:-2}
 LR=${LR:-3e-4}
 SEED=${SEED:-0}
+BF16=${BF16:---bf16}   # bf16 autocast: 1.65x faster on this CPU with the same loss curve (docs/performance.md)
 NEMESIS=${NEMESIS:-nemesis}
 PY=${PY:-python3}
 mkdir -p "$W"
@@ -56,7 +57,7 @@ if [ "$DONE_STEPS" -lt "$STEPS" ]; then
     RESUME=""
     [ -f "$W/pretrain/last.state.json" ] && RESUME="--resume"
     $NEMESIS pretrain "$W/cache_pretrain" --out "$W/pretrain" --preset small --steps "$STEPS" --batch "$BATCH" \
-        --lr "$LR" --workers "$WORKERS" --device "$DEVICE" --seed "$SEED" --checkpoint-every 250 --log-every 50 --json \
+        --lr "$LR" --workers "$WORKERS" --device "$DEVICE" --seed "$SEED" --checkpoint-every 250 --log-every 50 $BF16 --json \
         $RESUME | tail -n 1 > "$W/pretrain_result.json"
 else
     echo "   already trained ($DONE_STEPS steps)"
