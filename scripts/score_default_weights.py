@@ -9,9 +9,13 @@ set of weights, so before/after figures compare like with like:
 - probe AUROC / F1 on the held-out (test-split) phantoms of the 30-case probe set;
 - probe AUROC / F1 on the real CT's superpatches (its labels are used only to score);
 - masked-patch reconstruction PSNR / SSIM per masking strategy at ratio 0.75 (no noise) on the
-  held-out phantoms and on the real CT, beside a baseline that fills every masked patch with the
-  mean of the visible patches of its superpatch (what a model that learned nothing about anatomy
-  would score). ``gain_db`` = model PSNR - baseline PSNR.
+  held-out phantoms and on the real CT, beside two learning-free fills (train/baselines.py): the
+  visible-mean fill (``baseline_psnr_masked``; ``gain_db`` = model PSNR - its PSNR) and the local fill
+  (each masked patch = the mean of its nearest visible patches; ``local_fill_psnr_masked``,
+  ``gain_over_local_fill_db``).
+
+The real CT here is in the pretraining set, so its rows are training-set figures; held-out real CT
+is scored by ``scripts/score_held_out.py``.
 """
 
 from __future__ import annotations
@@ -29,31 +33,34 @@ STRATEGIES = ("random", "plane", "axis", "dual")
 
 
 class MaskedScore:
-    """Masked-voxel squared error of the model and of the mean-fill baseline, summed over superpatches."""
+    """Masked-voxel squared error of the model and of the two learning-free fills, summed over superpatches."""
 
-    def __init__(self) -> None:
+    def __init__(self, patch: int) -> None:
+        from napari_nemesis.train.baselines import FILLS
         from napari_nemesis.train.inference import ReconMetrics
 
-        self.model = ReconMetrics()
-        self.base_sq, self.n = 0.0, 0
+        self.model, self.patch, self.fills = ReconMetrics(), patch, FILLS
+        self.sq, self.n = {name: 0.0 for name in FILLS}, 0
 
     def add(self, clean: np.ndarray, recon: np.ndarray, masked: np.ndarray, valid: tuple[slice, ...]) -> None:
         self.model.add(clean, recon, masked, valid)
         inside = np.zeros(clean.shape, dtype=bool)
         inside[valid] = True
-        visible, hidden = inside & ~masked, inside & masked
+        hidden = inside & masked
         if not hidden.any():
             return
-        fill = float(clean[visible].mean()) if visible.any() else 0.0
-        self.base_sq += float(((clean[hidden].astype(np.float64) - fill) ** 2).sum())
+        for name, fill in self.fills.items():
+            guess = fill(clean, masked, valid, self.patch)
+            self.sq[name] += float(((clean[hidden].astype(np.float64) - guess[hidden]) ** 2).sum())
         self.n += int(hidden.sum())
 
     def result(self) -> dict:
         out = self.model.result()
-        mse = self.base_sq / self.n if self.n else None
-        out["baseline_psnr_masked"] = float(10 * np.log10(1.0 / mse)) if mse else None
-        if out["psnr_masked"] is not None and out["baseline_psnr_masked"] is not None:
-            out["gain_db"] = out["psnr_masked"] - out["baseline_psnr_masked"]
+        for name, sq in self.sq.items():
+            key = "baseline_psnr_masked" if name == "mean_fill" else f"{name}_psnr_masked"
+            out[key] = float(10 * np.log10(self.n / sq)) if self.n and sq else None
+            if out["psnr_masked"] is not None and out[key] is not None:
+                out["gain_db" if name == "mean_fill" else f"gain_over_{name}_db"] = out["psnr_masked"] - out[key]
         return out
 
 
@@ -63,7 +70,7 @@ def score_reconstruction(model, sources, device) -> list[dict]:
 
     rows = []
     for strategy in STRATEGIES:
-        score = MaskedScore()
+        score = MaskedScore(model.cfg.patch)
         for grid, items in sources:
             for i, clean, _, _, recon, vox in reconstruct_superpatches(model, items(), strategy, 0.75, 0.0, 0, device):
                 box = grid.box(i, clip=True)
