@@ -243,6 +243,16 @@ class ScanReconstruction:
         except OSError as exc:
             raise NemesisInputError(f"{out_dir}: cannot write the outputs ({output_reason(exc)})") from None
 
+    def _visible_from_scan(self, recon_hu: np.ndarray) -> np.ndarray:
+        """The written reconstruction: the model's output on masked voxels, the scan's own voxels on the
+        visible ones of every reconstructed superpatch (not a resampled round trip of them)."""
+        vol, pre = self.prepared.volume, self.prepared.pre
+        hidden = pre.to_original(self.arrays["masked_voxels"].astype(np.float32), order=0) > 0.5
+        done = np.zeros(vol.shape, dtype=bool)
+        for i in self.per_superpatch:
+            done[self.prepared.grid.box_original(i).slices] = True
+        return np.where(done & ~hidden, vol.array, recon_hu)
+
     def _write(self, out_dir, stem, error_map) -> dict[str, str]:
         from ..data import write_volume
 
@@ -259,6 +269,8 @@ class ScanReconstruction:
             arr = self.arrays[key] if hu else self.arrays[key] * (HU_WINDOW[1] - HU_WINDOW[0])
             data = pre.to_original(arr, order=1)
             data = to_hu(data) if hu else data
+            if key == "recon" and "masked_voxels" in self.arrays:
+                data = self._visible_from_scan(data)
             path = out_dir / f"{stem}_{name}.nii.gz"
             write_volume(data.astype(np.float32), path, reference=vol)
             files[name] = str(path)
@@ -288,8 +300,9 @@ def reconstruct_scan(
 ) -> dict[str, Any]:
     """Mask, noise and reconstruct a scan superpatch by superpatch (``indices``: only those; None:
     all), score it and, with ``out_dir``, write noisy input, masked input, reconstruction (HU) and
-    absolute error as NIfTI aligned with the scan. Voxels of superpatches not reconstructed hold 0
-    (-175 HU) and error 0. ``nemesis reconstruct [--superpatch I]`` and the viewer run this.
+    absolute error as NIfTI aligned with the scan. The written reconstruction holds the model's output
+    (resampled to the scan's grid) on masked voxels and the scan's own voxels on visible ones. Voxels of
+    superpatches not reconstructed hold 0 (-175 HU) and error 0. ``nemesis reconstruct [--superpatch I]`` and the viewer run this.
 
     ``scan``: a path, a ``data.Volume`` (prepared by :func:`prepare_for_model` with
     ``spacing_zyx``; None: the spacing the checkpoint was pretrained at, else the default) or a
@@ -300,7 +313,7 @@ def reconstruct_scan(
     prepared = scan if isinstance(scan, PreparedScan) else prepare_for_model(scan, model, spacing_zyx)
     stream = iter_reconstruction(prepared, model, strategy, ratio, noise, seed, indices, batch, device, bf16, cancel,
                                  progress)
-    assembled = ScanReconstruction(prepared).extend(stream)
+    assembled = ScanReconstruction(prepared, SCAN_ARRAYS + ("masked_voxels",)).extend(stream)
     grid = prepared.grid
     result: dict[str, Any] = {
         "strategy": strategy, "ratio": ratio, "noise": noise, "seed": seed,
