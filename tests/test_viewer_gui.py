@@ -270,6 +270,12 @@ def test_heatmaps_hold_infer_scan_probabilities(session, tiny_weights):
     expected = infer_scan(session.scan.prepared.volume, load_checkpoint(ckpt), head, meta["organs"],
                           spacing_zyx=(2.0, 1.5, 1.5)).probabilities
     assert np.allclose(result.values, expected, atol=1e-6)
+    # how far to trust them travels with them (train.trust): the head's recorded score, the scan's warnings
+    from napari_nemesis.train.trust import trust_report
+
+    trust = trust_report(session.scan.prepared.volume, meta, (2.0, 1.5, 1.5), load_checkpoint(ckpt).cfg.superpatch)
+    assert (result.auroc, result.auroc_on, list(result.warnings)) == (
+        trust["head_held_out_auroc"], trust["head_held_out_on"], trust["warnings"])
     # only the shown organ gets a layer at once; ticking another makes its layer
     assert set(session.scene.roles_with_prefix("prob:")) == {"prob:liver"}
     for organ in result.organs:

@@ -25,12 +25,15 @@ class Probabilities:
     device: str
     weights: WeightsChoice
     auroc: float | None = None  # the head's held-out AUROC, when its file records one
+    auroc_on: str | None = None  # what that AUROC was measured on
+    warnings: tuple[str, ...] = ()  # why this scan is unlike the training data (train.trust)
 
 
 def probabilities_job(prepared, store: ModelStore, weights: WeightsChoice, device: str, batch: int, *, cancel,
                       report) -> Probabilities:
     """Per-superpatch organ probabilities of the whole scan (``train.infer_scan``)."""
     from ....train.inference import infer_scan
+    from ....train.trust import trust_report
 
     model = store.model(weights.checkpoint)
     head, meta = store.probe(weights.probe)
@@ -43,13 +46,10 @@ def probabilities_job(prepared, store: ModelStore, weights: WeightsChoice, devic
         raise NemesisInputError(
             f"{prepared.name}: the probabilities came on a {result.grid.grid_shape} grid, the scan's is "
             f"{prepared.grid.grid_shape}; re-open the scan")
-    auroc = meta.get("auroc_mean", meta.get("heldout_auroc"))
-    try:
-        auroc = float(auroc) if auroc is not None else None
-    except (TypeError, ValueError):
-        auroc = None
+    trust = trust_report(prepared.volume, meta, prepared.pre.spacing_zyx, model.cfg.superpatch)
     return Probabilities(np.asarray(result.probabilities, dtype=np.float32), list(result.organs),
-                         float(result.threshold), used, weights, auroc)
+                         float(result.threshold), used, weights, trust["head_held_out_auroc"],
+                         trust["head_held_out_on"], tuple(trust["warnings"]))
 
 
 class ProbabilitiesController:

@@ -144,7 +144,10 @@ class ProbabilitiesWidget(NemesisDock):
         self.table.resizeColumnsToContents()
         present = [f"{o.replace('_', ' ')} ({int((values[:, k] >= result.threshold).sum())})"
                    for k, o in enumerate(result.organs) if (values[:, k] >= result.threshold).any()]
-        trust = (f" The head's held-out AUROC: {result.auroc:.2f}." if result.auroc is not None else "")
+        trust = (f" The head's AUROC on {result.auroc_on}: {result.auroc:.2f}." if result.auroc is not None
+                 else " The head records no held-out AUROC.")
+        if result.warnings:
+            trust += " Trust these less: " + "; ".join(result.warnings) + "."
         kept = "" if self.session.weights_remembered else " (this session only)"
         self.summary.setText(
             f"{len(values)} superpatches on {result.device} with {result.weights.describe()}{kept}. Present "
