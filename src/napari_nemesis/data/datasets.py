@@ -36,6 +36,7 @@ from .io import NemesisDataWarning, check_ct, read_labels, read_volume
 from .label_schemes import check_label_scheme, to_btcv_labels
 from .organs import ORGAN_IDS, ORGAN_NAMES, PRESENCE_THRESHOLD, organ_voxel_counts
 from .preprocess import HU_WINDOW, Preprocessed, preprocess, resample
+from .formats import DATASET_SUFFIXES, scan_stem
 from .spacing import DEFAULT_SPACING_ZYX, Spacing
 
 __all__ = [
@@ -89,7 +90,7 @@ class Case:
 # Finding cases
 # ------------------------------------------------------------------------------------------
 
-_IMAGE_EXT = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+_IMAGE_EXT = DATASET_SUFFIXES  # the files a dataset folder holds as images and label maps
 
 
 def _digits_id(name: str) -> str | None:
@@ -158,10 +159,8 @@ _CHANNEL_SUFFIX = re.compile(r"^(?P<base>.+)_(?P<channel>\d{4})$")
 
 def _file_stem(path: Path) -> str:
     name = path.name
-    for ext in _IMAGE_EXT:
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return name.split(".")[0]
+    stem = scan_stem(name, DATASET_SUFFIXES)
+    return stem if stem != name else name.split(".")[0]
 
 
 def _is_nnunet(data_dir: Path, image_stems: list[str], label_stems: set[str]) -> bool:

@@ -216,11 +216,9 @@ def _write_infer_outputs(result: InferResult, out_dir: Path, stem: str | None) -
 
 def scan_stem(source) -> str:
     """A scan's file name without its image extension (``scan`` for arrays made in memory)."""
-    name = Path(str(source)).name if source else "scan"
-    for ext in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
+    from ..data.formats import scan_stem as strip_scan_suffix
+
+    return strip_scan_suffix(Path(str(source)).name) if source else "scan"
 
 
 # ---- reconstruction --------------------------------------------------------------------------
