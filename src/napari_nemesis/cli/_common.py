@@ -127,21 +127,12 @@ def add_label_scheme_flag(p) -> None:
 
 def parse_spacing(values, default=None):
     """``--spacing X Y Z`` (mm, x y z as written in papers) -> the API's (z, y, x) tuple;
-    ``none``/``native`` -> ``"native"``; not given -> ``default``."""
-    from ..data import NATIVE_SPACING, as_spacing
-    from ..errors import NemesisInputError
+    ``none``/``native`` -> ``"native"``; not given -> ``default`` (:meth:`data.Spacing.from_cli`)."""
+    from ..data import Spacing
 
     if values is None:
         return default
-    if len(values) == 1 and str(values[0]).lower() in ("none", "native"):
-        return NATIVE_SPACING
-    if len(values) != 3:
-        raise NemesisInputError("--spacing: give three numbers x y z in mm, or 'native'")
-    try:
-        x, y, z = (float(v) for v in values)
-    except ValueError:
-        raise NemesisInputError(f"--spacing {' '.join(values)}: not numbers") from None
-    return as_spacing((z, y, x), what="--spacing (x y z)")
+    return Spacing.from_cli(values).value
 
 
 class _SpacingAction(argparse.Action):

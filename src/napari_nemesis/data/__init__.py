@@ -65,10 +65,8 @@ from .organs import (
     presence_labels,
 )
 from .phantom import PHANTOM_SIZES, make_phantom, phantom_case_id, write_phantom_dataset
+from .spacing import DEFAULT_SPACING_ZYX, NATIVE_SPACING, Spacing, as_spacing, recorded_spacing
 from .preprocess import (
-    DEFAULT_SPACING_ZYX,
-    NATIVE_SPACING,
-    as_spacing,
     HU_WINDOW,
     Preprocessed,
     preprocess,
@@ -82,7 +80,7 @@ __all__ = [
     "CANONICAL_ORIENTATION", "Volume", "read_volume", "read_labels", "write_volume",
     "volume_from_array", "MAX_VOXELS", "MAX_VOXELS_ENV", "max_voxels", "check_voxels", "check_ct",
     "MAX_SUPERPATCHES",
-    "DEFAULT_SPACING_ZYX", "NATIVE_SPACING", "as_spacing", "HU_WINDOW", "Preprocessed", "window_hu", "resample", "preprocess",
+    "DEFAULT_SPACING_ZYX", "NATIVE_SPACING", "Spacing", "as_spacing", "recorded_spacing", "HU_WINDOW", "Preprocessed", "window_hu", "resample", "preprocess",
     "preprocess_labels",
     "Box", "SuperpatchGrid", "MIN_MEAN", "sample_superpatch_origin", "sample_superpatch",
     "crop_superpatch", "inside_fraction",

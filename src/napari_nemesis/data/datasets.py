@@ -35,7 +35,9 @@ from .grid import MIN_MEAN, SuperpatchGrid, crop_superpatch, sample_superpatch_o
 from .io import NemesisDataWarning, check_ct, read_labels, read_volume
 from .label_schemes import check_label_scheme, to_btcv_labels
 from .organs import ORGAN_IDS, ORGAN_NAMES, PRESENCE_THRESHOLD, organ_voxel_counts
-from .preprocess import DEFAULT_SPACING_ZYX, HU_WINDOW, Preprocessed, as_spacing, preprocess, resample
+from .preprocess import HU_WINDOW, Preprocessed, preprocess, resample
+from .formats import DATASET_SUFFIXES, scan_stem
+from .spacing import DEFAULT_SPACING_ZYX, Spacing
 
 __all__ = [
     "BTCV_TEST_IDS",
@@ -88,7 +90,7 @@ class Case:
 # Finding cases
 # ------------------------------------------------------------------------------------------
 
-_IMAGE_EXT = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+_IMAGE_EXT = DATASET_SUFFIXES  # the files a dataset folder holds as images and label maps
 
 
 def _digits_id(name: str) -> str | None:
@@ -157,10 +159,8 @@ _CHANNEL_SUFFIX = re.compile(r"^(?P<base>.+)_(?P<channel>\d{4})$")
 
 def _file_stem(path: Path) -> str:
     name = path.name
-    for ext in _IMAGE_EXT:
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return name.split(".")[0]
+    stem = scan_stem(name, DATASET_SUFFIXES)
+    return stem if stem != name else name.split(".")[0]
 
 
 def _is_nnunet(data_dir: Path, image_stems: list[str], label_stems: set[str]) -> bool:
@@ -432,7 +432,7 @@ class CacheIndex:
     def summary(self) -> dict[str, Any]:
         return {
             "cache": str(self.path),
-            "spacing_zyx": _spacing_json(self.spacing_zyx),
+            "spacing_zyx": Spacing.parse(self.spacing_zyx).to_json(),
             "superpatch": self.superpatch,
             "cases": len(self.cases),
             "train": sum(1 for c in self.cases.values() if c["split"] == "train"),
@@ -446,11 +446,6 @@ class CacheIndex:
         }
 
 
-def _spacing_json(spacing) -> list[float] | str:
-    """A spacing as stored in JSON: [z, y, x] mm or "native"."""
-    return spacing if isinstance(spacing, str) else [float(v) for v in spacing]
-
-
 def _write_json_atomic(path: Path, obj: Any) -> None:
     write_json_atomic(path, obj)
 
@@ -462,7 +457,7 @@ def cache_index(spacing_zyx, superpatch: int, data_dir: str | os.PathLike, **fie
     return {
         "format": CACHE_FORMAT,
         "version": CACHE_VERSION,
-        "spacing": _spacing_json(as_spacing(spacing_zyx)),
+        "spacing": Spacing.parse(spacing_zyx).to_json(),
         "window": list(HU_WINDOW),
         "image_dtype": CACHE_IMAGE_DTYPE,
         "superpatch": int(superpatch),
@@ -577,7 +572,7 @@ def prepare_cache(
     if out_dir.exists() and old is None and any(p for p in out_dir.iterdir()
                                                 if not p.name.startswith(".")):
         raise NemesisInputError(f"{out_dir}: exists, is not empty and is not a napari-nemesis cache")
-    spacing = _spacing_json(as_spacing(spacing_zyx))
+    spacing = Spacing.parse(spacing_zyx).to_json()
     superpatch = int(superpatch)
     (out_dir / "cases").mkdir(parents=True, exist_ok=True)
     # leftovers of an interrupted run
@@ -597,7 +592,7 @@ def prepare_cache(
     split_of = {c.case_id: "train" for c in train}
     split_of.update({c.case_id: "test" for c in test})
     index = cache_index(spacing, superpatch, data_dir, split_rule=rule, split=SPLIT_RULES[rule], cases={})
-    result = CacheIndex(out_dir, as_spacing(spacing), superpatch, index["cases"], split_rule=rule)
+    result = CacheIndex(out_dir, Spacing.from_json(spacing).value, superpatch, index["cases"], split_rule=rule)
     wanted = {c.case_id for c in cases}
     for cid in sorted(set(old["cases"]) - wanted if old else ()):
         shutil.rmtree(out_dir / "cases" / cid, ignore_errors=True)
@@ -692,7 +687,7 @@ class SuperpatchCache:
     @property
     def spacing_zyx(self) -> tuple[float, float, float] | str:
         """The cache's target spacing: (z, y, x) mm, or ``"native"`` (each scan kept at its own)."""
-        return as_spacing(self.index.get("spacing"))
+        return Spacing.from_json(self.index.get("spacing")).value
 
     @property
     def case_ids(self) -> list[str]:
@@ -864,7 +859,7 @@ def open_cache(path: str | os.PathLike, superpatch: int | None = None) -> Superp
 def _default_cache_for(data_dir: Path, spacing, include_unlabelled: bool = False, label_scheme: str = "auto") -> Path:
     """One cache per data folder *and* what it holds (spacing, unlabelled scans, label scheme),
     so preparing it for pretraining never deletes the cases probing needs, and vice versa."""
-    key = json.dumps([str(data_dir.resolve()), _spacing_json(as_spacing(spacing)),
+    key = json.dumps([str(data_dir.resolve()), Spacing.parse(spacing).to_json(),
                       bool(include_unlabelled), label_scheme])
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", data_dir.resolve().name) or "data"
@@ -917,7 +912,7 @@ def open_dataset(
                                         f"{cache.label_scheme(cid)}, not {label_scheme}; prepare it again "
                                         f"with --label-scheme {label_scheme}")
     if spacing_zyx is not _UNSET:
-        want = as_spacing(spacing_zyx)
+        want = Spacing.parse(spacing_zyx).value
         if want != cache.spacing_zyx:
             raise NemesisInputError(f"{cache.path}: cache spacing {cache.spacing_zyx} (z, y, x) is "
                                     f"not the requested {want}; prepare it again")

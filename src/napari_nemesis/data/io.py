@@ -31,6 +31,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import NemesisInputError, NemesisLimitError
+from .formats import METAIMAGE_SUFFIXES, NIFTI_SUFFIXES, reader_for_name
 
 __all__ = [
     "CANONICAL_ORIENTATION",
@@ -60,9 +61,6 @@ _BYTES_PER_LIMIT_VOXEL = 4
 #: Set to 1 to let an MHD/NHDR header name a data file outside its own folder.
 EXTERNAL_DATA_ENV = "NEMESIS_ALLOW_EXTERNAL_DATA"
 
-_NIFTI_EXT = (".nii", ".nii.gz")
-_ITK_EXT = (".nrrd", ".nhdr", ".mha", ".mhd")
-_DICOM_EXT = (".dcm", ".dicom", ".ima")
 
 # (z, y, x) canonical index -> (x, y, z) index of the LPS-ordered array, homogeneous.
 _ZYX_TO_XYZ = np.array(
@@ -234,14 +232,8 @@ def _spacing_from(canonical_affine: np.ndarray) -> tuple[float, float, float]:
 def _kind(path: Path) -> str:
     if path.is_dir():
         return "dicom"
-    name = path.name.lower()
-    if name.endswith(_NIFTI_EXT):
-        return "nifti"
-    if name.endswith(_ITK_EXT):
-        return "itk"
-    if name.endswith(_DICOM_EXT):
-        return "dicom-file"
-    return "itk"  # let SimpleITK try; a failure becomes "not an image"
+    # by the formats table; an unknown name: let SimpleITK try (a failure becomes "not an image")
+    return reader_for_name(path.name) or "itk"
 
 
 def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volume:
@@ -582,7 +574,7 @@ def _check_text_header(path: Path) -> None:
         raise NemesisInputError(f"{path}: cannot open ({_os_reason(exc)})") from None
     if head.startswith(b"NRRD"):
         _check_nrrd(path, head)
-    elif path.name.lower().endswith((".mha", ".mhd")) or b"ElementDataFile" in head:
+    elif path.name.lower().endswith(METAIMAGE_SUFFIXES) or b"ElementDataFile" in head:
         _check_metaimage(path, head)
 
 
@@ -890,7 +882,7 @@ def write_volume(
     import nibabel as nib
 
     path = Path(path)
-    if not path.name.lower().endswith(_NIFTI_EXT):
+    if not path.name.lower().endswith(NIFTI_SUFFIXES):
         raise NemesisInputError(f"{path}: write_volume writes NIfTI; use .nii or .nii.gz")
     array = array_zyx.array if isinstance(array_zyx, Volume) else np.asarray(array_zyx)
     if array.shape != reference.array.shape:

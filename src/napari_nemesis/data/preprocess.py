@@ -4,9 +4,9 @@ Spacings in the Python API are ``(z, y, x)`` in mm. The default :data:`DEFAULT_S
 ``(2.0, 1.5, 1.5)``, i.e. 1.5 x 1.5 mm in-plane and 2.0 mm slices. The CLI's ``--spacing`` takes
 the same numbers in x y z order (``--spacing 1.5 1.5 2.0``).
 
-A target spacing has one representation (:func:`as_spacing`): three positive numbers (z, y, x)
-in mm, or the string ``"native"`` (:data:`NATIVE_SPACING`) to keep each scan's own spacing.
-``None`` is not a spacing (it used to mean "native" here and "the default" in inference).
+A target spacing is a :class:`~.spacing.Spacing` (data/spacing.py): three positive numbers
+(z, y, x) in mm, or ``"native"`` to keep each scan's own spacing; :func:`as_spacing` is
+re-exported here for older imports.
 
 Resampling keeps the field of view: output voxel ``o`` along an axis has its centre at the
 original continuous index ``p = (o + 0.5) * t / s - 0.5`` (``s`` original, ``t`` target spacing),
@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import NemesisInputError
 from .io import Volume, check_voxels
+from .spacing import DEFAULT_SPACING_ZYX, NATIVE_SPACING, as_spacing  # noqa: F401  (re-exported)
 
 __all__ = [
     "NATIVE_SPACING",
@@ -38,32 +39,8 @@ __all__ = [
     "preprocess_labels",
 ]
 
-#: Target spacing (z, y, x) in mm: 1.5 x 1.5 mm in-plane, 2.0 mm slices (CLI: 1.5 1.5 2.0, x y z).
-DEFAULT_SPACING_ZYX: tuple[float, float, float] = (2.0, 1.5, 1.5)
-#: The target spacing that keeps each scan's own voxels (no resampling).
-NATIVE_SPACING = "native"
 #: The HU window mapped to [0, 1].
 HU_WINDOW: tuple[float, float] = (-175.0, 250.0)
-
-
-def as_spacing(spacing, what: str = "spacing"):
-    """The one representation of a target spacing: a ``(z, y, x)`` tuple of floats in mm, or
-    :data:`NATIVE_SPACING`. Accepts three numbers (any sequence) or ``"native"`` (also ``"none"``);
-    anything else, ``None`` included, is a one-line :class:`NemesisInputError`."""
-    if isinstance(spacing, str):
-        if spacing.strip().lower() in (NATIVE_SPACING, "none"):
-            return NATIVE_SPACING
-        raise NemesisInputError(f"{what} {spacing!r}: give (z, y, x) in mm or 'native'")
-    if spacing is None:
-        raise NemesisInputError(f"{what} None is ambiguous: give (z, y, x) in mm, or 'native' to keep the "
-                                "scan's own spacing")
-    try:
-        values = tuple(float(v) for v in spacing)
-    except (TypeError, ValueError):
-        raise NemesisInputError(f"{what} {spacing!r}: give (z, y, x) in mm or 'native'") from None
-    if len(values) != 3 or not all(np.isfinite(values)) or min(values) <= 0:
-        raise NemesisInputError(f"{what} {spacing!r}: need three positive numbers (z, y, x) in mm")
-    return values
 
 _TIE_EPS = 1e-6
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import write_json_atomic
+from ..data.formats import SIDECAR_STEM_SUFFIXES, scan_stem
 from ..errors import NemesisInputError
 
 __all__ = [
@@ -42,9 +43,6 @@ SIDECAR_FORMAT = "napari-nemesis/superpatch-labels"
 #: The sidecar format this version writes; files of a newer version are refused.
 SIDECAR_VERSION = 1
 SIDECAR_SUFFIX = ".nemesis-labels.json"
-
-_SCAN_EXT = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm")
-
 
 def _mm(values) -> str:
     return " x ".join(f"{float(v):g}" for v in values)
@@ -144,12 +142,7 @@ class GridSpec:
 def sidecar_path_beside(scan_path: str | os.PathLike) -> Path:
     """``<folder>/<scan name without extension>.nemesis-labels.json`` (a DICOM folder: beside it)."""
     scan = Path(scan_path)
-    name = scan.name
-    for ext in _SCAN_EXT:
-        if name.lower().endswith(ext):
-            name = name[: -len(ext)]
-            break
-    return scan.parent / f"{name}{SIDECAR_SUFFIX}"
+    return scan.parent / f"{scan_stem(scan.name, SIDECAR_STEM_SUFFIXES)}{SIDECAR_SUFFIX}"
 
 
 def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.spacing import Spacing
 from ..model import NemesisMAE
 from .events import CancelFn, ProgressFn, emit
 from .metrics import MEAN_CONVENTION, presence_metrics
@@ -112,8 +113,7 @@ def evaluate(
                      "paper_auroc": pa, "paper_f1": pf, "paper_row": "Table II NEMESIS fine-tune"})
     result: dict[str, Any] = {"rows": rows, "train_cases": full_train, "test_cases": test_ids,
                               "split": cache.split_rule, "split_description": SPLIT_RULES[cache.split_rule],
-                              "spacing_zyx": cache.spacing_zyx if isinstance(cache.spacing_zyx, str)
-                              else list(cache.spacing_zyx),
+                              "spacing_zyx": Spacing.parse(cache.spacing_zyx).to_json(),
                               "mean_over": MEAN_CONVENTION,
                               "paper_table_ii": PAPER_TABLE_II, "paper_table_iii": PAPER_TABLE_III}
     if reconstruction:

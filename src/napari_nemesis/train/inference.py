@@ -23,7 +23,8 @@ from ..atomic import atomic_path
 from ..errors import NemesisCheckpointError, NemesisInputError
 from ..model import NemesisMAE, make_mask
 from .events import CancelFn, ProgressFn, check_cancel, emit
-from .probe import ProbeModel, check_probe_matches, spacing_from_metadata
+from ..data.spacing import Spacing, recorded_spacing  # recorded_spacing re-exported: its home is data/spacing.py
+from .probe import ProbeModel, check_probe_matches
 from .runtime import autocast, resolve_device
 
 HU_LO, HU_HI = -175.0, 250.0
@@ -69,32 +70,14 @@ def check_output(values, what: str, model=None, probe=None) -> None:
                                      "broken")
 
 
-def recorded_spacing(model: NemesisMAE, head_meta: dict[str, Any] | None = None, probe=None):
-    """``(spacing, source)``: the spacing a probe head was trained at (``source="probe"``), else the
-    one the checkpoint was pretrained at (``"checkpoint"``), else ``data.DEFAULT_SPACING_ZYX``
-    (``"default"``). Spacings are (z, y, x) mm tuples or ``"native"``."""
-    from ..data import DEFAULT_SPACING_ZYX
-
-    if head_meta is not None and "spacing_zyx" in head_meta:
-        return spacing_from_metadata(head_meta["spacing_zyx"], probe), "probe"
-    extra = getattr(model, "checkpoint_extra", None) or {}
-    if "spacing_zyx" in extra:
-        return spacing_from_metadata(extra["spacing_zyx"], getattr(model, "checkpoint_path", None)), "checkpoint"
-    return DEFAULT_SPACING_ZYX, "default"
-
-
 def _same_spacing(a, b) -> bool:
-    if isinstance(a, str) or isinstance(b, str):
-        return a == b
-    return bool(np.allclose(a, b, rtol=0, atol=1e-6))
+    return Spacing.parse(a).close_to(b)
 
 
 def _spacing_for(spacing_zyx, model, head_meta=None, probe=None):
-    from ..data import as_spacing
-
     if spacing_zyx is None:
         return recorded_spacing(model, head_meta, probe)
-    return as_spacing(spacing_zyx), "given"
+    return Spacing.parse(spacing_zyx).value, "given"
 
 
 # ---- organ probabilities ---------------------------------------------------------------------
@@ -233,11 +216,9 @@ def _write_infer_outputs(result: InferResult, out_dir: Path, stem: str | None) -
 
 def scan_stem(source) -> str:
     """A scan's file name without its image extension (``scan`` for arrays made in memory)."""
-    name = Path(str(source)).name if source else "scan"
-    for ext in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
+    from ..data.formats import scan_stem as strip_scan_suffix
+
+    return strip_scan_suffix(Path(str(source)).name) if source else "scan"
 
 
 # ---- reconstruction --------------------------------------------------------------------------

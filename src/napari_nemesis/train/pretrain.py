@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import inside_fraction
+from ..data import Spacing, inside_fraction
 from ..errors import NemesisCancelled, NemesisInputError
 from ..model import NemesisMAE, build_model, load_checkpoint
 from .events import CancelFn, ProgressFn, check_cancel, emit
@@ -277,7 +277,7 @@ def _pretrain(data, out_dir, opts, resume, progress, cancel, device, bf16, dist)
     if dist.is_main:
         drop_stale_stop_file(out_dir)
     # the spacing the model sees, recorded with every checkpoint (inference uses it by default)
-    spacing = cache.spacing_zyx if isinstance(cache.spacing_zyx, str) else list(cache.spacing_zyx)
+    spacing = Spacing.parse(cache.spacing_zyx).to_json()
     total_items = opts.steps * opts.batch * dist.world
     loader = torch.utils.data.DataLoader(
         CropDataset(cache, opts.seed, total_items),

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_path
+from ..data.spacing import Spacing, spacing_from_metadata  # spacing_from_metadata re-exported: its home is data/spacing.py
 from ..errors import NemesisCheckpointError, NemesisInputError
 from ..model import NemesisMAE
 from .events import CancelFn, ProgressFn, check_cancel, emit
@@ -143,17 +144,13 @@ def probe_metadata(model: NemesisMAE, spacing_zyx, organs: Sequence[str] | None 
     """The metadata a saved head carries: organs, threshold, the encoder's digest and width, the
     superpatch size and spacing (z, y, x mm or ``"native"``) it was trained at, its checkpoint, and
     ``extra`` (mode, label ratio, ...)."""
-    from ..data import ORGAN_NAMES, as_spacing
+    from ..data import ORGAN_NAMES
 
     return {"organs": list(organs if organs is not None else ORGAN_NAMES), "threshold": float(threshold),
             "encoder_sha256": encoder_digest(model), "embed_dim": model.cfg.embed_dim,
-            "superpatch": model.cfg.superpatch, "spacing_zyx": _spacing_json(as_spacing(spacing_zyx)),
+            "superpatch": model.cfg.superpatch, "spacing_zyx": Spacing.parse(spacing_zyx).to_json(),
             "checkpoint": str(checkpoint) if checkpoint else (str(model.checkpoint_path) if model.checkpoint_path else None),
             **extra}
-
-
-def _spacing_json(spacing):
-    return spacing if isinstance(spacing, str) else [float(v) for v in spacing]
 
 
 def probe_beside(checkpoint: str | os.PathLike) -> Path:
@@ -322,12 +319,10 @@ def save_probe(head: ProbeHead, path: str | os.PathLike, meta: dict[str, Any]) -
     """
     from safetensors.torch import save_file
 
-    from ..data import as_spacing
-
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise ValueError(f"save_probe: metadata lacks {', '.join(missing)} (use probe_metadata(model, spacing))")
-    meta = {**meta, "spacing_zyx": _spacing_json(as_spacing(meta["spacing_zyx"]))}
+    meta = {**meta, "spacing_zyx": Spacing.parse(meta["spacing_zyx"]).to_json()}
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     with atomic_path(path) as tmp:
@@ -375,7 +370,7 @@ def load_probe(path: str | os.PathLike) -> tuple[ProbeHead, dict[str, Any]]:
     if len(meta.get("organs", [])) != k:
         raise NemesisCheckpointError(f"{path}: probe head has {k} outputs but names {len(meta.get('organs', []))} organs")
     if "spacing_zyx" in meta:
-        meta["spacing_zyx"] = _spacing_json(spacing_from_metadata(meta["spacing_zyx"], path))
+        meta["spacing_zyx"] = Spacing.from_recorded(meta["spacing_zyx"], path).to_json()
     head.meta, head.path = meta, path
     return head.eval(), meta
 
@@ -405,18 +400,6 @@ def _probe_meta(path: Path, text: str) -> dict[str, Any]:
     if digest is not None and not isinstance(digest, str):
         raise NemesisCheckpointError(f"{path}: probe head metadata 'encoder_sha256' is not a string")
     return meta
-
-
-def spacing_from_metadata(value, source=None):
-    """A recorded spacing as (z, y, x) mm or ``"native"``; ``null`` (older files) meant native."""
-    from ..data import NATIVE_SPACING, as_spacing
-
-    if value is None:
-        return NATIVE_SPACING
-    try:
-        return as_spacing(value)
-    except NemesisInputError:
-        raise NemesisCheckpointError(f"{source}: recorded spacing {value!r} is not (z, y, x) mm or 'native'") from None
 
 
 # ---- the probe command's core ------------------------------------------------------------
@@ -507,7 +490,7 @@ def run_probe(
         test_cases=test_ids,
         split=cache.split_rule,
         split_description=SPLIT_RULES[cache.split_rule],
-        spacing_zyx=_spacing_json(cache.spacing_zyx),
+        spacing_zyx=Spacing.parse(cache.spacing_zyx).to_json(),
         options=asdict(opts),
     )
     if keep_predictions:
@@ -520,7 +503,7 @@ def run_probe(
             from ..model import save_checkpoint
 
             extra = {**(getattr(model, "checkpoint_extra", None) or {}), "finetuned_from": checkpoint_name,
-                     "spacing_zyx": _spacing_json(cache.spacing_zyx)}
+                     "spacing_zyx": Spacing.parse(cache.spacing_zyx).to_json()}
             trained_on = str(save_checkpoint(net.encoder.cpu(), out_dir / "finetuned.safetensors", extra=extra))
             result["finetuned_checkpoint"] = trained_on
         meta = probe_metadata(encoder, cache.spacing_zyx, ORGAN_NAMES, opts.threshold, checkpoint=trained_on,

@@ -81,8 +81,9 @@ def prepare_scan(scan, spacing_zyx=DEFAULT_SPACING_ZYX, superpatch: int = 128,
 def prepare_for_model(scan, model: NemesisMAE, spacing_zyx=None) -> PreparedScan:
     """:func:`prepare_scan` for ``model``: its superpatch size, and ``spacing_zyx`` or, when None,
     the spacing its checkpoint was pretrained at, else the default (the rule ``reconstruct_scan``
-    follows: ``inference.recorded_spacing``). ``spacing_source`` says which."""
-    from .inference import recorded_spacing, spacing_origin
+    follows: ``data.spacing.recorded_spacing``). ``spacing_source`` says which."""
+    from ..data.spacing import recorded_spacing
+    from .inference import spacing_origin
 
     spacing, source = recorded_spacing(model) if spacing_zyx is None else (spacing_zyx, "given")
     prepared = prepare_scan(scan, spacing, model.cfg.superpatch, spacing_source=spacing_origin(source, model))

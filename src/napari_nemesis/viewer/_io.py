@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.formats import DICOM_FILE_SUFFIXES, NIFTI_SUFFIXES, VIEWER_SUFFIXES, scan_stem
 from ..errors import NemesisInputError
 from ._layers import AXIS_LABELS, DEFAULT_WINDOW, UNITS, WINDOW_PRESETS, ras_affine, transform_kwargs, \
     window_limits, world_affine
@@ -35,8 +36,7 @@ __all__ = [
     "sample_phantom",
 ]
 
-SCAN_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+SCAN_SUFFIXES = VIEWER_SUFFIXES  # the files napari hands this reader (data/formats.py; napari.yaml)
 #: Largest id of a known label scheme (TotalSegmentator ``total``): integer maps up to it are labels.
 _MAX_LABEL_ID = 117
 _NULL_LAYER = [(None,)]  # napari's "read, but nothing to add" sentinel
@@ -91,7 +91,7 @@ def _looks_like_dicom_folder(folder: Path, limit: int = 32) -> bool:
     for entry in entries:
         if not entry.is_file():
             continue
-        if entry.suffix.lower() in (".dcm", ".dicom", ".ima"):
+        if entry.suffix.lower() in DICOM_FILE_SUFFIXES:
             return True
         try:
             with open(entry, "rb") as fh:
@@ -223,11 +223,7 @@ def _metadata(volume, kind: str, **extra) -> dict[str, Any]:
 def _stem(source, fallback: str) -> str:
     if source is None:
         return fallback
-    name = Path(str(source)).name
-    for ext in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return name or fallback
+    return scan_stem(Path(str(source)).name) or fallback
 
 
 def scan_layer_data(volume, name: str | None = None) -> tuple:

@@ -39,14 +39,14 @@ class Geometry:
 
 def weights_geometry(choice: WeightsChoice, store: "ModelStore") -> Geometry:
     """The geometry of a checkpoint + probe head: the spacing the head was trained at, else the
-    checkpoint's, else the default (``train.inference.recorded_spacing``, the CLI's rule);
+    checkpoint's, else the default (``data.spacing.recorded_spacing``, the CLI's rule);
     superpatch and patch from the checkpoint's config."""
-    from ..train.inference import recorded_spacing
+    from ..data.spacing import Spacing, recorded_spacing
 
     model = store.model(choice.checkpoint)
     head, meta = store.probe(choice.probe)
     spacing, _source = recorded_spacing(model, meta, getattr(head, "path", None))
-    spacing = spacing if isinstance(spacing, str) else tuple(float(s) for s in spacing)
+    spacing = Spacing.parse(spacing).value
     return Geometry(spacing, int(model.cfg.superpatch), int(model.cfg.patch))
 
 

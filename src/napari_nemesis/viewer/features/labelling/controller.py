@@ -49,16 +49,14 @@ COLUMN = "label"
 def scan_image_path(volume, project_root: Path, write: bool = True) -> Path:
     """The image file the project records for ``volume``: its own file when it came from one,
     else a NIfTI copy written once into ``PROJECT/images`` (same voxels, so the same hash)."""
+    from ....data.formats import scan_stem
     from ....data.io import write_volume
     from ....labels import ScanFingerprint
 
     source = Path(str(volume.source)) if volume.source is not None else None
     if source is not None and source.is_file() and volume.meta.get("format") not in ("memory", "napari-layer"):
         return source
-    stem = source.name if source is not None else "scan"
-    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
-        if stem.lower().endswith(ext):
-            stem = stem[: -len(ext)]
+    stem = scan_stem(source.name) if source is not None else "scan"
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or "scan"
     digest = ScanFingerprint.of_volume(volume).voxel_sha256[:12]
     path = Path(project_root) / "images" / f"{stem}-{digest}.nii.gz"

@@ -6,6 +6,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QGridLayout, QGroupBox, QHBoxLayout, QLabel, \
     QLineEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
+from ....data.formats import file_dialog_filter
 from ... import _layers as L
 from ..._controls import call_safely, follow, wrapped_label
 from ..._dock import NemesisDock
@@ -240,7 +241,7 @@ class LabellingWidget(NemesisDock):
 
     def _fill_from_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Label map (BTCV, TotalSegmentator or AMOS ids)", "",
-                                              "label maps (*.nii *.nii.gz *.nrrd *.mha *.mhd)")
+                                              file_dialog_filter("label maps"))
         if path:
             call_safely(self.controller.fill, path, self.fill_overwrite.isChecked(), self.fill_threshold.value(),
                         wait=False)

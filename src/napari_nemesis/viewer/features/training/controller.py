@@ -172,8 +172,10 @@ class TrainingController:
         ctx = self.session.scan
         if (project / PROJECT_FILE).is_file() or ctx is None:
             return []
-        sz, sy, sx = (float(s) for s in ctx.prepared.pre.spacing_zyx)
-        return ["--superpatch", str(int(ctx.grid.superpatch)), "--spacing", f"{sx:g}", f"{sy:g}", f"{sz:g}"]
+        from ....data import Spacing
+
+        return ["--superpatch", str(int(ctx.grid.superpatch)),
+                "--spacing", *Spacing.parse(ctx.prepared.pre.spacing_zyx).cli_words()]
 
     def _dataset_cases(self, cfg: TrainingConfig, labelled: bool):
         from ....data import find_cases, label_ratio_subset
