@@ -80,6 +80,22 @@ def test_probe_cli_json_contract(setup, tmp_path, capsys):
     assert main(["probe", str(cache.path), "--checkpoint", str(tmp_path / "nope.safetensors")]) == 2
 
 
+def test_evaluate_seeds_the_label_ratios_and_scores_mostly_inside_superpatches(setup):
+    from napari_nemesis.train.evaluate import format_table
+
+    root, cache, ckpt = setup
+    res = evaluate(cache, load_checkpoint(ckpt), ratios=(0.5, 1.0), opts=ProbeOptions(epochs=5, batch=16),
+                   finetune_model=False, random_baseline=False, seeds=3)
+    by = {(r["method"], r["label_ratio"]): r for r in res["rows"]}
+    assert by[("NEMESIS", 0.5)]["seeds"] == 3 and len(by[("NEMESIS", 0.5)]["auroc_seeds"]) <= 3
+    assert by[("NEMESIS", 1.0)]["seeds"] == 1 and by[("NEMESIS", 1.0)]["auroc_std"] is None  # all labels: one draw
+    if len(by[("NEMESIS", 0.5)]["auroc_seeds"]) > 1:
+        seeds = by[("NEMESIS", 0.5)]["auroc_seeds"]
+        assert by[("NEMESIS", 0.5)]["auroc_mean"] == pytest.approx(np.mean(seeds))
+    assert set(by) == {("NEMESIS", 0.5), ("NEMESIS", 1.0), ("Histogram", 0.5), ("Histogram", 1.0)}
+    assert "Histogram" in format_table(res) and "inside" in format_table(res)
+
+
 def test_evaluate_produces_every_row(setup):
     root, cache, ckpt = setup
     model = load_checkpoint(ckpt)
@@ -87,7 +103,10 @@ def test_evaluate_produces_every_row(setup):
                    reconstruction=True)
     rows = {(r["method"], r["protocol"], r["label_ratio"]) for r in res["rows"]}
     assert rows == {("NEMESIS", "linear", 0.5), ("NEMESIS", "linear", 1.0), ("Random ViT", "linear", 0.5),
-                    ("Random ViT", "linear", 1.0), ("NEMESIS", "finetune", 1.0)}
+                    ("Random ViT", "linear", 1.0), ("Histogram", "linear", 0.5), ("Histogram", "linear", 1.0),
+                    ("NEMESIS", "finetune", 1.0)}
+    linear = [r for r in res["rows"] if r["protocol"] == "linear"]
+    assert all(0 < r["n_test_superpatches_mostly_inside"] <= r["n_test_superpatches"] for r in linear)
     assert [r["strategy"] for r in res["reconstruction"]] == ["random", "plane", "axis", "dual"]
     assert all(r["psnr_masked"] is not None and r["psnr_masked"] > 0 for r in res["reconstruction"])
     for r in res["reconstruction"]:          # both learning-free fills reported beside the model

@@ -145,7 +145,11 @@ def register_downstream(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--no-finetune", action="store_true")
     e.add_argument("--no-random", action="store_true", help="skip the random-encoder baseline")
     e.add_argument("--finetune-epochs", type=int_at_least(1), default=None)
-    e.add_argument("--reconstruction", action="store_true", help="also Table IV: PSNR/SSIM per mask strategy at 0.75")
+    e.add_argument("--no-histogram", action="store_true", help="skip the intensity-histogram baseline")
+    e.add_argument("--seeds", type=int_at_least(1), default=1,
+                   help="draw each label ratio below 1 with this many seeds: mean and spread (default 1)")
+    e.add_argument("--reconstruction", action="store_true",
+                   help="also the test-mask sweep: PSNR/SSIM per mask strategy at 0.75 beside the mean and local fills")
     e.add_argument("--seed", type=SEED, default=0)
     e.add_argument("--out", default="evaluate_out", type=path_arg, help="folder for evaluate.json (default evaluate_out/)")
     add_label_scheme_flag(e)
@@ -192,7 +196,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     bar = TqdmProgress(f"probe ({args.mode})", disable=args.json)
     try:
         result = run_probe(args.data, model, opts, out_dir=out, checkpoint_name=ckpt, progress=bar,
-                           label_scheme=args.label_scheme, spacing_zyx=parse_spacing(args.spacing))
+                           label_scheme=args.label_scheme, spacing_zyx=parse_spacing(args.spacing),
+                          seeds=args.seeds, histogram_baseline=not args.no_histogram)
     finally:
         bar.close()
     write_json_atomic(out / "probe.json", result)
@@ -223,7 +228,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         result = evaluate(args.data, model, ratios=tuple(args.ratios), finetune_model=not args.no_finetune,
                           random_baseline=not args.no_random, reconstruction=args.reconstruction, opts=opts,
                           finetune_epochs=args.finetune_epochs, recon_seed=args.seed, progress=bar,
-                          label_scheme=args.label_scheme, spacing_zyx=parse_spacing(args.spacing))
+                          label_scheme=args.label_scheme, spacing_zyx=parse_spacing(args.spacing),
+                          seeds=args.seeds, histogram_baseline=not args.no_histogram)
     finally:
         bar.close()
     result["checkpoint"] = ckpt

@@ -27,6 +27,32 @@ from .probe import (ProbeOptions, dataset_for, extract_features, finetune, head_
 from .runtime import resolve_device
 
 LABEL_RATIOS = (0.1, 0.25, 0.5, 1.0)
+#: Bins of the intensity-histogram baseline (the windowed [0, 1] range), plus the share inside the scan.
+HISTOGRAM_BINS = 32
+#: A superpatch counts as "mostly scan" when at least this share of it lies inside the scan.
+MOSTLY_INSIDE = 0.5
+
+
+def histogram_features(cache, case_ids: list[str], superpatch: int, bins: int = HISTOGRAM_BINS):
+    """A learning-free feature per superpatch: the normalised histogram of its windowed voxels inside the
+    scan and the share of it inside the scan. ``(x (n, bins + 1), y (n, 8), where)`` in
+    :func:`~.probe.extract_features`'s order, so a head on it is a baseline for the encoder's features."""
+    xs, ys, where = [], [], []
+    for cid, i, patch, lab in cache.superpatches(case_ids, superpatch):
+        box = cache.grid(cid, superpatch).box(i, clip=True)
+        inside = patch[tuple(slice(0, d) for d in box.shape)]      # the crop starts at the box's corner
+        hist = np.histogram(inside, bins=bins, range=(0.0, 1.0))[0].astype(np.float32)
+        hist /= max(1.0, float(hist.sum()))
+        xs.append(np.append(hist, inside.size / superpatch ** 3))
+        ys.append(np.asarray(lab, dtype=np.uint8))
+        where.append((cid, i))
+    return np.stack(xs).astype(np.float32), np.stack(ys), where
+
+
+def inside_share(cache, where, superpatch: int) -> np.ndarray:
+    """Share of each superpatch (``where``: (case, index)) that lies inside its scan."""
+    return np.array([float(np.prod(cache.grid(c, superpatch).box(i, clip=True).shape)) / superpatch ** 3
+                     for c, i in where])
 
 #: Paper, Table II (BTCV organ presence; AUROC, F1 at 0.5) and Table III (linear AUROC by label ratio).
 PAPER_TABLE_II = {
@@ -56,11 +82,19 @@ def evaluate(
     cancel: CancelFn | None = None,
     label_scheme: str = "auto",
     spacing_zyx=None,
+    seeds: int = 1,
+    histogram_baseline: bool = True,
 ) -> dict[str, Any]:
     """Rows of (method, protocol, label_ratio, auroc_mean, f1_macro, paper_auroc, paper_f1, paper_row).
 
     A raw data folder is read with ``label_scheme`` and prepared at ``spacing_zyx`` (default: the
     spacing the checkpoint was pretrained at, else the default); a cache is used as it is.
+
+    Every linear row also carries ``auroc_mean_mostly_inside``: the same on the test superpatches at least
+    half inside their scan (superpatches of padding are easy negatives). ``seeds`` > 1 draws each label
+    ratio below 1 with that many seeds: ``auroc_mean`` is then their mean, ``auroc_seeds`` each, and
+    ``auroc_std`` their spread. ``histogram_baseline`` adds rows of a head on intensity histograms
+    (:func:`histogram_features`), beside the random encoder: what intensity alone tells.
     """
     from ..data import ORGAN_NAMES, SPLIT_RULES
 
@@ -71,22 +105,42 @@ def evaluate(
     full_train = training_case_ids(cache, 1.0, opts.seed)
     rows: list[dict[str, Any]] = []
 
-    def linear_rows(name: str, encoder: NemesisMAE, paper: dict[float, tuple[float | None, float | None, str]]):
+    s = model.cfg.superpatch
+
+    def linear_rows(name: str, encoder: NemesisMAE | None, paper: dict[float, tuple[float | None, float | None, str]]):
         emit(progress, "stage", name=f"{name}: features")
-        xtr, ytr, where = extract_features(encoder, cache, full_train, opts.batch, device, opts.bf16, progress, cancel,
-                                           f"{name} train features")
-        xte, yte, _ = extract_features(encoder, cache, test_ids, opts.batch, device, opts.bf16, progress, cancel,
-                                       f"{name} test features")
+        if encoder is None:          # the intensity-histogram baseline
+            xtr, ytr, where = histogram_features(cache, full_train, s)
+            xte, yte, where_te = histogram_features(cache, test_ids, s)
+        else:
+            xtr, ytr, where = extract_features(encoder, cache, full_train, opts.batch, device, opts.bf16, progress,
+                                               cancel, f"{name} train features")
+            xte, yte, where_te = extract_features(encoder, cache, test_ids, opts.batch, device, opts.bf16, progress,
+                                                  cancel, f"{name} test features")
         case_of = np.array([c for c, _ in where])
+        mostly = inside_share(cache, where_te, s) >= MOSTLY_INSIDE
         for r in ratios:
-            ids = set(training_case_ids(cache, r, opts.seed))
-            sel = np.isin(case_of, list(ids))
-            head = train_linear_head(xtr[sel], ytr[sel], dataclasses.replace(opts, mode="linear"), cancel)
-            m = presence_metrics(yte, head_probabilities(head, xte), ORGAN_NAMES, opts.threshold)
+            runs = []
+            for seed in range(opts.seed, opts.seed + (seeds if r < 1.0 else 1)):
+                sel = np.isin(case_of, training_case_ids(cache, r, seed))
+                head = train_linear_head(xtr[sel], ytr[sel], dataclasses.replace(opts, mode="linear"), cancel)
+                prob = head_probabilities(head, xte)
+                m = presence_metrics(yte, prob, ORGAN_NAMES, opts.threshold)
+                inside = presence_metrics(yte[mostly], prob[mostly], ORGAN_NAMES, opts.threshold) if mostly.any() else {}
+                runs.append((m, inside.get("auroc_mean"), int(sel.sum())))
+            m = runs[0][0]
+            aurocs = [run[0]["auroc_mean"] for run in runs if run[0]["auroc_mean"] is not None]
+            inside_aurocs = [run[1] for run in runs if run[1] is not None]
             pa, pf, prow = paper.get(r, (None, None, None))
-            rows.append({"method": name, "protocol": "linear", "label_ratio": r, "auroc_mean": m["auroc_mean"],
-                         "f1_macro": m["f1_macro"], "organs_scored": m["organs_scored"], "per_organ": m["per_organ"],
-                         "n_train_superpatches": int(sel.sum()), "n_test_superpatches": int(len(yte)),
+            rows.append({"method": name, "protocol": "linear", "label_ratio": r,
+                         "auroc_mean": float(np.mean(aurocs)) if aurocs else None,
+                         "f1_macro": float(np.mean([run[0]["f1_macro"] for run in runs])),
+                         "auroc_mean_mostly_inside": float(np.mean(inside_aurocs)) if inside_aurocs else None,
+                         "n_test_superpatches_mostly_inside": int(mostly.sum()),
+                         "organs_scored": m["organs_scored"], "per_organ": m["per_organ"],
+                         "n_train_superpatches": runs[0][2], "n_test_superpatches": int(len(yte)),
+                         "seeds": len(runs), "auroc_seeds": aurocs,
+                         "auroc_std": float(np.std(aurocs)) if len(aurocs) > 1 else None,
                          "paper_auroc": pa, "paper_f1": pf, "paper_row": prow})
             emit(progress, "row", **{k: v for k, v in rows[-1].items() if k != "per_organ"})
 
@@ -99,6 +153,8 @@ def evaluate(
         random_model = NemesisMAE(model.cfg)  # same config, fresh random weights
         # the paper has no linear probe of a random encoder (its "Random ViT" was fine-tuned): no paper figures
         linear_rows("Random ViT", random_model, {})
+    if histogram_baseline:
+        linear_rows("Histogram", None, {})  # no encoder at all: intensities inside the superpatch
     if finetune_model:
         emit(progress, "stage", name="fine-tune")
         ft_opts = dataclasses.replace(opts, mode="finetune", epochs=finetune_epochs, lr=None)
@@ -177,15 +233,18 @@ def format_table(result: dict[str, Any]) -> str:
     def f(v, nd=4):
         return "-" if v is None else f"{v:.{nd}f}"
 
-    lines = [f"{'method':<12}{'protocol':<10}{'labels':>7}{'AUROC':>9}{'F1':>8}{'organs':>8}{'train SP':>10}   "
-             f"{'paper AUROC':>11}{'paper F1':>10}  paper row (same method and protocol)"]
+    lines = [f"{'method':<12}{'protocol':<10}{'labels':>7}{'AUROC':>9}{'+-':>7}{'inside':>8}{'F1':>8}{'organs':>8}"
+             f"{'train SP':>10}   {'paper AUROC':>11}{'paper F1':>10}  paper row (same method and protocol)"]
     for r in result["rows"]:
         scored = r.get("organs_scored")
         organs = f"{len(scored)}/{len(r['per_organ'])}" if scored is not None else "-"
         lines.append(f"{r['method']:<12}{r['protocol']:<10}{int(r['label_ratio'] * 100):>6}%{f(r['auroc_mean']):>9}"
+                     f"{f(r.get('auroc_std'), 3):>7}{f(r.get('auroc_mean_mostly_inside'), 3):>8}"
                      f"{f(r['f1_macro'], 3):>8}{organs:>8}{r['n_train_superpatches']:>10}   "
                      f"{f(r['paper_auroc']):>11}{f(r['paper_f1'], 3):>10}  {r.get('paper_row') or '- (not in the paper)'}")
-    lines.append(f"AUROC and F1: {result.get('mean_over', MEAN_CONVENTION)} ('organs'); F1 at threshold 0.5.")
+    lines.append(f"AUROC and F1: {result.get('mean_over', MEAN_CONVENTION)} ('organs'); F1 at threshold 0.5; "
+                 f"'+-': spread over label-ratio seeds; 'inside': AUROC on the test superpatches at least "
+                 f"{MOSTLY_INSIDE:.0%} inside their scan. 'Histogram': a head on intensity histograms, no encoder.")
     if "split_description" in result:
         lines.append(f"Split: {result['split_description']} ({len(result['train_cases'])} train / "
                      f"{len(result['test_cases'])} test scans).")
