@@ -2,7 +2,8 @@
 
 Everything goes to a temporary name in the same folder and is renamed into place when complete
 (``os.replace`` is atomic on one filesystem); on an error or Ctrl-C the temporary file is removed
-and whatever was at ``path`` before is untouched.
+and whatever was at ``path`` before is untouched. Writers that share a file take :func:`file_lock` on it
+(the label sidecars and the project file).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from .errors import NemesisInputError
 
 
 @contextmanager
@@ -60,5 +63,44 @@ def fsync_folder(folder: str | os.PathLike) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def os_problem(exc: OSError) -> str:
+    """A few words for why an OS call failed: full disk, read-only folder, else the OS's own words."""
+    import errno
+
+    if exc.errno == errno.ENOSPC:
+        return "the disk is full"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return "the folder is read-only"
+    return exc.strerror or exc.__class__.__name__
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Exclusive lock on ``.<name>.lock`` beside ``path`` (POSIX ``flock``; elsewhere none).
+
+    A lock file that cannot be created (read-only folder, full disk) is a one-line
+    :class:`NemesisInputError` naming it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: one writer per sidecar is assumed
+        yield
+        return
+    path = Path(path)
+    lock = path.with_name(f".{path.name}.lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise NemesisInputError(f"{lock}: cannot create the lock file for {path.name} ({os_problem(exc)}); "
+                                "nothing was written") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        # under the lock no writer is half-way: a temporary file left now is from a killed one
+        for stale in path.parent.glob(f".{path.name}.tmp*"):
+            stale.unlink(missing_ok=True)
+        yield
     finally:
         os.close(fd)

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..atomic import file_lock as _file_lock
+from ..atomic import os_problem as _os_problem
 from ..atomic import write_json_atomic
 from ..errors import NemesisInputError
 from .sidecar import SIDECAR_SUFFIX, GridSpec, read_sidecar, sidecar_path_beside
-from .store import LabelStore, _file_lock, _os_problem
+from .store import LabelStore
 
 __all__ = ["PROJECT_FILE", "PROJECT_FORMAT", "PROJECT_VERSION", "ProjectScan", "LabelProject"]
 

@@ -14,13 +14,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..atomic import file_lock, os_problem
 from ..errors import NemesisInputError
 from .sidecar import (
     SIDECAR_FORMAT,
@@ -69,41 +69,8 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _os_problem(exc: OSError) -> str:
-    import errno
-
-    if exc.errno == errno.ENOSPC:
-        return "the disk is full"
-    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return "the folder is read-only"
-    return exc.strerror or exc.__class__.__name__
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive lock on ``.<name>.lock`` beside ``path`` (POSIX ``flock``; elsewhere none).
-
-    A lock file that cannot be created (read-only folder, full disk) is a one-line
-    :class:`NemesisInputError` naming it."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: one writer per sidecar is assumed
-        yield
-        return
-    lock = path.with_name(f".{path.name}.lock")
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise NemesisInputError(f"{lock}: cannot create the lock file for {path.name} ({_os_problem(exc)}); "
-                                "nothing was written") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        # under the lock no writer is half-way: a temporary file left now is from a killed one
-        for stale in path.parent.glob(f".{path.name}.tmp*"):
-            stale.unlink(missing_ok=True)
-        yield
-    finally:
-        os.close(fd)
+# the lock and the OS-error wording live beside the atomic writes (atomic.py); the old private names stay
+_file_lock, _os_problem = file_lock, os_problem
 
 
 def _disk_id(path: Path) -> tuple[int, int, int] | None:

@@ -1,0 +1,70 @@
+"""The package's module-level import graph has no cycle, and shared facts have one home."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import networkx as nx
+
+PKG = Path(__file__).resolve().parents[1] / "src" / "napari_nemesis"
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> list[str]:
+    if node.level == 0:
+        base = node.module or ""
+    else:
+        parts = module.split(".")
+        keep = len(parts) - node.level + (1 if is_package else 0)
+        base = ".".join(parts[:keep] + ([node.module] if node.module else []))
+    return [base] + [f"{base}.{a.name}" for a in node.names]
+
+
+def import_graph() -> nx.DiGraph:
+    """Edges module -> module for imports at module level (function-level imports run at call time)."""
+    modules = {_module_name(p): p for p in PKG.rglob("*.py")}
+    graph = nx.DiGraph()
+    graph.add_nodes_from(modules)
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(), str(path))
+        for node in tree.body:  # module level only (guards like `if TYPE_CHECKING:` included below)
+            stmts = [node] + (list(ast.walk(node)) if isinstance(node, (ast.If, ast.Try)) else [])
+            for stmt in stmts:
+                targets = []
+                if isinstance(stmt, ast.ImportFrom):
+                    if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                        continue
+                    targets = _resolve(name, path.name == "__init__.py", stmt)
+                elif isinstance(stmt, ast.Import):
+                    targets = [a.name for a in stmt.names]
+                for t in targets:
+                    if t in modules and t != name:
+                        graph.add_edge(name, t)
+    return graph
+
+
+def test_no_import_cycle_in_the_package():
+    graph = import_graph()
+    # a package importing its own submodules is how packages work; cycles between modules are not
+    pruned = nx.DiGraph((a, b) for a, b in graph.edges if not b.startswith(a + ".") and not a.startswith(b + "."))
+    cycles = list(nx.simple_cycles(pruned))
+    assert cycles == [], f"import cycles: {cycles[:5]}"
+
+
+def test_the_file_lock_lives_beside_the_atomic_writes():
+    from napari_nemesis import atomic
+    from napari_nemesis.labels import project, store
+
+    assert store._file_lock is atomic.file_lock and project._file_lock is atomic.file_lock
+    graph = import_graph()
+    assert not graph.has_edge("napari_nemesis.labels.store", "napari_nemesis.labels.project")
+    defined = [p for p in PKG.rglob("*.py") if "def file_lock" in p.read_text() or "def _file_lock" in p.read_text()]
+    assert defined == [PKG / "atomic.py"]
