@@ -68,3 +68,16 @@ def test_the_file_lock_lives_beside_the_atomic_writes():
     assert not graph.has_edge("napari_nemesis.labels.store", "napari_nemesis.labels.project")
     defined = [p for p in PKG.rglob("*.py") if "def file_lock" in p.read_text() or "def _file_lock" in p.read_text()]
     assert defined == [PKG / "atomic.py"]
+
+
+def test_one_key_dispatcher_for_labelling():
+    from napari_nemesis.labels import KEYS, LabelCursor, LabellingSession, key_action
+    from napari_nemesis.labels import session as old_module
+
+    assert LabellingSession is LabelCursor and old_module.LabelCursor is LabelCursor
+    assert key_action("3", 8) == ("toggle", (2,)) and key_action("9", 8) is None
+    assert key_action("Left", 8) == ("move", (2, -1)) and key_action("Enter", 8) == ("accept", ())
+    assert key_action("x", 8) is None and all(key_action(k, 9) is not None for k in KEYS)
+    # nobody else reads KEYS to decide an action
+    readers = [p for p in PKG.rglob("*.py") if "KEYS[" in p.read_text()]
+    assert readers == [PKG / "labels" / "cursor.py"]

@@ -4,7 +4,7 @@ One :class:`LabellingController` per session (:func:`labelling_for`). It opens t
 session's scan in a labelling project (``labels.LabelProject``: the folder ``nemesis labels
 train`` trains from), with the scan already read (no second read) and the session's grid, so a
 superpatch index means the same box in the viewer and in the sidecar. The cursor
-(``labels.LabellingSession``) follows the shared selection; every action is one core call, saved
+(``labels.LabelCursor``) follows the shared selection; every action is one core call, saved
 before it returns (``labels.LabelStore``), then the grid is recoloured by label state
 (``session.show_grid_map``) and the state shows on hover (``session.set_grid_column``).
 
@@ -221,7 +221,7 @@ class LabellingController:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        from ....labels import LabellingSession
+        from ....labels import LabelCursor
 
         if isinstance(store, PendingLabels):
             self.pending, store = store, None
@@ -236,7 +236,7 @@ class LabellingController:
         session.labels_scan = Path(store.scan_path) if store is not None else None
         self.cursor = None
         if store is not None:
-            self.cursor = LabellingSession(store, session.selected if session.selected is not None else 0)
+            self.cursor = LabelCursor(store, session.selected if session.selected is not None else 0)
             self._unsubscribe = store.subscribe(self._relay.changed.emit)
             self._say(f"labels of {ctx.name}: {store.path}")
         self._refresh()
@@ -354,20 +354,13 @@ class LabellingController:
     def handle_key(self, key: str) -> bool:
         """What a labelling key does (see ``labels.KEYS``); False when it is not one of ours.
         A refused change (e.g. the sidecar cannot be written) becomes a notification."""
-        from ....labels import KEYS
+        from ....labels import key_action
 
-        if key not in KEYS or self.cursor is None or not self._current():
-            return False
-        action, arg = KEYS[key]
-        if action == "toggle" and int(arg) >= len(self.store.organs):
+        found = key_action(key, len(self.store.organs)) if self.cursor is not None and self._current() else None
+        if found is None:
             return False
         try:
-            if action == "toggle":
-                self.act("toggle", int(arg))
-            elif action == "move":
-                self.act("move", *arg)
-            else:
-                self.act(action)
+            self.act(found[0], *found[1])
         except NemesisError as exc:
             _notify(str(exc))
         return True
