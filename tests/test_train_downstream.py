@@ -223,3 +223,27 @@ def test_infer_refuses_a_head_of_another_width(setup):
     model = load_checkpoint(ckpt)
     with pytest.raises(NemesisCheckpointError, match="expects 7-wide features"):
         infer_scan(root / "data" / "imagesTr" / "img0005.nii.gz", model, ProbeHead(7, 8), list(ORGAN_NAMES))
+
+
+def test_infer_scan_takes_a_prepared_scan_without_resampling_it_again(setup, monkeypatch):
+    import napari_nemesis.data as data
+    from napari_nemesis.errors import NemesisInputError
+    from napari_nemesis.train.probe import ProbeHead
+    from napari_nemesis.train.scan import prepare_scan
+
+    root, cache, ckpt = setup
+    scan = root / "data" / "imagesTr" / "img0005.nii.gz"
+    model = load_checkpoint(ckpt)
+    head = ProbeHead(model.cfg.embed_dim, 8)
+    from_path = infer_scan(scan, model, head, list(ORGAN_NAMES), spacing_zyx=COARSE)
+    prepared = prepare_scan(scan, COARSE, model.cfg.superpatch)
+
+    def no_resampling(*a, **k):
+        raise AssertionError("the prepared scan was resampled again")
+
+    monkeypatch.setattr(data, "preprocess", no_resampling)
+    from_prepared = infer_scan(prepared, model, head, list(ORGAN_NAMES))
+    assert from_prepared.grid is prepared.grid and from_prepared.volume is prepared.volume
+    assert np.array_equal(from_prepared.probabilities, from_path.probabilities)
+    with pytest.raises(NemesisInputError, match="prepared at"):
+        infer_scan(prepared, model, head, list(ORGAN_NAMES), spacing_zyx=(3.0, 3.0, 3.0))

@@ -130,7 +130,8 @@ def infer_scan(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
 ) -> InferResult:
-    """Per-superpatch organ probabilities for a whole scan (path or ``data.Volume``).
+    """Per-superpatch organ probabilities for a whole scan (path, ``data.Volume``, or a prepared
+    ``train.scan.PreparedScan``, used as it is: no second read or resampling).
 
     A head that records another encoder than ``model``'s (``head.meta["encoder_sha256"]``) is
     refused (:func:`~.probe.check_probe_matches`). ``spacing_zyx=None``: the spacing the head was
@@ -144,6 +145,15 @@ def infer_scan(
                                      "use the head trained for this checkpoint")
     head_meta = getattr(head, "meta", None)
     check_probe_matches(model, head_meta, probe=getattr(head, "path", None))
+    prepared = scan if all(hasattr(scan, a) for a in ("volume", "pre", "grid")) else None  # a train.scan.PreparedScan
+    if prepared is not None:
+        if spacing_zyx is not None and not Spacing.parse(spacing_zyx).close_to(prepared.pre.spacing_zyx):
+            raise NemesisInputError(f"{prepared.name}: prepared at {prepared.pre.spacing_zyx} (z, y, x), not at the "
+                                    f"asked {Spacing.parse(spacing_zyx).value}; prepare it again or leave spacing_zyx out")
+        if prepared.grid.superpatch != model.cfg.superpatch:
+            raise NemesisInputError(f"{prepared.name}: prepared for {prepared.grid.superpatch}^3 superpatches, the "
+                                    f"model's are {model.cfg.superpatch}^3")
+        spacing_zyx = prepared.pre.spacing_zyx
     spacing, spacing_source = _spacing_for(spacing_zyx, model, head_meta, getattr(head, "path", None))
     trained_at, source = recorded_spacing(model, head_meta, getattr(head, "path", None))
     if spacing_source == "given" and source == "probe" and not _same_spacing(spacing, trained_at):
@@ -155,10 +165,14 @@ def infer_scan(
                       f"but is applied at {spacing}: its probabilities may not mean what they did in training",
                       NemesisDataWarning, stacklevel=2)
     dev = resolve_device(device)
-    vol = _load_scan(scan)
-    emit(progress, "stage", name="preprocess")
-    pre = preprocess(vol, spacing, spacing_source=spacing_origin(spacing_source, model, getattr(head, "path", None)))
-    grid = SuperpatchGrid.for_preprocessed(pre, model.cfg.superpatch)
+    if prepared is not None:            # read and resampled once, by the caller (the viewer)
+        vol, pre, grid = prepared.volume, prepared.pre, prepared.grid
+        spacing_source = prepared.spacing_source
+    else:
+        vol = _load_scan(scan)
+        emit(progress, "stage", name="preprocess")
+        pre = preprocess(vol, spacing, spacing_source=spacing_origin(spacing_source, model, getattr(head, "path", None)))
+        grid = SuperpatchGrid.for_preprocessed(pre, model.cfg.superpatch)
     net = ProbeModel(model, head).to(dev).eval()
     probs = np.zeros((grid.n, len(organs)), dtype=np.float32)
     emit(progress, "start", step=0, total=grid.n)

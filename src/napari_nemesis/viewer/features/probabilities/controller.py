@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ....errors import NemesisInputError
 from ..._jobs import resolved_device
 from ..._models import ModelStore, WeightsChoice
 from .layers import ProbabilityLayers, prob_role
@@ -39,13 +38,9 @@ def probabilities_job(prepared, store: ModelStore, weights: WeightsChoice, devic
     head, meta = store.probe(weights.probe)
     used = resolved_device(device)
     report({"event": "stage", "name": "organ probabilities", "device": used})
-    result = infer_scan(prepared.volume, model, head, list(meta["organs"]), spacing_zyx=prepared.pre.spacing_zyx,
-                        threshold=float(meta.get("threshold", 0.5)), batch=int(batch), device=used,
-                        progress=report, cancel=cancel)
-    if tuple(result.grid.grid_shape) != tuple(prepared.grid.grid_shape):
-        raise NemesisInputError(
-            f"{prepared.name}: the probabilities came on a {result.grid.grid_shape} grid, the scan's is "
-            f"{prepared.grid.grid_shape}; re-open the scan")
+    # the prepared scan as it is: read and resampled once, the probabilities on exactly its grid
+    result = infer_scan(prepared, model, head, list(meta["organs"]), threshold=float(meta.get("threshold", 0.5)),
+                        batch=int(batch), device=used, progress=report, cancel=cancel)
     trust = trust_report(prepared.volume, meta, prepared.pre.spacing_zyx, model.cfg.superpatch)
     return Probabilities(np.asarray(result.probabilities, dtype=np.float32), list(result.organs),
                          float(result.threshold), used, weights, trust["head_held_out_auroc"],
