@@ -196,8 +196,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     bar = TqdmProgress(f"probe ({args.mode})", disable=args.json)
     try:
         result = run_probe(args.data, model, opts, out_dir=out, checkpoint_name=ckpt, progress=bar,
-                           label_scheme=args.label_scheme, spacing_zyx=parse_spacing(args.spacing),
-                          seeds=args.seeds, histogram_baseline=not args.no_histogram)
+                           label_scheme=args.label_scheme, spacing_zyx=parse_spacing(args.spacing))
     finally:
         bar.close()
     write_json_atomic(out / "probe.json", result)
