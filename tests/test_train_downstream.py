@@ -247,3 +247,15 @@ def test_infer_scan_takes_a_prepared_scan_without_resampling_it_again(setup, mon
     assert np.array_equal(from_prepared.probabilities, from_path.probabilities)
     with pytest.raises(NemesisInputError, match="prepared at"):
         infer_scan(prepared, model, head, list(ORGAN_NAMES), spacing_zyx=(3.0, 3.0, 3.0))
+
+
+def test_evaluate_command_seeds_and_baselines(setup, tmp_path, capsys):
+    root, cache, ckpt = setup
+    assert main(["evaluate", str(cache.path), "--checkpoint", str(ckpt), "--ratios", "0.5", "--seeds", "2",
+                 "--no-finetune", "--no-random", "--out", str(tmp_path), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {(r["method"], r["seeds"]) for r in res["rows"]} == {("NEMESIS", 2), ("Histogram", 2)}
+    assert main(["evaluate", str(cache.path), "--checkpoint", str(ckpt), "--ratios", "1.0", "--no-histogram",
+                 "--no-finetune", "--no-random", "--out", str(tmp_path), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["method"] for r in res["rows"]] == ["NEMESIS"]
