@@ -185,7 +185,7 @@ class ScanReconstruction:
     ``mse_masked`` (n,) is NaN for superpatches not added (or without masked voxels in the scan).
     """
 
-    def __init__(self, prepared: PreparedScan, keys: Iterable[str] = SCAN_ARRAYS) -> None:
+    def __init__(self, prepared: PreparedScan, keys: Iterable[str] = SCAN_ARRAYS + ("masked_voxels",)) -> None:
         allowed = SCAN_ARRAYS + ("clean", "masked_voxels")
         keys = tuple(keys)
         bad = [k for k in keys if k not in allowed]
@@ -257,7 +257,7 @@ class ScanReconstruction:
     def _write(self, out_dir, stem, error_map) -> dict[str, str]:
         from ..data import write_volume
 
-        need = [k for k in SCAN_ARRAYS if k not in self.arrays]
+        need = [k for k in SCAN_ARRAYS + ("masked_voxels",) if k not in self.arrays]
         if need:
             raise NemesisInputError(f"cannot write the reconstruction: array(s) {', '.join(need)} were not assembled")
         out_dir = Path(out_dir)
@@ -270,7 +270,7 @@ class ScanReconstruction:
             arr = self.arrays[key] if hu else self.arrays[key] * (HU_WINDOW[1] - HU_WINDOW[0])
             data = pre.to_original(arr, order=1)
             data = to_hu(data) if hu else data
-            if key == "recon" and "masked_voxels" in self.arrays:
+            if key == "recon":
                 data = self._visible_from_scan(data)
             path = out_dir / f"{stem}_{name}.nii.gz"
             write_volume(data.astype(np.float32), path, reference=vol)
@@ -314,7 +314,7 @@ def reconstruct_scan(
     prepared = scan if isinstance(scan, PreparedScan) else prepare_for_model(scan, model, spacing_zyx)
     stream = iter_reconstruction(prepared, model, strategy, ratio, noise, seed, indices, batch, device, bf16, cancel,
                                  progress)
-    assembled = ScanReconstruction(prepared, SCAN_ARRAYS + ("masked_voxels",)).extend(stream)
+    assembled = ScanReconstruction(prepared).extend(stream)
     grid = prepared.grid
     result: dict[str, Any] = {
         "strategy": strategy, "ratio": ratio, "noise": noise, "seed": seed,
