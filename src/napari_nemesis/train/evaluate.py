@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..model import NemesisMAE
+from ..model.masking import check_strategy, mask_strategies
 from .events import CancelFn, ProgressFn, emit
 from .metrics import MEAN_CONVENTION, presence_metrics
 from .probe import (ProbeOptions, dataset_for, extract_features, finetune, head_probabilities, train_linear_head,
@@ -126,7 +127,7 @@ def evaluate_reconstruction(
     cache,
     model: NemesisMAE,
     case_ids: list[str],
-    strategies=("random", "plane", "axis", "dual"),
+    strategies=None,
     ratio: float = 0.75,
     noise: float = 0.0,
     seed: int = 0,
@@ -135,8 +136,11 @@ def evaluate_reconstruction(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
 ) -> list[dict[str, Any]]:
-    """Table IV: PSNR / SSIM of each masking strategy at ``ratio`` over every grid superpatch of ``case_ids``."""
+    """Table IV: PSNR / SSIM of each masking strategy (default: every one in ``model.masking.MASKS``)
+    at ``ratio`` over every grid superpatch of ``case_ids``."""
     from .inference import ReconMetrics, reconstruct_superpatches
+
+    strategies = mask_strategies() if strategies is None else [check_strategy(s) for s in strategies]
 
     device = torch.device(device)
     rows = []
