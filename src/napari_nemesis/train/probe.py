@@ -26,6 +26,7 @@ from torch import nn
 from ..atomic import atomic_path
 from ..errors import NemesisCheckpointError, NemesisInputError
 from ..model import NemesisMAE
+from ..model.heads import ProbeHead  # defined in model/heads.py; imported from here too
 from .events import CancelFn, ProgressFn, check_cancel, emit
 from .metrics import presence_metrics
 from .runtime import autocast, resolve_device, single_thread
@@ -36,24 +37,6 @@ PROBE_FILE = "probe.safetensors"
 #: Metadata every saved head must carry.
 REQUIRED_META = ("organs", "threshold", "encoder_sha256", "spacing_zyx", "superpatch")
 _ENCODER_PREFIXES = ("patch_embed.", "blocks.", "norm.")
-
-
-class ProbeHead(nn.Module):
-    """Mean-pooled encoder tokens -> LayerNorm -> Linear(K) (logits).
-
-    ``meta`` is the head's provenance (organs, threshold, ``encoder_sha256``, ``spacing_zyx``,
-    ``superpatch``, ...) once saved or loaded, ``None`` for a head built in memory; ``path`` its file.
-    """
-
-    def __init__(self, embed_dim: int, n_classes: int = 8) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(embed_dim)
-        self.fc = nn.Linear(embed_dim, n_classes)
-        self.meta: dict[str, Any] | None = None
-        self.path: Path | None = None
-
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.norm(pooled))
 
 
 class ProbeModel(nn.Module):
