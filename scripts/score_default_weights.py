@@ -29,8 +29,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-STRATEGIES = ("random", "plane", "axis", "dual")
-
 
 class MaskedScore:
     """Masked-voxel squared error of the model and of the two learning-free fills, summed over superpatches."""
@@ -66,10 +64,11 @@ class MaskedScore:
 
 def score_reconstruction(model, sources, device) -> list[dict]:
     """``sources``: list of (grid, iterable factory of (index, clean superpatch))."""
+    from napari_nemesis.model.masking import mask_strategies
     from napari_nemesis.train.inference import reconstruct_superpatches
 
     rows = []
-    for strategy in STRATEGIES:
+    for strategy in mask_strategies():
         score = MaskedScore(model.cfg.patch)
         for grid, items in sources:
             for i, clean, _, _, recon, vox in reconstruct_superpatches(model, items(), strategy, 0.75, 0.0, 0, device):

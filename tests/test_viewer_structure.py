@@ -69,13 +69,6 @@ def test_the_feature_list_and_the_manifest_agree():
             assert feature.host in DOCKS
 
 
-def test_masking_strategies_of_the_dock_are_the_models():
-    from napari_nemesis.model.masking import STRATEGIES
-    from napari_nemesis.viewer.features.reconstruction.controller import STRATEGIES as DOCK
-
-    assert sorted(DOCK) == sorted(STRATEGIES)
-
-
 def test_napari_privates_are_reached_from_one_module():
     offenders = []
     for path in VIEWER.rglob("*.py"):

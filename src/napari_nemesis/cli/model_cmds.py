@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..model.masking import DEFAULT_STRATEGY, MASKS, mask_strategies
 from ._common import add_json_flag, finite_float, int_at_least, path_arg, print_json
 
 
@@ -19,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--superpatch", type=int_at_least(1, 512), default=None, help="superpatch size in voxels (default: the preset's)")
     p.add_argument("--patch", type=int_at_least(1, 128), default=None, help="patch size in voxels (default: the preset's)")
     p.add_argument("--mask-ratio", type=finite_float(0, 1, hi_open=True), default=0.75, help="mask ratio of the counted pass (default 0.75)")
-    p.add_argument("--mask", default="dual", choices=["random", "plane", "axis", "dual"], help="mask strategy")
+    p.add_argument("--mask", default=DEFAULT_STRATEGY, choices=mask_strategies(), help="mask strategy")
     p.add_argument("--no-scaling", action="store_true", help="skip the whole-volume scaling table")
     add_json_flag(p)
     p.set_defaults(func=cmd_flops)
@@ -187,7 +188,7 @@ def _text_demo(args: argparse.Namespace) -> int:
         p = res.probabilities[:, k]
         print(f"  {organ:<14} max {p.max():.2f}   present in {(p >= res.threshold).sum()} superpatches")
     print(f"  -> {files['csv']} and {len(files['maps'])} probability maps")
-    for strategy in ("plane", "axis", "dual"):
+    for strategy in (name for name, spec in MASKS.items() if not spec.baseline):
         bar = TqdmProgress(f"reconstruct ({strategy})")
         try:
             rec = reconstruct_scan(scan, model, strategy, 0.75, noise=0.03, seed=0, spacing_zyx=meta.get("spacing_zyx"),

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..model.masking import DEFAULT_STRATEGY, mask_strategies
 from ._common import write_json as write_json_atomic  # strict JSON: no bare NaN/Infinity
 from ._common import (
     SEED,
@@ -41,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int_at_least(0), default=None, help="warm-up steps (default 5%% of --steps)")
     p.add_argument("--weight-decay", type=finite_float(0), default=0.05)
     p.add_argument("--clip", type=finite_float(0, lo_open=True), default=1.0, help="gradient-norm clipping (a positive number)")
-    p.add_argument("--mask", default="dual", choices=["random", "plane", "axis", "dual"])
+    p.add_argument("--mask", default=DEFAULT_STRATEGY, choices=mask_strategies())
     p.add_argument("--mask-ratio", type=finite_float(0, 1, hi_open=True), default=0.75)
     p.add_argument("--no-noise", action="store_true", help="plain MAE: no noise-enhanced reconstruction")
     p.add_argument("--checkpoint-every", type=int_at_least(1), default=100)
@@ -172,7 +173,7 @@ def register_downstream(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("reconstruct", help="mask, noise and reconstruct a whole scan; PSNR/SSIM; NIfTI outputs")
     r.add_argument("scan", type=path_arg)
     add_checkpoint_flag(r)
-    r.add_argument("--mask", default="dual", choices=["random", "plane", "axis", "dual"])
+    r.add_argument("--mask", default=DEFAULT_STRATEGY, choices=mask_strategies())
     r.add_argument("--ratio", type=finite_float(0, 1, lo_open=True, hi_open=True), default=0.75)
     r.add_argument("--noise", type=finite_float(0), default=0.0, help="Gaussian noise sigma in window units (0.03 ~ 13 HU)")
     r.add_argument("--seed", type=SEED, default=0)

@@ -39,6 +39,7 @@ from torch import nn
 from ..atomic import atomic_path, write_json_atomic
 from ..errors import NemesisCancelled, NemesisCheckpointError, NemesisInputError
 from ..train.events import CancelFn, ProgressFn, emit
+from ..train.heads_fit import fit_head, head_optimizer
 from ..train.probe import ProbeHead, ProbeModel, ProbeOptions
 from ..train.runtime import single_thread
 from ..train.state import optimizer_tensors, restore_optimizer
@@ -468,7 +469,6 @@ def _fit(f, name, train_idx, start, tensors, model, checkpoint, features, y, pat
          global_start, global_total, progress, stop_requested):
     """One fit from ``start`` (its weights and moments in ``tensors`` when resuming); saves on stop."""
     from ..model import load_checkpoint
-    from ..train.runtime import autocast
 
     torch.manual_seed(opts.seed * 1000 + f)
     k = y.shape[1]
@@ -481,11 +481,10 @@ def _fit(f, name, train_idx, start, tensors, model, checkpoint, features, y, pat
         encoder = model if f == 0 else load_checkpoint(checkpoint)
         net = ProbeModel(encoder, ProbeHead(encoder.cfg.embed_dim, k)).to(device)
     net.train()
-    opt = torch.optim.AdamW(net.parameters(), lr=opts.resolved_lr(), weight_decay=opts.weight_decay)
+    opt = head_optimizer(net, opts.resolved_lr(), opts.weight_decay)
     if tensors is not None:
         net.load_state_dict({key[len("net."):]: v for key, v in tensors.items() if key.startswith("net.")})
         restore_optimizer(opt, tensors, state.doc["optimizer"], device, source=state.tensor_path)
-    loss_fn = nn.BCEWithLogitsLoss()
     total = _steps_per_fit(opts, len(train_idx))
     n_batches = max(1, -(-len(train_idx) // opts.batch))
 
@@ -495,33 +494,31 @@ def _fit(f, name, train_idx, start, tensors, model, checkpoint, features, y, pat
         state.save({**weights, **opt_tensors}, fit=f, step=step, optimizer=opt_doc)
         emit(progress, "checkpoint", what="state", step=global_start + step, path=str(state.json_path))
 
-    for step in range(start, total):
+    def before_step(step: int) -> None:
         if stop_requested():
             save(step)
             emit(progress, "interrupted", step=global_start + step, total=global_total, stage=name)
             raise NemesisCancelled(f"training from labels stopped at step {global_start + step}; --resume continues")
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         if opts.mode == "linear":
-            loss = loss_fn(net(x_all), y_all)
-        else:
-            epoch, b = divmod(step, n_batches)
-            order = np.random.default_rng([opts.seed, f, epoch]).permutation(len(train_idx))
-            sel = train_idx[order[b * opts.batch:(b + 1) * opts.batch]]
-            x = torch.from_numpy(np.stack([patches(items[j]) for j in sel]).astype(np.float32))[:, None].to(device)
-            with autocast(device, opts.bf16):
-                logits = net(x)
-            loss = loss_fn(logits.float(), torch.from_numpy(y[sel]).to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if opts.mode == "finetune":
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        done = step + 1
+            return x_all, y_all
+        # the order of an epoch depends only on (seed, fit, epoch): a resumed fit sees the same batches
+        epoch, b = divmod(step, n_batches)
+        order = np.random.default_rng([opts.seed, f, epoch]).permutation(len(train_idx))
+        sel = train_idx[order[b * opts.batch:(b + 1) * opts.batch]]
+        x = torch.from_numpy(np.stack([patches(items[j]) for j in sel]).astype(np.float32))[:, None].to(device)
+        return x, torch.from_numpy(y[sel]).to(device)
+
+    def after_step(done: int, loss: torch.Tensor) -> None:
         if done % opts.log_every == 0 or done == total:
             emit(progress, "step", step=global_start + done, total=global_total, loss=float(loss.detach()),
                  stage=name, fit=f)
         if opts.checkpoint_every and done % opts.checkpoint_every == 0 and done < total:
             save(done)
-    return net.eval()
+
+    return fit_head(net, opt, batch, total, start=start, device=device, bf16=opts.mode != "linear" and opts.bf16,
+                    clip=1.0 if opts.mode == "finetune" else None, before_step=before_step, after_step=after_step)
 
 
 @torch.no_grad()

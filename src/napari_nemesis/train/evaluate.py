@@ -20,6 +20,7 @@ import torch
 
 from ..data.spacing import Spacing
 from ..model import NemesisMAE
+from ..model.masking import check_strategy, mask_strategies
 from .events import CancelFn, ProgressFn, emit
 from .metrics import MEAN_CONVENTION, presence_metrics
 from .probe import (ProbeOptions, dataset_for, extract_features, finetune, head_probabilities, train_linear_head,
@@ -182,7 +183,7 @@ def evaluate_reconstruction(
     cache,
     model: NemesisMAE,
     case_ids: list[str],
-    strategies=("random", "plane", "axis", "dual"),
+    strategies=None,
     ratio: float = 0.75,
     noise: float = 0.0,
     seed: int = 0,
@@ -191,7 +192,8 @@ def evaluate_reconstruction(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
 ) -> list[dict[str, Any]]:
-    """The test-mask sweep: one model's PSNR / SSIM under each masking strategy at ``ratio``, over every grid
+    """The test-mask sweep: one model's PSNR / SSIM under each masking strategy (default: every one in
+    ``model.masking.MASKS``) at ``ratio``, over every grid
     superpatch of ``case_ids``, beside the visible-mean fill and the local fill (:mod:`.baselines`).
 
     Not the paper's Table IV, which pretrains one model per strategy: this tests one model under
@@ -199,6 +201,8 @@ def evaluate_reconstruction(
     """
     from .baselines import FILLS
     from .inference import ReconMetrics, reconstruct_superpatches
+
+    strategies = mask_strategies() if strategies is None else [check_strategy(s) for s in strategies]
 
     device = torch.device(device)
     rows = []

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_path
+from ..data.preprocess import HU_WINDOW
 from ..errors import NemesisCheckpointError, NemesisInputError
 from ..model import NemesisMAE, make_mask
 from .events import CancelFn, ProgressFn, check_cancel, emit
@@ -27,7 +28,7 @@ from ..data.spacing import Spacing, recorded_spacing  # recorded_spacing re-expo
 from .probe import ProbeModel, check_probe_matches
 from .runtime import autocast, resolve_device
 
-HU_LO, HU_HI = -175.0, 250.0
+HU_LO, HU_HI = HU_WINDOW  # the model's window (data.preprocess), under the names callers import
 
 
 def to_hu(windowed: np.ndarray) -> np.ndarray:

@@ -27,7 +27,9 @@ from ..atomic import atomic_path
 from ..data.spacing import Spacing, spacing_from_metadata  # spacing_from_metadata re-exported: its home is data/spacing.py
 from ..errors import NemesisCheckpointError, NemesisInputError
 from ..model import NemesisMAE
+from ..model.heads import ProbeHead  # defined in model/heads.py; imported from here too
 from .events import CancelFn, ProgressFn, check_cancel, emit
+from .heads_fit import fit_head, head_optimizer
 from .metrics import presence_metrics
 from .runtime import autocast, resolve_device, single_thread
 
@@ -37,24 +39,6 @@ PROBE_FILE = "probe.safetensors"
 #: Metadata every saved head must carry.
 REQUIRED_META = ("organs", "threshold", "encoder_sha256", "spacing_zyx", "superpatch")
 _ENCODER_PREFIXES = ("patch_embed.", "blocks.", "norm.")
-
-
-class ProbeHead(nn.Module):
-    """Mean-pooled encoder tokens -> LayerNorm -> Linear(K) (logits).
-
-    ``meta`` is the head's provenance (organs, threshold, ``encoder_sha256``, ``spacing_zyx``,
-    ``superpatch``, ...) once saved or loaded, ``None`` for a head built in memory; ``path`` its file.
-    """
-
-    def __init__(self, embed_dim: int, n_classes: int = 8) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(embed_dim)
-        self.fc = nn.Linear(embed_dim, n_classes)
-        self.meta: dict[str, Any] | None = None
-        self.path: Path | None = None
-
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.norm(pooled))
 
 
 class ProbeModel(nn.Module):
@@ -231,17 +215,11 @@ def train_linear_head(
     thread (:func:`~.runtime.single_thread`: the head is too small for a thread pool to pay)."""
     torch.manual_seed(opts.seed)
     head = ProbeHead(x.shape[1], y.shape[1])
-    opt = torch.optim.AdamW(head.parameters(), lr=opts.resolved_lr(), weight_decay=opts.weight_decay)
+    opt = head_optimizer(head, opts.resolved_lr(), opts.weight_decay)
     xt, yt = torch.from_numpy(x).float(), torch.from_numpy(y).float()
-    loss_fn = nn.BCEWithLogitsLoss()
     with single_thread():
-        for _ in range(opts.resolved_epochs()):
-            check_cancel(cancel, "probe training")
-            loss = loss_fn(head(xt), yt)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return head.eval()
+        return fit_head(head, opt, lambda step: (xt, yt), opts.resolved_epochs(),
+                        before_step=lambda step: check_cancel(cancel, "probe training"))
 
 
 @torch.no_grad()
@@ -285,29 +263,28 @@ def finetune_items(
     torch.manual_seed(opts.seed)
     rng = np.random.default_rng(opts.seed)
     n_classes = len(items[0][1])
-    net = ProbeModel(model, ProbeHead(model.cfg.embed_dim, n_classes)).to(device).train()
-    opt = torch.optim.AdamW(net.parameters(), lr=opts.resolved_lr(), weight_decay=opts.weight_decay)
-    loss_fn = nn.BCEWithLogitsLoss()
+    net = ProbeModel(model, ProbeHead(model.cfg.embed_dim, n_classes)).to(device)
+    opt = head_optimizer(net, opts.resolved_lr(), opts.weight_decay)
     epochs = opts.resolved_epochs()
     n_batches = max(1, -(-len(items) // opts.batch))
-    step = 0
-    for epoch in range(epochs):
-        order = rng.permutation(len(items))
-        for b in range(n_batches):
-            check_cancel(cancel, "fine-tuning")
-            sel = order[b * opts.batch : (b + 1) * opts.batch]
-            x = torch.from_numpy(np.stack([np.asarray(items[j][0], np.float32) for j in sel]))[:, None].to(device)
-            y = torch.from_numpy(np.stack([np.asarray(items[j][1]) for j in sel])).float().to(device)
-            with autocast(device, opts.bf16):
-                logits = net(x)
-            loss = loss_fn(logits.float(), y)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            step += 1
-            emit(progress, "step", stage="finetune", step=step, total=epochs * n_batches, loss=float(loss.detach()), epoch=epoch)
-    return net.eval()
+    order = np.arange(len(items))
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal order
+        b = step % n_batches
+        if b == 0:  # a new epoch: a new shuffle, drawn in order from the seeded generator
+            order = rng.permutation(len(items))
+        sel = order[b * opts.batch : (b + 1) * opts.batch]
+        x = torch.from_numpy(np.stack([np.asarray(items[j][0], np.float32) for j in sel]))[:, None].to(device)
+        y = torch.from_numpy(np.stack([np.asarray(items[j][1]) for j in sel])).float().to(device)
+        return x, y
+
+    def after_step(done: int, loss: torch.Tensor) -> None:
+        emit(progress, "step", stage="finetune", step=done, total=epochs * n_batches, loss=float(loss.detach()),
+             epoch=(done - 1) // n_batches)
+
+    return fit_head(net, opt, batch, epochs * n_batches, device=device, bf16=opts.bf16, clip=1.0,
+                    before_step=lambda step: check_cancel(cancel, "fine-tuning"), after_step=after_step)
 
 
 # ---- saving heads ------------------------------------------------------------------------

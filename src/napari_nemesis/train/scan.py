@@ -23,7 +23,7 @@ import numpy as np
 from ..data import DEFAULT_SPACING_ZYX, HU_WINDOW, Box, Preprocessed, SuperpatchGrid, Volume
 from ..errors import NemesisInputError
 from ..model import NemesisMAE
-from ..model.masking import STRATEGIES
+from ..model.masking import check_strategy
 from .events import CancelFn, ProgressFn, emit
 from .inference import ReconMetrics, check_output, output_reason, reconstruct_superpatches, scan_stem, to_hu
 from .runtime import resolve_device
@@ -136,8 +136,7 @@ def iter_reconstruction(
     batch (raises ``NemesisCancelled``); ``progress`` gets ``start`` and one ``step`` per superpatch.
     Only ``batch`` superpatches are in memory at a time.
     """
-    if strategy not in STRATEGIES:
-        raise NemesisInputError(f"unknown mask strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
+    check_strategy(strategy)
     if not 0 < ratio < 1:
         raise NemesisInputError(f"mask ratio {ratio} must be in (0, 1)")
     if not (np.isfinite(noise) and noise >= 0):

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ....errors import NemesisInputError
+from ....model.masking import check_strategy
 from ... import _layers as L
 from ..._jobs import resolved_device
 from ..._models import ModelStore
@@ -19,8 +20,6 @@ from .layers import ROLES, ReconstructionLayers, ReconstructionTargets
 
 JOB = "reconstruction"
 SCOPES = ("selected", "scan")
-#: ``model.masking.STRATEGIES`` in the dock's order (no torch import here; a test checks they agree)
-STRATEGIES = ("dual", "plane", "axis", "random")
 _REFRESH_S = 1.0  # redraw growing reconstruction layers at most this often (a frame is costly)
 
 
@@ -118,8 +117,7 @@ class ReconstructionController:
         ctx = session.need_scan()
         if scope not in SCOPES:
             raise NemesisInputError(f"scope {scope!r}: choose 'selected' (the selected superpatch) or 'scan'")
-        if strategy not in STRATEGIES:
-            raise NemesisInputError(f"masking strategy {strategy!r}: choose {', '.join(STRATEGIES)}")
+        check_strategy(strategy)
         if not 0.0 < float(ratio) < 1.0:
             raise NemesisInputError(f"mask ratio {ratio}: must be between 0 and 1")
         if not np.isfinite(float(noise)) or float(noise) < 0:

@@ -7,7 +7,8 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QG
 
 from ..._controls import DeviceRow, RunControls, follow, wrapped_label
 from ..._dock import NemesisDock
-from .controller import JOB, STRATEGIES
+from ....model.masking import menu_strategies
+from .controller import JOB
 
 SCOPES = {"selected superpatch": "selected", "whole scan": "scan"}
 _SCOPE_TITLES = {v: k for k, v in SCOPES.items()}
@@ -22,7 +23,7 @@ class ReconstructionWidget(NemesisDock):
         self.controller = self.session.feature("reconstruction")
 
         self.strategy = QComboBox()
-        self.strategy.addItems(list(STRATEGIES))
+        self.strategy.addItems(list(menu_strategies()))
         self.ratio = QDoubleSpinBox()
         self.ratio.setRange(0.05, 0.95)
         self.ratio.setSingleStep(0.05)
