@@ -81,3 +81,14 @@ def test_one_key_dispatcher_for_labelling():
     # nobody else reads KEYS to decide an action
     readers = [p for p in PKG.rglob("*.py") if "KEYS[" in p.read_text()]
     assert readers == [PKG / "labels" / "cursor.py"]
+
+
+def test_the_old_train_cmds_module_still_registers_all_five_commands():
+    import argparse
+
+    from napari_nemesis.cli import downstream_cmds, pretrain_cmds, train_cmds
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    train_cmds.register(sub)
+    assert set(sub.choices) == {"pretrain", "probe", "evaluate", "infer", "reconstruct"}
+    assert train_cmds.cmd_infer is downstream_cmds.cmd_infer and train_cmds.cmd_pretrain is pretrain_cmds.cmd_pretrain

@@ -23,7 +23,8 @@ from ..errors import NemesisError
 COMMAND_MODULES = [
     "napari_nemesis.cli.model_cmds",
     "napari_nemesis.cli.data_cmds",
-    "napari_nemesis.cli.train_cmds",
+    "napari_nemesis.cli.pretrain_cmds",
+    "napari_nemesis.cli.downstream_cmds",
     "napari_nemesis.cli.explain_cmds",
     "napari_nemesis.cli.bench_cmds",
     "napari_nemesis.cli.labels_cmds",
