@@ -158,6 +158,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(2)
 
     from napari_nemesis.model import load_checkpoint
+    from napari_nemesis.model.masking import mask_strategies
     from napari_nemesis.train.probe import load_probe
     from napari_nemesis.weights import default_checkpoint_path, default_probe_path
 
@@ -168,7 +169,7 @@ def main(argv=None) -> int:
     probe = Path(args.probe or default_probe_path())
     model = load_checkpoint(ckpt).eval()
     head, meta = load_probe(probe)
-    strategies = ("random", "plane", "axis", "dual")
+    strategies = mask_strategies()
     seeds = tuple(range(args.seeds))
     out = {"checkpoint": str(ckpt), "probe": str(probe), "data_range": "1.0 = the [-175, 250] HU window",
            "fetched": {k: str(v) for k, v in folders.items()}, "held_out": [], "seen_in_training": []}

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.preprocess import HU_WINDOW
 from ..data.spacing import Spacing
 from ..model import NemesisMAE
 from ..model.masking import check_strategy, mask_strategies
@@ -255,7 +256,7 @@ def format_table(result: dict[str, Any]) -> str:
     if "reconstruction" in result:
         lines.append("")
         lines.append("Test-mask sweep of this one model (not Table IV, which pretrains one model per strategy); "
-                     "PSNR data range 1 = the [-175, 250] HU window, inside the scan only")
+                     f"PSNR data range 1 = the [{HU_WINDOW[0]:g}, {HU_WINDOW[1]:g}] HU window, inside the scan only")
         lines.append(f"{'mask @0.75':<12}{'PSNR masked':>12}{'SSIM masked':>12}{'PSNR all':>10}{'SSIM all':>10}"
                      f"{'mean fill':>11}{'local fill':>11}{'paper PSNR':>12}{'paper SSIM':>12}")
         for r in result["reconstruction"]:

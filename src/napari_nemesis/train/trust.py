@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ..data.preprocess import HU_WINDOW
+
 __all__ = ["held_out_auroc", "scan_warnings", "trust_report", "COARSER_THAN", "SMALLER_THAN"]
 
 #: A scan axis this many times coarser than the model's spacing is interpolated more than the model saw.
@@ -58,12 +60,13 @@ def scan_warnings(volume, model_spacing_zyx, superpatch: int = 128) -> list[str]
     arr = np.asarray(volume.array)
     sample = arr.ravel()[:: max(1, arr.size // 200_000)].astype(np.float32)
     if sample.size:
-        air, body = float((sample < -500).mean()), float(((sample > -175) & (sample < 250)).mean())
+        lo_hu, hi_hu = HU_WINDOW
+        air, body = float((sample < -500).mean()), float(((sample > lo_hu) & (sample < hi_hu)).mean())
         lo, hi = float(sample.min()), float(sample.max())
         if lo >= -100:
             out.append(f"no voxel below {lo:.0f}: no air, unlike CT in Hounsfield units (a rescale slope/intercept lost?)")
         elif body < 0.05:
-            out.append(f"only {body:.1%} of voxels in the soft-tissue window [-175, 250] HU (air {air:.0%}, "
+            out.append(f"only {body:.1%} of voxels in the soft-tissue window [{lo_hu:g}, {hi_hu:g}] HU (air {air:.0%}, "
                        f"range {lo:.0f}..{hi:.0f}): little anatomy the model knows")
     return out
 
