@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from ..model.masking import DEFAULT_STRATEGY, mask_strategies
@@ -15,12 +14,8 @@ from ._common import (
     finite_float,
     int_at_least,
     path_arg,
-    add_checkpoint_flag,
     add_device_flag,
     add_json_flag,
-    add_label_scheme_flag,
-    add_spacing_flag,
-    parse_spacing,
     print_json,
 )
 
