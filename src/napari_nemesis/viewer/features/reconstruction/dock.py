@@ -7,7 +7,6 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QG
 
 from ..._controls import DeviceRow, RunControls, follow, wrapped_label
 from ..._dock import NemesisDock
-from ....model.masking import menu_strategies
 from .controller import JOB
 
 SCOPES = {"selected superpatch": "selected", "whole scan": "scan"}
@@ -23,6 +22,8 @@ class ReconstructionWidget(NemesisDock):
         self.controller = self.session.feature("reconstruction")
 
         self.strategy = QComboBox()
+        from ....model.masking import menu_strategies  # here, not at napari start-up (the manifest names this module)
+
         self.strategy.addItems(list(menu_strategies()))
         self.ratio = QDoubleSpinBox()
         self.ratio.setRange(0.05, 0.95)
