@@ -202,21 +202,47 @@ def test_runs_a_dock_shows_open_no_activity_bar_and_colorbars_stay_put(session):
 
 
 @pytest.mark.gui
-def test_only_jobs_with_activity_open_a_napari_activity_bar(qtbot):
+def test_only_jobs_with_activity_open_a_napari_activity_bar_and_only_once_they_run_long(qtbot, monkeypatch):
+    """A job with ``activity`` gets napari's bar only once it has run ACTIVITY_DELAY_MS: adding a
+    bar processes Qt's pending events inside the handler that adds it (the stall of opening a
+    scan), and a job of a moment shows none. The bar takes the job's progress and closes at its end."""
+    import threading
+
     from napari.utils import progress
 
+    from napari_nemesis.viewer import _workers
     from napari_nemesis.viewer._workers import RunState, start_job
 
+    monkeypatch.setattr(_workers, "ACTIVITY_DELAY_MS", 300)
     opened = []
     progress._all_instances.events.changed.connect(lambda event: opened.extend(event.added))
 
-    def job(*, cancel, report):
+    def quick(*, cancel, report):
         report({"event": "step", "step": 1, "total": 2})
         return 1
 
-    assert start_job("j", job, state=RunState("j"), notify=False).wait(30000)
-    assert len(opened) == 1
+    assert start_job("j", quick, state=RunState("j"), notify=False).wait(30000)
+    qtbot.wait(500)
+    assert opened == []  # done before the delay: no bar, none flickered
+
+    release = threading.Event()
+
+    def slow(*, cancel, report):
+        report({"event": "step", "step": 1, "total": 4})
+        release.wait(30)
+        return 2
+
+    job = start_job("s", slow, state=RunState("s"), notify=False)
+    qtbot.waitUntil(lambda: len(opened) == 1, timeout=5000)
+    assert opened[0].total == 4 and opened[0].n == 1  # the progress so far, not a blank bar
+    release.set()
+    assert job.wait(30000)
     qtbot.waitUntil(lambda: opened[0] not in progress._all_instances, timeout=5000)  # closed at the end
+
+    release.clear()
     state = RunState("k")
-    assert start_job("k", job, state=state, notify=False, activity=False).wait(30000)
-    assert len(opened) == 1 and state.status == "done" and state.total == 2
+    job = start_job("k", slow, state=state, notify=False, activity=False)
+    qtbot.wait(600)
+    release.set()
+    assert job.wait(30000)
+    assert len(opened) == 1 and state.status == "done" and state.total == 4

@@ -74,8 +74,12 @@ def sincos_pos_embed_3d(dim: int, grid: tuple[int, int, int]) -> torch.Tensor:
     """
     per_axis = 2 * (dim // 6)
     half = per_axis // 2
-    omega = 1.0 / (10000.0 ** (torch.arange(half, dtype=torch.float64) / max(half, 1)))
-    coords = torch.meshgrid(*(torch.arange(g, dtype=torch.float64) for g in grid), indexing="ij")
+    # computed on the CPU even inside ``torch.device("meta")`` (a checkpoint's shape check): a fixed
+    # table, and arange on the meta device imports torch's whole compiler stack (0.4 s of a worker
+    # holding the GIL while the viewer waits)
+    cpu = torch.device("cpu")
+    omega = 1.0 / (10000.0 ** (torch.arange(half, dtype=torch.float64, device=cpu) / max(half, 1)))
+    coords = torch.meshgrid(*(torch.arange(g, dtype=torch.float64, device=cpu) for g in grid), indexing="ij")
     parts = []
     for c in coords:
         angles = c.reshape(-1, 1) * omega[None, :]

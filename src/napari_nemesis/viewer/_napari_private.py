@@ -91,3 +91,24 @@ def viewer_camera(viewer):
     scene = getattr(viewer, "scene", None)
     camera = getattr(scene, "camera", None)
     return camera if camera is not None else viewer.camera
+
+
+def warm_first_layer_costs() -> None:
+    """Pay, off the GUI thread, what napari pays on it the first time it makes a scan's layers:
+    its unit registry (pint parses its whole definitions file when a layer first has units: 0.5 s)
+    and the modules it imports lazily then (scipy.ndimage for an image's thumbnail and contrast
+    range, pandas for the grid's features, scikit-image's colours for a label layer's colormap,
+    0.1-0.6 s each). Called from the worker that reads a scan, before its layer is added; a module
+    already imported costs nothing, and the registry is napari's own cached one, made once."""
+    import importlib
+
+    for name in ("scipy.ndimage", "scipy.linalg", "pandas", "skimage.color"):
+        try:
+            importlib.import_module(name)
+        except ImportError:  # napari made do without it; so do we
+            pass
+    try:
+        from napari.utils._units import get_unit_registry
+    except ImportError:  # a napari without it: its layers make their own
+        return
+    get_unit_registry()

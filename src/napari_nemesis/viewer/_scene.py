@@ -249,9 +249,10 @@ class Scene:
         layer, text = layers[0], text_overlay(self.viewer)  # shares the colorbars' font
         saved = (text.visible, text.text) if text is not None and not self._warmed_text else None
         try:
-            layer.visible = True
-            if saved is not None:
+            if saved is not None:  # the glyphs on a turn of their own, then one layer a turn
                 text.text, text.visible = "0123456789.-+e", True
+            else:
+                layer.visible = True
             self.viewer.screenshot(canvas_only=True, flash=False)
         except Exception:  # no canvas (a headless viewer): nothing to warm
             return
@@ -260,9 +261,11 @@ class Scene:
             if saved is not None:
                 text.visible, text.text = saved
             self.place_overlays()
-        self._warmed_text = True
-        layer.metadata[_WARM] = True
-        if len(layers) > 1:
+        if saved is not None or text is None:
+            self._warmed_text = True
+        if saved is None:
+            layer.metadata[_WARM] = True
+        if saved is not None or len(layers) > 1:
             self.warm_later()
 
     # ---- shared display helpers -----------------------------------------------------------------

@@ -44,10 +44,13 @@ def read_scan_job(path: Path, *, cancel, report):
     """Read a scan file for a layer (worker thread): ``(data, kwargs, "image")``; a label map is refused."""
     from ._io import _read_layer
 
+    from ._napari_private import warm_first_layer_costs
+
     report({"event": "stage", "name": f"reading {path.name}"})
     data, kwargs, kind = _read_layer(path)
     if kind != "image":
         raise NemesisInputError(f"{path}: this is a label map, not a CT scan")
+    warm_first_layer_costs()  # here, not on the GUI thread when the layer is added
     return data, kwargs, kind
 
 

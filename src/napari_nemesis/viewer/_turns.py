@@ -18,6 +18,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 
+#: The next turn is a timer this many ms away, not a zero-timer: Qt 6 posts a zero-timer as an event,
+#: and a chain of posted events runs before the window's input and timers get their turn, so the
+#: steps of a scan's opening (a layer each) ran back to back as one 0.8 s stall. With a real timer the
+#: mouse, the keyboard and the paint events come in between the steps.
+_GAP_MS = 1
+
+
 class TurnQueue:
     def __init__(self, alive: Callable[[], bool], after_turn: Callable[[], None] | None = None) -> None:
         self._alive = alive
@@ -59,7 +66,7 @@ class TurnQueue:
         from qtpy.QtCore import QTimer
 
         self._scheduled = True
-        QTimer.singleShot(0, self._turn)
+        QTimer.singleShot(_GAP_MS, self._turn)
 
     def _turn(self) -> None:
         self._scheduled = False

@@ -118,6 +118,61 @@ class _NoBar:
         pass
 
 
+#: A job still running after this long gets its bar in napari's activity dock; a shorter one none.
+ACTIVITY_DELAY_MS = 1000
+
+
+class _LateBar:
+    """napari's progress bar, made only once the job has run for :data:`ACTIVITY_DELAY_MS`.
+
+    Adding a bar to napari's activity dock processes the pending Qt events inside the handler that
+    adds it: made at the job's start (the turn a scan's layers were added), it drew their controls
+    and the canvas in that one turn, the 0.8 s stall of opening a scan. A job of a second or less
+    (reading labels, a small scan) shows none, and none flickers."""
+
+    def __init__(self, description: str, delay_ms: int | None = None) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.description = description
+        self.total = 0
+        self.n = 0
+        self._bar = None
+        self._closed = False
+        self._timer = QTimer()
+        self._timer.setSingleShot(True)
+        self._timer.timeout.connect(self._make)
+        self._timer.start(int(ACTIVITY_DELAY_MS if delay_ms is None else delay_ms))
+
+    def _make(self) -> None:
+        if self._closed:
+            return
+        from napari.utils import progress
+
+        self._bar = progress(total=self.total, desc=self.description)
+        if self.n:
+            self._bar.n = self.n
+            self._bar.refresh()
+
+    def refresh(self) -> None:
+        if self._bar is not None:
+            if self._bar.total != self.total:
+                self._bar.total = self.total
+            self._bar.n = self.n
+            self._bar.refresh()
+
+    def set_description(self, text: str) -> None:
+        self.description = text
+        if self._bar is not None:
+            self._bar.set_description(text)
+
+    def close(self) -> None:
+        self._closed = True
+        self._timer.stop()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
 class Job:
     """One started job: its worker, cancel flag, state and (optionally) a napari progress bar."""
 
@@ -188,16 +243,16 @@ def start_job(
 
     ``state`` is updated in place on the GUI thread (status, done/total, device, error);
     ``on_end(state)`` is called once when the job has ended, however it ended. ``activity``: a
-    progress bar in napari's activity dock; jobs whose dock shows their progress go without one:
+    progress bar in napari's activity dock once the job has run a second (:class:`_LateBar`); jobs
+    whose dock shows their progress go without one:
     while any is open, the status bar animates a spinner, 30 window repaints a second (each
     10-25 ms of a software-rendered window), and adding one processes events inside the handler.
     """
     from napari.qt.threading import create_worker
-    from napari.utils import progress
 
     flag = threading.Event()
     relay = _Relay()
-    bar = progress(total=0, desc=description or name) if activity else _NoBar()
+    bar = _LateBar(description or name) if activity else _NoBar()
 
     def report(event: dict) -> None:  # worker thread -> GUI thread
         relay.event.emit(event)
