@@ -181,7 +181,9 @@ def test_wheel_carries_license_attribution_and_manifest(dists):
         for needed in ATTRIBUTION:
             assert needed in attribution
         for name in ("napari_nemesis/napari.yaml", "napari_nemesis/sample_data/abdomen_ct.nii.gz",
-                     "napari_nemesis/weights/nemesis_small.safetensors"):
+                     "napari_nemesis/weights/nemesis_small.safetensors",
+                     "napari_nemesis/weights/probe_small.safetensors",
+                     "napari_nemesis/weights/probe_patch_small.safetensors"):
             assert name in names, name
         assert not any(n.startswith(("tests/", "docs/")) for n in names)
         entry_points = whl.read(f"{info}/entry_points.txt").decode()

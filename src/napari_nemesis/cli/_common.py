@@ -228,6 +228,22 @@ def add_json_flag(p) -> None:
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 
 
+def add_level_flags(p, default: str | None = "superpatch", level_help: str | None = None,
+                    threshold: bool = True) -> None:
+    """``--level superpatch|patch`` (what a head works at, ``model.levels.HEAD_LEVELS``) and, for
+    training, ``--patch-threshold N`` (organ voxels at the model's spacing a patch needs to be labelled 1)."""
+    from ..data.organs import PATCH_THRESHOLD
+    from ..model.levels import HEAD_LEVELS
+
+    p.add_argument("--level", default=default, choices=list(HEAD_LEVELS),
+                   help=level_help or "superpatch: one organ-presence head on each 128^3 superpatch's mean token; "
+                   "patch: a head on every token, i.e. every 16^3 patch (organ maps at patch resolution)")
+    if threshold:
+        p.add_argument("--patch-threshold", type=int_at_least(1), default=PATCH_THRESHOLD, metavar="N",
+                       help="--level patch: a patch is labelled 1 for an organ holding at least N of its voxels "
+                       "at the model's spacing")
+
+
 def add_checkpoint_flag(p) -> None:
     """``--checkpoint CKPT``: the NEMESIS weights to use, the bundled ones when not given."""
     p.add_argument("--checkpoint", default=None, type=path_arg,

@@ -19,6 +19,7 @@ from ._common import (
     add_device_flag,
     add_json_flag,
     add_label_scheme_flag,
+    add_level_flags,
     parse_spacing,
     print_json,
 )
@@ -47,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         description="Presence per superpatch from a label map (BTCV, TotalSegmentator or AMOS ids) "
                         "with the core's rule: at least THRESHOLD voxels at the model's spacing. Adds the scan to "
                         "the project (and starts the project) if needed. Superpatches labelled or skipped by hand "
-                        "are kept unless --overwrite.")
+                        "are kept unless --overwrite. The project records SEG for the scan, which "
+                        "'labels train --level patch' reads again.")
     f.add_argument("project")
     f.add_argument("scan")
     f.add_argument("seg", help="label map on the scan's grid")
@@ -74,10 +76,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         description="Linear probe (frozen encoder) or fine-tune, on every labelled superpatch; the "
                         "held-out estimate is cross-validation over scans (several scans) or superpatches (one). "
                         "Writes OUT/probe.safetensors (nemesis infer --probe), OUT/log.jsonl, OUT/train.json. "
-                        "SIGINT or a file OUT/STOP: save at the next step, exit 130; --resume continues.")
+                        "SIGINT or a file OUT/STOP: save at the next step, exit 130; --resume continues. "
+                        "--level patch: a linear head on every token of the frozen encoder, patch labels from the "
+                        "segmentations the project's scans were filled from (labels fill), OUT/probe_patch.safetensors.")
     t.add_argument("project")
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--mode", default="linear", choices=["linear", "finetune"])
+    add_level_flags(t)
     add_checkpoint_flag(t)
     t.add_argument("--epochs", type=int, default=None, help="default 200 full-batch steps (linear) / 8 epochs (finetune)")
     t.add_argument("--lr", type=float, default=None)
@@ -141,7 +146,7 @@ def cmd_fill(args: argparse.Namespace) -> int:
     store = project.store(args.scan)
     threshold = project.threshold if args.threshold is None else args.threshold
     res = fill_from_segmentation(store, args.seg, threshold=threshold, overwrite=args.overwrite,
-                                 scheme=args.label_scheme)
+                                 scheme=args.label_scheme, project=project)
     out = {"project": str(project.root), "scan": project.find(args.scan).scan_id, "labels": str(store.path),
            "threshold": threshold, **res.to_json(), "counts": store.counts()}
     if args.json:
@@ -220,7 +225,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     opts = TrainOptions(mode=args.mode, epochs=args.epochs, lr=args.lr, batch=args.batch, folds=args.folds,
                         seed=args.seed, device=args.device, bf16=args.bf16, checkpoint_every=args.checkpoint_every,
-                        log_every=args.log_every)
+                        log_every=args.log_every, level=args.level, patch_threshold=args.patch_threshold)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bar = TqdmProgress(f"labels train ({args.mode})", disable=args.json or args.events)
@@ -242,8 +247,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         auroc = "-" if result["auroc_mean"] is None else f"{result['auroc_mean']:.4f}"
         f1 = "-" if result["f1_macro"] is None else f"{result['f1_macro']:.3f}"
-        print(f"{result['mode']} probe from {result['n_labelled']} labelled superpatches ({result['n_scans']} scan(s)): "
-              f"held-out AUROC {auroc}, macro F1 {f1} ({result['estimate']})")
+        what = (f"{result['mode']} patch-level head from {result['n_patches']} patches of {result['n_labelled']} "
+                f"superpatches" if result.get("level") == "patch" else
+                f"{result['mode']} probe from {result['n_labelled']} labelled superpatches")
+        print(f"{what} ({result['n_scans']} scan(s)): held-out AUROC {auroc}, macro F1 {f1} ({result['estimate']})")
         print(f"head: {result['head']}")
         if args.mode == "finetune":
             print(f"checkpoint: {result['checkpoint']}")

@@ -59,9 +59,13 @@ from .organs import (
     ORGAN_IDS,
     ORGAN_NAMES,
     ORGANS,
+    PATCH_THRESHOLD,
     PRESENCE_THRESHOLD,
     Organ,
     organ_voxel_counts,
+    patch_inside,
+    patch_labels,
+    patch_voxel_counts,
     presence_labels,
 )
 from .phantom import PHANTOM_SIZES, make_phantom, phantom_case_id, write_phantom_dataset
@@ -85,7 +89,7 @@ __all__ = [
     "Box", "SuperpatchGrid", "MIN_MEAN", "sample_superpatch_origin", "sample_superpatch",
     "crop_superpatch", "inside_fraction",
     "Organ", "ORGANS", "ORGAN_NAMES", "ORGAN_IDS", "PRESENCE_THRESHOLD", "organ_voxel_counts",
-    "presence_labels",
+    "presence_labels", "PATCH_THRESHOLD", "patch_voxel_counts", "patch_labels", "patch_inside",
     "LABEL_SCHEMES", "detect_label_scheme", "to_btcv_labels", "label_names", "btcv_id_map",
     "check_label_scheme",
     "BTCV_TEST_IDS", "BTCV_CASE_IDS", "Case", "CacheIndex", "SuperpatchCache", "default_cache_dir", "find_cases",

@@ -5,7 +5,8 @@ The label map (BTCV, TotalSegmentator or AMOS ids) goes through ``data.to_btcv_l
 ``data.presence_labels`` on the store's grid: a superpatch holds an organ when it has at least
 ``threshold`` voxels of it at that spacing, the same rule the datasets and the probe use.
 Superpatches a person labelled or skipped are kept unless ``overwrite=True``; earlier fills are
-replaced. The whole fill is one save and one undo step, decided under the sidecar's lock on the
+replaced. Given the ``project``, a fill from a file records that file in it
+(``LabelProject.record_segmentation``): patch-level training reads the label map again from there. The whole fill is one save and one undo step, decided under the sidecar's lock on the
 labels as saved at that moment (a hand label another writer has just set is kept).
 """
 
@@ -20,7 +21,7 @@ import numpy as np
 from ..errors import NemesisInputError
 from .store import LabelStore
 
-__all__ = ["FillResult", "fill_from_segmentation", "segmentation_presence"]
+__all__ = ["FillResult", "fill_from_segmentation", "segmentation_presence", "segmentation_at_model"]
 
 
 @dataclass
@@ -53,26 +54,17 @@ def _scan_volume(store: LabelStore):
     return volume
 
 
-def segmentation_presence(store: LabelStore, labels_volume, threshold: int | None = None,
-                          scheme: str = "auto") -> tuple[np.ndarray, str]:
-    """Organ presence ``(n, K)`` (the store's organs) of a label map on the store's grid, and its scheme.
+def segmentation_at_model(store: LabelStore, labels_volume, scheme: str = "auto"):
+    """A label map of the store's scan in BTCV ids at the model's spacing, the grid it gives, the
+    scheme it was read as, and the store's organ columns in ``data.ORGANS`` order:
+    ``(labels, grid, scheme, columns)``. What superpatch presence (:func:`segmentation_presence`) and
+    patch labels (patch-level training) are both counted on.
 
     ``labels_volume``: a label file (read with ``data.read_labels``, checked against the scan) or an
     array on the scan's canonical (z, y, x) grid (e.g. a napari Labels layer's data).
     """
-    from ..data import (
-        ORGAN_NAMES,
-        PRESENCE_THRESHOLD,
-        SuperpatchGrid,
-        presence_labels,
-        preprocess_labels,
-        read_labels,
-        to_btcv_labels,
-    )
+    from ..data import ORGAN_NAMES, SuperpatchGrid, preprocess_labels, read_labels, to_btcv_labels
 
-    threshold = PRESENCE_THRESHOLD if threshold is None else int(threshold)
-    if threshold < 1:
-        raise NemesisInputError(f"--threshold {threshold}: must be at least 1 voxel")
     missing = [o for o in store.organs if o not in ORGAN_NAMES]
     if missing:
         raise NemesisInputError(f"{store.path}: organ(s) {', '.join(missing)} have no label id in any segmentation "
@@ -92,17 +84,35 @@ def segmentation_presence(store: LabelStore, labels_volume, threshold: int | Non
     grid = SuperpatchGrid(at_model.shape, store.grid.superpatch)
     if tuple(grid.grid_shape) != tuple(store.grid.grid_shape_zyx):  # pragma: no cover - same rule as GridSpec
         raise NemesisInputError(f"{source}: grid {grid.grid_shape} is not the store's {store.grid.grid_shape_zyx}")
-    presence = presence_labels(at_model, grid, threshold)
     columns = [ORGAN_NAMES.index(o) for o in store.organs]
+    return at_model, grid, used, columns
+
+
+def segmentation_presence(store: LabelStore, labels_volume, threshold: int | None = None,
+                          scheme: str = "auto") -> tuple[np.ndarray, str]:
+    """Organ presence ``(n, K)`` (the store's organs) of a label map on the store's grid, and its scheme.
+
+    ``labels_volume``: a label file (read with ``data.read_labels``, checked against the scan) or an
+    array on the scan's canonical (z, y, x) grid (e.g. a napari Labels layer's data).
+    """
+    from ..data import PRESENCE_THRESHOLD, presence_labels
+
+    threshold = PRESENCE_THRESHOLD if threshold is None else int(threshold)
+    if threshold < 1:
+        raise NemesisInputError(f"--threshold {threshold}: must be at least 1 voxel")
+    at_model, grid, used, columns = segmentation_at_model(store, labels_volume, scheme)
+    presence = presence_labels(at_model, grid, threshold)
     return presence[:, columns], used
 
 
 def fill_from_segmentation(store: LabelStore, labels_volume, threshold: int = 100, overwrite: bool = False,
-                           scheme: str = "auto") -> FillResult:
+                           scheme: str = "auto", project=None) -> FillResult:
     """Label every superpatch of ``store`` from a segmentation (see the module docstring).
 
     ``threshold``: voxels at the model's spacing (default 100, ``data.PRESENCE_THRESHOLD``).
-    ``scheme``: ``auto``, ``btcv``, ``totalsegmentator`` or ``amos``. Returns a :class:`FillResult`.
+    ``scheme``: ``auto``, ``btcv``, ``totalsegmentator`` or ``amos``. ``project``: the
+    ``LabelProject`` the store belongs to; a fill from a file is then recorded in it (for
+    patch-level training). Returns a :class:`FillResult`.
     """
     presence, used = segmentation_presence(store, labels_volume, threshold, scheme)
     decided: dict[str, list[int]] = {}
@@ -121,4 +131,8 @@ def fill_from_segmentation(store: LabelStore, labels_volume, threshold: int = 10
         return changes
 
     changed = store.modify(decide, source="segmentation")
+    if project is not None and isinstance(labels_volume, (str, os.PathLike)):
+        entry = project.find(store.scan_path)
+        if entry is not None:
+            project.record_segmentation(entry, labels_volume, used)
     return FillResult(used, presence, decided["filled"], changed, decided["kept"], store.organs)

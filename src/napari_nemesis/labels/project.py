@@ -2,8 +2,12 @@
 
 ``PROJECT/nemesis-labels-project.json`` names the organ list, the superpatch size, the model
 spacing and the presence threshold every scan of the project is labelled with, and lists the
-scans (an id, the image path, the sidecar under ``PROJECT/labels/``). Images stay where they are;
-a path inside the project folder is stored relative to it, so the folder can be moved with them.
+scans (an id, the image path, the sidecar under ``PROJECT/labels/``, and, once a scan was filled
+from a segmentation file, that file and its label scheme: ``segmentation``, ``segmentation_scheme``).
+Images stay where they are; a path inside the project folder is stored relative to it, so the folder
+can be moved with them. The recorded segmentation is what patch-level training reads
+(``nemesis labels train PROJECT --level patch``): superpatch labels alone cannot say where in a
+superpatch an organ lies.
 """
 
 from __future__ import annotations
@@ -66,6 +70,9 @@ def _check_doc(path: Path, doc: dict[str, Any]) -> None:
             if not isinstance(entry.get(key), str) or not entry[key]:
                 raise bad(f"scan entry {k} has no {key!r} text")
         sid = entry["id"]
+        for key in ("segmentation", "segmentation_scheme"):
+            if entry.get(key) is not None and (not isinstance(entry[key], str) or not entry[key]):
+                raise bad(f"scan entry {k}: {key} is not text")
         if not SCAN_ID_PATTERN.match(sid):
             raise NemesisInputError(f"{path}: scan id {sid!r} is not a plain name (letters, digits, _ . -); "
                                     "it would name files outside the project; refusing it")
@@ -80,11 +87,14 @@ def _check_doc(path: Path, doc: dict[str, Any]) -> None:
 
 @dataclass(frozen=True)
 class ProjectScan:
-    """One scan of a project: its id (unique in the project), image and label sidecar."""
+    """One scan of a project: its id (unique in the project), image and label sidecar, and the
+    segmentation file it was last filled from (``None``: its labels are superpatch labels only)."""
 
     scan_id: str
     image: Path
     labels: Path
+    segmentation: Path | None = None
+    segmentation_scheme: str | None = None
 
 
 class LabelProject:
@@ -205,7 +215,9 @@ class LabelProject:
     # ---- scans ------------------------------------------------------------------------------
     @property
     def scans(self) -> list[ProjectScan]:
-        return [ProjectScan(s["id"], self._abs(s["image"]), self._abs(s["labels"])) for s in self._doc["scans"]]
+        return [ProjectScan(s["id"], self._abs(s["image"]), self._abs(s["labels"]),
+                            self._abs(s["segmentation"]) if s.get("segmentation") else None,
+                            s.get("segmentation_scheme")) for s in self._doc["scans"]]
 
     def _abs(self, p: str) -> Path:
         path = Path(p)
@@ -261,6 +273,25 @@ class LabelProject:
                                         f"({_os_problem(exc)}); the project is unchanged") from None
             self._doc = doc
         return self.find(scan_id)  # type: ignore[return-value]
+
+    def record_segmentation(self, scan: str | os.PathLike | ProjectScan, segmentation: str | os.PathLike,
+                            scheme: str | None = None) -> ProjectScan:
+        """Note that ``scan`` was filled from the label map file ``segmentation`` (read as ``scheme``),
+        so patch-level training can read it again; returns the updated entry."""
+        key = scan.scan_id if isinstance(scan, ProjectScan) else scan
+        with _file_lock(self.file):
+            self._reload()
+            sid = self.scan(key).scan_id
+            doc = dict(self._doc)
+            doc["scans"] = [dict(e, segmentation=self._rel(Path(segmentation)), segmentation_scheme=scheme)
+                            if e["id"] == sid else e for e in self._doc["scans"]]
+            try:
+                write_json_atomic(self.file, doc, durable=True)
+            except OSError as exc:
+                raise NemesisInputError(f"{self.file}: cannot record the segmentation of {sid} "
+                                        f"({_os_problem(exc)}); the project is unchanged") from None
+            self._doc = doc
+        return self.scan(sid)
 
     def store(self, scan: str | os.PathLike | ProjectScan, volume=None, add: bool = True) -> LabelStore:
         """The :class:`LabelStore` of a scan (id, path or entry); a new path is added when ``add``."""

@@ -19,6 +19,15 @@ link to it and older tensor files removed, so a kill at any instant leaves a JSO
 are complete) and :class:`NemesisCancelled` is raised; ``resume=True`` continues at that step with
 the same data order, so a resumed run ends where an uninterrupted one would. Resuming a finished
 run reports its result again (exit 0; the ``start`` event says ``already_finished``).
+
+``level="patch"`` (``nemesis labels train PROJECT --level patch``) trains a patch-level head (one
+LayerNorm + Linear on every token of the frozen encoder, ``model.heads.PatchHead``) instead. Its
+labels come from label maps, not from the superpatch labels: every scan the project records a
+segmentation for (``labels fill``, ``LabelProject.record_segmentation``) gives patch labels by the
+core's rule (``data.patch_labels``: ``patch_threshold`` organ voxels at the model's spacing), for
+every superpatch of it and every patch that holds some of the scan. The snapshot keeps them, the
+folds hold out the same whole scans (or superpatches) as at the superpatch level, and the held-out
+metrics are over patches. A project whose scans have superpatch labels only is refused.
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ from ..atomic import atomic_path, write_json_atomic
 from ..errors import NemesisCancelled, NemesisCheckpointError, NemesisInputError
 from ..train.events import CancelFn, ProgressFn, emit
 from ..train.heads_fit import fit_head, head_optimizer
+from ..model.heads import HEADS
+from ..model.levels import HEAD_LEVELS
 from ..train.probe import ProbeHead, ProbeModel, ProbeOptions
 from ..train.runtime import single_thread
 from ..train.state import optimizer_tensors, restore_optimizer
@@ -57,6 +68,7 @@ RUN_FILES = {
     "state": "state.json",  # where the run is; resumable
     "state_tensors": "state.safetensors",  # weights + AdamW moments of the fit in progress
     "head": "probe.safetensors",
+    "head_patch": "probe_patch.safetensors",  # --level patch
     "finetuned": "finetuned.safetensors",
     "result": "train.json",
 }
@@ -79,6 +91,13 @@ class TrainOptions(ProbeOptions):
             raise NemesisInputError(f"--folds {self.folds}: need at least 2 for a held-out estimate")
         if self.resolved_epochs() < 1 or self.batch < 1 or self.log_every < 1 or self.checkpoint_every < 0:
             raise NemesisInputError("--epochs, --batch and --log-every must be positive, --checkpoint-every >= 0")
+        if self.level not in HEAD_LEVELS:
+            raise NemesisInputError(f"--level {self.level}: choose one of {', '.join(HEAD_LEVELS)}")
+        if self.level == "patch" and self.mode != "linear":
+            raise NemesisInputError(f"--level patch trains a linear head on the frozen encoder; --mode {self.mode} is "
+                                    "for the superpatch level only")
+        if isinstance(self.patch_threshold, bool) or int(self.patch_threshold) < 1:
+            raise NemesisInputError(f"--patch-threshold {self.patch_threshold}: must be at least 1 voxel")
 
 
 # ---- the label snapshot ---------------------------------------------------------------------
@@ -102,6 +121,61 @@ def _snapshot(project: LabelProject) -> tuple[dict[str, Any], dict[str, Any]]:
            "spacing_zyx": list(project.spacing_zyx), "presence_threshold": project.threshold,
            "scans": scans, "items": items}
     return doc, volumes
+
+
+def _patch_snapshot(project: LabelProject, patch: int, threshold: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Patch labels of every superpatch of the scans with a recorded segmentation: each item holds the
+    tokens inside the scan (``tokens``) and, per organ, those labelled 1 (``positives``)."""
+    from ..data import patch_inside, patch_labels
+
+    from .fill import segmentation_at_model
+
+    with_seg = [sc for sc in project.scans if sc.segmentation is not None]
+    if not with_seg:
+        raise NemesisInputError(f"{project.root}: --level patch needs label maps, but no scan of this project was filled "
+                                "from a segmentation (its labels say only which organs each superpatch holds, not where); "
+                                "fill scans with 'nemesis labels fill PROJECT SCAN SEG' first")
+    scans, items, volumes = [], [], {}
+    for sc in with_seg:
+        if not sc.segmentation.exists():
+            raise NemesisInputError(f"{sc.segmentation}: the segmentation scan {sc.scan_id} was filled from is gone; "
+                                    "fill it again or restore the file")
+        store = project.store(sc, add=False)
+        at_model, grid, scheme, columns = segmentation_at_model(store, sc.segmentation, sc.segmentation_scheme or "auto")
+        scans.append({"id": sc.scan_id, "image": str(sc.image.resolve()), "labels": str(sc.labels.resolve()),
+                      "segmentation": str(sc.segmentation.resolve()), "label_scheme": scheme,
+                      "voxel_sha256": store.scan.voxel_sha256, "revision": store.revision})
+        for i in range(grid.n):
+            lab = patch_labels(grid.superpatch_of(at_model, i), patch, threshold)[:, columns]
+            tokens = np.flatnonzero(patch_inside(grid, i, patch))
+            items.append({"scan": sc.scan_id, "index": i, "tokens": tokens.tolist(),
+                          "positives": {o: [int(t) for t in tokens if lab[t, k]] for k, o in enumerate(store.organs)}})
+        volumes[sc.scan_id] = store.volume
+    skipped = [sc.scan_id for sc in project.scans if sc.segmentation is None]
+    doc = {"project": str(project.root.resolve()), "organs": list(project.organs), "superpatch": project.superpatch,
+           "spacing_zyx": list(project.spacing_zyx), "presence_threshold": project.threshold, "level": "patch",
+           "patch": int(patch), "patch_threshold": int(threshold), "skipped_scans": skipped,
+           "scans": scans, "items": items}
+    return doc, volumes
+
+
+def _units(snapshot: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """What one row of features and labels is: a superpatch (``level`` superpatch) or a patch inside
+    the scan. Returns ``(item of each row, labels (rows, K))``."""
+    items, organs = snapshot["items"], snapshot["organs"]
+    if snapshot.get("level", "superpatch") != "patch":
+        return np.arange(len(items)), np.asarray([it["presence"] for it in items], dtype=np.float32).reshape(-1, len(organs))
+    unit_item, rows = [], []
+    for j, it in enumerate(items):
+        lab = np.zeros((len(it["tokens"]), len(organs)), np.float32)
+        where = {t: r for r, t in enumerate(it["tokens"])}
+        for k, o in enumerate(organs):
+            for t in it["positives"][o]:
+                lab[where[t], k] = 1.0
+        rows.append(lab)
+        unit_item += [j] * len(it["tokens"])
+    y = np.concatenate(rows) if rows else np.zeros((0, len(organs)), np.float32)
+    return np.asarray(unit_item, dtype=np.int64), y
 
 
 class _Patches:
@@ -321,9 +395,14 @@ def train_from_labels(
         if not isinstance(project, LabelProject):
             project = LabelProject.open(project)
         checkpoint = str(checkpoint or default_checkpoint_path())
-        snapshot, volumes = _snapshot(project)
+        if opts.level == "patch":
+            model = load_checkpoint(checkpoint)  # its patch size cuts the labels
+            snapshot, volumes = _patch_snapshot(project, model.cfg.patch, opts.patch_threshold)
+        else:
+            snapshot, volumes = _snapshot(project)
         resumed = None
-    model = load_checkpoint(checkpoint)
+    if resume or opts.level != "patch":
+        model = load_checkpoint(checkpoint)
     digest = encoder_digest(model)
     if resume and digest != config["encoder_sha256"]:
         raise NemesisCheckpointError(f"{checkpoint}: the checkpoint changed since this run started (encoder "
@@ -331,6 +410,9 @@ def train_from_labels(
     if model.cfg.superpatch != snapshot["superpatch"]:
         raise NemesisCheckpointError(f"{checkpoint}: the model takes {model.cfg.superpatch}^3 superpatches but the "
                                      f"project's labels are on {snapshot['superpatch']}^3; use a matching checkpoint")
+    if snapshot.get("level") == "patch" and model.cfg.patch != snapshot["patch"]:
+        raise NemesisCheckpointError(f"{checkpoint}: the model cuts {model.cfg.patch}^3 patches but this run's patch "
+                                     f"labels are on {snapshot['patch']}^3; start a new run")
     if not resume:  # a new run in this folder: what an earlier one left is not resumable any more
         out.mkdir(parents=True, exist_ok=True)
         for name in ("options", "state", "state_tensors", "features", "result"):
@@ -345,10 +427,14 @@ def train_from_labels(
     device = resolve_device(opts.device)
     items = snapshot["items"]
     organs = snapshot["organs"]
-    y = np.asarray([it["presence"] for it in items], dtype=np.float32)
+    unit_item, y = _units(snapshot)  # rows: superpatches, or the patches inside the scan (level patch)
     folds, estimate = plan_folds([it["scan"] for it in items], opts.folds, opts.seed)
-    fits: list[tuple[str, np.ndarray, np.ndarray | None]] = [("final", np.arange(len(items)), None)]
-    fits += [(f"fold {j + 1}/{len(folds)}", tr, te) for j, (tr, te) in enumerate(folds)]
+
+    def rows(item_idx: np.ndarray) -> np.ndarray:
+        return np.flatnonzero(np.isin(unit_item, item_idx))
+
+    fits: list[tuple[str, np.ndarray, np.ndarray | None]] = [("final", np.arange(len(y)), None)]
+    fits += [(f"fold {j + 1}/{len(folds)}", rows(tr), rows(te)) for j, (tr, te) in enumerate(folds)]
     steps = [_steps_per_fit(opts, len(tr)) for _, tr, _ in fits]
     patches = _Patches(snapshot, volumes)
     t0 = time.perf_counter()
@@ -365,7 +451,8 @@ def train_from_labels(
     # ---- frozen features (linear) -----------------------------------------------------------
     features = None
     if opts.mode == "linear":
-        features = _features(model, items, patches, opts, device, out, state, resume, progress, stop_requested)
+        features = _features(model, items, patches, opts, device, out, state, resume, progress, stop_requested,
+                             patch_level=snapshot.get("level") == "patch")
 
     # ---- fits: final first, then the folds --------------------------------------------------
     oof = {int(k): v for k, v in state.doc["oof"].items()}
@@ -399,6 +486,10 @@ def train_from_labels(
         metrics = _metrics(y[held], np.asarray([oof[i] for i in held]), organs, opts.threshold)
     else:
         metrics = {"auroc_mean": None, "f1_macro": None, "per_organ": None}
+    patch_extra: dict[str, Any] = {}
+    if snapshot.get("level") == "patch":
+        patch_extra = {"n_patches": int(len(y)), "patch": snapshot["patch"], "patch_threshold": snapshot["patch_threshold"],
+                       "skipped_scans": snapshot["skipped_scans"]}
     result = {
         "auroc_mean": metrics["auroc_mean"],
         "f1_macro": metrics["f1_macro"],
@@ -418,6 +509,8 @@ def train_from_labels(
         "resumed": bool(resume),
         "out": str(out),
         "options": asdict(opts),
+        "level": snapshot.get("level", "superpatch"),
+        **patch_extra,
     }
     write_json_atomic(out / RUN_FILES["result"], result)
     emit(progress, "end", step=sum(steps), total=sum(steps), auroc_mean=result["auroc_mean"],
@@ -431,8 +524,10 @@ def _metrics(y_true, y_prob, organs, threshold) -> dict[str, Any]:
     return presence_metrics(y_true, y_prob, organs, threshold)
 
 
-def _features(model, items, patches, opts, device, out, state, resume, progress, stop_requested) -> np.ndarray:
-    """Frozen features of every item, saved to ``features.safetensors``; a stop keeps the rows done."""
+def _features(model, items, patches, opts, device, out, state, resume, progress, stop_requested,
+              patch_level: bool = False) -> np.ndarray:
+    """Frozen features of every item (``patch_level``: of each item's tokens inside the scan, one row
+    per patch), saved to ``features.safetensors``; a stop keeps the rows done."""
     from safetensors.torch import load_file, save_file
 
     from ..train.probe import encode_features
@@ -441,8 +536,11 @@ def _features(model, items, patches, opts, device, out, state, resume, progress,
     done = np.zeros((0, model.cfg.embed_dim), np.float32)
     if resume and path.is_file():
         done = load_file(str(path))["features"].numpy()
+    offsets = np.cumsum([0] + [len(it["tokens"]) if patch_level else 1 for it in items])
+    n = int(np.searchsorted(offsets, len(done)))
+    if n > len(items) or offsets[n] != len(done):  # not a whole number of items: extract them again
+        done, n = done[:0], 0
     chunks = [done]
-    n = len(done)
     while n < len(items):
         if stop_requested():
             _save_features(path, np.concatenate(chunks), save_file)
@@ -450,7 +548,10 @@ def _features(model, items, patches, opts, device, out, state, resume, progress,
             emit(progress, "interrupted", stage="features", done=n, total=len(items))
             raise NemesisCancelled("training from labels stopped while extracting features; --resume continues")
         batch = items[n:n + opts.batch]
-        chunks.append(encode_features(model, (patches(it) for it in batch), opts.batch, device, opts.bf16))
+        feats = encode_features(model, (patches(it) for it in batch), opts.batch, device, opts.bf16, pool=not patch_level)
+        if patch_level:
+            feats = np.concatenate([f[it["tokens"]] for f, it in zip(feats, batch)])
+        chunks.append(feats)
         n += len(batch)
         emit(progress, "item", stage="features", done=n, total=len(items))
     features = np.concatenate(chunks)
@@ -473,7 +574,7 @@ def _fit(f, name, train_idx, start, tensors, model, checkpoint, features, y, pat
     torch.manual_seed(opts.seed * 1000 + f)
     k = y.shape[1]
     if opts.mode == "linear":
-        net: nn.Module = ProbeHead(features.shape[1], k)
+        net: nn.Module = HEADS[opts.level](features.shape[1], k)
         x_all = torch.from_numpy(features[train_idx]).float()
         y_all = torch.from_numpy(y[train_idx])
     else:
@@ -542,6 +643,12 @@ def _save_final(net, model, opts, out: Path, snapshot, checkpoint, estimate, n_l
         head, encoder = net.head.cpu(), net.encoder.cpu()
         source = str(save_checkpoint(encoder, out / RUN_FILES["finetuned"],
                                      extra={"finetuned_from": checkpoint, "labels_project": snapshot["project"]}))
+    if snapshot.get("level") == "patch":
+        meta = probe_metadata(encoder, snapshot["spacing_zyx"], organs=snapshot["organs"], threshold=opts.threshold,
+                              checkpoint=source, level="patch", mode=opts.mode,
+                              patch_threshold=snapshot["patch_threshold"], labels_project=snapshot["project"],
+                              n_labelled=n_labelled, estimate=estimate["estimate"])
+        return str(save_probe(head, out / RUN_FILES["head_patch"], meta))
     meta = probe_metadata(encoder, snapshot["spacing_zyx"], organs=snapshot["organs"], threshold=opts.threshold,
                           checkpoint=source, mode=opts.mode, presence_threshold=snapshot["presence_threshold"],
                           labels_project=snapshot["project"], n_labelled=n_labelled, estimate=estimate["estimate"])

@@ -15,6 +15,8 @@ _WHERE = {
     "MAEOutput": "mae",
     "build_model": "mae",
     "ProbeHead": "heads",
+    "PatchHead": "heads",
+    "HEAD_LEVELS": "levels",
     "make_mask": "masking",
     "MASKS": "masking",
     "MASK_STRATEGIES": "masking",

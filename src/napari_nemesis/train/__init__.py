@@ -9,6 +9,7 @@ from .events import JsonlLog, check_cancel, emit, fan_out
 from .attention import AttentionMaps, SuperpatchAttention, attention_maps
 from .inference import InferResult, ReconMetrics, infer_scan, recorded_spacing, write_infer_outputs
 from .metrics import MEAN_CONVENTION, presence_metrics
+from .patch_level import PatchInferResult, infer_patch_scan, run_patch_probe
 from .pretrain import PretrainOptions, learning_rate, pretrain
 from .probe import (
     ProbeHead,
@@ -41,7 +42,7 @@ __all__ = [
     "encoder_digest", "check_probe_matches", "probe_metadata", "probe_beside", "encode_features", "finetune_items",
     "recorded_spacing", "MEAN_CONVENTION",
     "evaluate", "evaluate_reconstruction", "format_table",
-    "infer_scan", "write_infer_outputs", "reconstruct_scan", "InferResult", "ReconMetrics",
+    "infer_scan", "infer_patch_scan", "PatchInferResult", "run_patch_probe", "write_infer_outputs", "reconstruct_scan", "InferResult", "ReconMetrics",
     "presence_metrics",
     "PreparedScan", "prepare_scan", "prepare_for_model", "iter_reconstruction", "SuperpatchReconstruction",
     "ScanReconstruction", "AttentionMaps", "SuperpatchAttention", "attention_maps",

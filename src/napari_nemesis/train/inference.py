@@ -14,7 +14,7 @@ import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from ..errors import NemesisCheckpointError, NemesisInputError
 from ..model import NemesisMAE, make_mask
 from .events import CancelFn, ProgressFn, check_cancel, emit
 from ..data.spacing import Spacing, recorded_spacing  # recorded_spacing re-exported: its home is data/spacing.py
-from .probe import ProbeModel, check_probe_matches
+from .probe import ProbeModel, check_head_level, check_probe_matches
 from .runtime import autocast, resolve_device
 
 HU_LO, HU_HI = HU_WINDOW  # the model's window (data.preprocess), under the names callers import
@@ -90,6 +90,8 @@ class InferResult:
     organs: list[str]
     threshold: float = 0.5
     info: dict[str, Any] = field(default_factory=dict)
+    #: the head level these probabilities are at (``train.patch_level.PatchInferResult``: ``"patch"``)
+    level: ClassVar[str] = "superpatch"
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per superpatch: index, grid position, voxel box (scan's canonical z,y,x), world
@@ -118,6 +120,54 @@ class InferResult:
         return out
 
 
+def prepare_for_head(scan, model: NemesisMAE, head, level: str, spacing_zyx=None, device: str = "auto",
+                     progress: ProgressFn | None = None):
+    """What applying ``head`` to ``scan`` needs first, shared by both levels: the head checked against
+    ``model`` (width, encoder digest, superpatch and patch size, ``level``), the scan read, resampled
+    (to ``spacing_zyx``, else the spacing the head was trained at, ...) and windowed once unless it is
+    a prepared ``train.scan.PreparedScan``; returns ``(volume, preprocessed, grid, spacing_source, device)``.
+    """
+    from ..data import SuperpatchGrid, preprocess
+
+    width = head.norm.normalized_shape[0]
+    if width != model.cfg.embed_dim:
+        raise NemesisCheckpointError(f"probe head expects {width}-wide features but the model gives {model.cfg.embed_dim}; "
+                                     "use the head trained for this checkpoint")
+    head_meta = getattr(head, "meta", None)
+    check_head_level(head_meta if head_meta is not None else {"level": getattr(head, "level", "superpatch")}, level,
+                     getattr(head, "path", None))
+    check_probe_matches(model, head_meta, probe=getattr(head, "path", None), level=level)
+    prepared = scan if all(hasattr(scan, a) for a in ("volume", "pre", "grid")) else None  # a train.scan.PreparedScan
+    if prepared is not None:
+        if spacing_zyx is not None and not Spacing.parse(spacing_zyx).close_to(prepared.pre.spacing_zyx):
+            raise NemesisInputError(f"{prepared.name}: prepared at {prepared.pre.spacing_zyx} (z, y, x), not at the "
+                                    f"asked {Spacing.parse(spacing_zyx).value}; prepare it again or leave spacing_zyx out")
+        if prepared.grid.superpatch != model.cfg.superpatch:
+            raise NemesisInputError(f"{prepared.name}: prepared for {prepared.grid.superpatch}^3 superpatches, the "
+                                    f"model's are {model.cfg.superpatch}^3")
+        spacing_zyx = prepared.pre.spacing_zyx
+    spacing, spacing_source = _spacing_for(spacing_zyx, model, head_meta, getattr(head, "path", None))
+    trained_at, source = recorded_spacing(model, head_meta, getattr(head, "path", None))
+    if spacing_source == "given" and source == "probe" and not _same_spacing(spacing, trained_at):
+        import warnings
+
+        from ..data import NemesisDataWarning
+
+        warnings.warn(f"{getattr(head, 'path', None) or 'the probe head'} was trained at spacing {trained_at} (z, y, x) "
+                      f"but is applied at {spacing}: its probabilities may not mean what they did in training",
+                      NemesisDataWarning, stacklevel=3)
+    dev = resolve_device(device)
+    if prepared is not None:            # read and resampled once, by the caller (the viewer)
+        vol, pre, grid = prepared.volume, prepared.pre, prepared.grid
+        spacing_source = prepared.spacing_source
+    else:
+        vol = _load_scan(scan)
+        emit(progress, "stage", name="preprocess")
+        pre = preprocess(vol, spacing, spacing_source=spacing_origin(spacing_source, model, getattr(head, "path", None)))
+        grid = SuperpatchGrid.for_preprocessed(pre, model.cfg.superpatch)
+    return vol, pre, grid, spacing_source, dev
+
+
 def infer_scan(
     scan,
     model: NemesisMAE,
@@ -138,42 +188,8 @@ def infer_scan(
     refused (:func:`~.probe.check_probe_matches`). ``spacing_zyx=None``: the spacing the head was
     trained at, else the checkpoint's, else the default (:func:`recorded_spacing`).
     """
-    from ..data import SuperpatchGrid, preprocess
-
-    width = head.norm.normalized_shape[0]
-    if width != model.cfg.embed_dim:
-        raise NemesisCheckpointError(f"probe head expects {width}-wide features but the model gives {model.cfg.embed_dim}; "
-                                     "use the head trained for this checkpoint")
-    head_meta = getattr(head, "meta", None)
-    check_probe_matches(model, head_meta, probe=getattr(head, "path", None))
-    prepared = scan if all(hasattr(scan, a) for a in ("volume", "pre", "grid")) else None  # a train.scan.PreparedScan
-    if prepared is not None:
-        if spacing_zyx is not None and not Spacing.parse(spacing_zyx).close_to(prepared.pre.spacing_zyx):
-            raise NemesisInputError(f"{prepared.name}: prepared at {prepared.pre.spacing_zyx} (z, y, x), not at the "
-                                    f"asked {Spacing.parse(spacing_zyx).value}; prepare it again or leave spacing_zyx out")
-        if prepared.grid.superpatch != model.cfg.superpatch:
-            raise NemesisInputError(f"{prepared.name}: prepared for {prepared.grid.superpatch}^3 superpatches, the "
-                                    f"model's are {model.cfg.superpatch}^3")
-        spacing_zyx = prepared.pre.spacing_zyx
-    spacing, spacing_source = _spacing_for(spacing_zyx, model, head_meta, getattr(head, "path", None))
-    trained_at, source = recorded_spacing(model, head_meta, getattr(head, "path", None))
-    if spacing_source == "given" and source == "probe" and not _same_spacing(spacing, trained_at):
-        import warnings
-
-        from ..data import NemesisDataWarning
-
-        warnings.warn(f"{getattr(head, 'path', None) or 'the probe head'} was trained at spacing {trained_at} (z, y, x) "
-                      f"but is applied at {spacing}: its probabilities may not mean what they did in training",
-                      NemesisDataWarning, stacklevel=2)
-    dev = resolve_device(device)
-    if prepared is not None:            # read and resampled once, by the caller (the viewer)
-        vol, pre, grid = prepared.volume, prepared.pre, prepared.grid
-        spacing_source = prepared.spacing_source
-    else:
-        vol = _load_scan(scan)
-        emit(progress, "stage", name="preprocess")
-        pre = preprocess(vol, spacing, spacing_source=spacing_origin(spacing_source, model, getattr(head, "path", None)))
-        grid = SuperpatchGrid.for_preprocessed(pre, model.cfg.superpatch)
+    vol, pre, grid, spacing_source, dev = prepare_for_head(scan, model, head, "superpatch", spacing_zyx, device,
+                                                           progress)
     net = ProbeModel(model, head).to(dev).eval()
     probs = np.zeros((grid.n, len(organs)), dtype=np.float32)
     emit(progress, "start", step=0, total=grid.n)
@@ -194,7 +210,11 @@ def infer_scan(
 
 
 def write_infer_outputs(result: InferResult, out_dir: str | os.PathLike, stem: str | None = None) -> dict[str, Any]:
-    """CSV of per-superpatch probabilities and one NIfTI probability map per organ, on the scan's grid."""
+    """CSV of per-superpatch probabilities and one NIfTI probability map per organ, on the scan's grid.
+
+    A patch-level result (``train.patch_level.PatchInferResult``) writes the same files with ``_patch``
+    in their names (``SCAN_patch_organs.csv``, ``SCAN_patch_prob_ORGAN.nii.gz``: one row per patch), so
+    both levels can share a folder."""
     from ..data import write_volume
 
     out_dir = Path(out_dir)
@@ -215,15 +235,16 @@ def _write_infer_outputs(result: InferResult, out_dir: Path, stem: str | None) -
 
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = stem or scan_stem(result.volume.source)
+    level = "" if result.level == "superpatch" else f"_{result.level}"
     rows = result.rows()
-    csv_path = out_dir / f"{stem}_organs.csv"
+    csv_path = out_dir / f"{stem}{level}_organs.csv"
     with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0].keys()) if rows else ["superpatch"])
         w.writeheader()
         w.writerows(rows)
     maps = {}
     for k, organ in enumerate(result.organs):
-        path = out_dir / f"{stem}_prob_{organ.replace(' ', '_')}.nii.gz"
+        path = out_dir / f"{stem}{level}_prob_{organ.replace(' ', '_')}.nii.gz"
         write_volume(result.probability_map(k), path, reference=result.volume)
         maps[organ] = str(path)
     return {"csv": str(csv_path), "maps": maps}
@@ -314,5 +335,5 @@ def reconstruct_superpatches(
                 yield i, clean[j], noisy[j], masked_input, rec[j], vox[j]
 
 
-__all__ = ["infer_scan", "write_infer_outputs", "scan_stem", "spacing_origin", "check_output", "reconstruct_superpatches", "ReconMetrics",
+__all__ = ["infer_scan", "prepare_for_head", "write_infer_outputs", "scan_stem", "spacing_origin", "check_output", "reconstruct_superpatches", "ReconMetrics",
            "InferResult", "to_hu", "recorded_spacing"]

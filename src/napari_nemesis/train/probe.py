@@ -7,6 +7,11 @@ is chosen on it.
 A head only means something on the features of the encoder it was trained on, so every saved head
 records that encoder's digest (:func:`encoder_digest`), the spacing and superpatch size it saw,
 and everything that applies a head checks them (:func:`check_probe_matches`).
+
+Heads work at one of two levels (``model.heads.HEAD_LEVELS``): ``superpatch`` (this module's probe,
+the mean token) or ``patch`` (one logit set per token, ``train.patch_level``). The level is part
+of the head's metadata and checked like the encoder; ``run_probe`` with ``level="patch"`` hands
+over to ``train.patch_level.run_patch_probe``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from ..atomic import atomic_path
 from ..data.spacing import Spacing, spacing_from_metadata  # spacing_from_metadata re-exported: its home is data/spacing.py
 from ..errors import NemesisCheckpointError, NemesisInputError
 from ..model import NemesisMAE
-from ..model.heads import ProbeHead  # defined in model/heads.py; imported from here too
+from ..model.heads import HEADS, PatchHead, ProbeHead, check_level, head_level  # defined in model/heads.py
 from .events import CancelFn, ProgressFn, check_cancel, emit
 from .heads_fit import fit_head, head_optimizer
 from .metrics import presence_metrics
@@ -36,6 +41,10 @@ from .runtime import autocast, resolve_device, single_thread
 PROBE_FORMAT = "napari-nemesis/probe"
 #: Where ``nemesis probe`` saves a head: beside its checkpoint (``--checkpoint`` without ``--probe`` looks there).
 PROBE_FILE = "probe.safetensors"
+#: Where ``nemesis probe --level patch`` saves a patch-level head (beside the superpatch head, not over it).
+PATCH_PROBE_FILE = "probe_patch.safetensors"
+#: level -> the file name a head of that level is saved under beside its checkpoint
+PROBE_FILES = {"superpatch": PROBE_FILE, "patch": PATCH_PROBE_FILE}
 #: Metadata every saved head must carry.
 REQUIRED_META = ("organs", "threshold", "encoder_sha256", "spacing_zyx", "superpatch")
 _ENCODER_PREFIXES = ("patch_embed.", "blocks.", "norm.")
@@ -64,6 +73,8 @@ class ProbeOptions:
     seed: int = 0
     device: str = "auto"
     bf16: bool = False
+    level: str = "superpatch"  # superpatch | patch (model.heads.HEAD_LEVELS)
+    patch_threshold: int = 100  # patch level: organ voxels a patch needs to be labelled 1 (data.PATCH_THRESHOLD)
 
     def resolved_epochs(self) -> int:
         return self.epochs if self.epochs is not None else (200 if self.mode == "linear" else 8)
@@ -94,17 +105,36 @@ def _model_name(model: NemesisMAE, checkpoint=None) -> str:
     return str(path) if path else "the model in memory"
 
 
-def check_probe_matches(model: NemesisMAE, head_meta: dict[str, Any] | None, checkpoint=None, probe=None) -> None:
+def check_head_level(head_meta: dict[str, Any] | None, level: str | None, probe=None) -> None:
+    """Refuse (one line) a head of another level than ``level`` (``None``: any level)."""
+    if level is None:
+        return
+    check_level(level)
+    have = head_level(head_meta)
+    if have == level:
+        return
+    probe = probe or (head_meta or {}).get("path") or "the probe head"
+    hint = ("train one with 'nemesis probe DATA --level patch' or 'nemesis labels train PROJECT --level patch', or "
+            "leave --probe out for the bundled patch head") if level == "patch" else \
+        "pass a superpatch-level head, or ask for --level patch"
+    raise NemesisCheckpointError(f"{probe} is a {have}-level head, not a {level}-level one; {hint}")
+
+
+def check_probe_matches(model: NemesisMAE, head_meta: dict[str, Any] | None, checkpoint=None, probe=None,
+                        level: str | None = None) -> None:
     """Refuse (one-line :class:`NemesisCheckpointError`) a head trained on another encoder.
 
     ``head_meta`` is the head's metadata (``load_probe``'s second value, or ``head.meta``); ``None``
     (a head built in memory, no provenance) is not checked. ``checkpoint``/``probe`` name the files
-    in the message (default: where the model and head were loaded from).
+    in the message (default: where the model and head were loaded from). ``level`` (``superpatch``
+    or ``patch``; ``None``: either) also refuses a head of the other level; a patch-level head is
+    refused on a model with another patch size than it was trained on.
     """
     if head_meta is None:
         return
     ckpt = _model_name(model, checkpoint)
     probe = probe or head_meta.get("path") or "the probe head"
+    check_head_level(head_meta, level, probe)
     want = head_meta.get("encoder_sha256")
     if not want:
         raise NemesisCheckpointError(f"{probe}: the probe head records no encoder digest (saved by an older "
@@ -121,28 +151,38 @@ def check_probe_matches(model: NemesisMAE, head_meta: dict[str, Any] | None, che
     if superpatch is not None and int(superpatch) != model.cfg.superpatch:
         raise NemesisCheckpointError(f"{probe} was trained on {superpatch}^3 superpatches but {ckpt} takes "
                                      f"{model.cfg.superpatch}^3")
+    patch = head_meta.get("patch")
+    if head_level(head_meta) == "patch" and patch is not None and int(patch) != model.cfg.patch:
+        raise NemesisCheckpointError(f"{probe} was trained on {patch}^3 patches but {ckpt} cuts superpatches into "
+                                     f"{model.cfg.patch}^3")
 
 
 def probe_metadata(model: NemesisMAE, spacing_zyx, organs: Sequence[str] | None = None, threshold: float = 0.5,
-                   checkpoint=None, **extra: Any) -> dict[str, Any]:
-    """The metadata a saved head carries: organs, threshold, the encoder's digest and width, the
-    superpatch size and spacing (z, y, x mm or ``"native"``) it was trained at, its checkpoint, and
-    ``extra`` (mode, label ratio, ...)."""
+                   checkpoint=None, level: str = "superpatch", **extra: Any) -> dict[str, Any]:
+    """The metadata a saved head carries: organs, threshold, its ``level``, the encoder's digest and
+    width, the superpatch size (and, for a patch-level head, the patch size) and spacing (z, y, x mm
+    or ``"native"``) it was trained at, its checkpoint, and ``extra`` (mode, label ratio, ...)."""
     from ..data import ORGAN_NAMES
 
-    return {"organs": list(organs if organs is not None else ORGAN_NAMES), "threshold": float(threshold),
-            "encoder_sha256": encoder_digest(model), "embed_dim": model.cfg.embed_dim,
+    check_level(level, "head level")
+    meta = {"organs": list(organs if organs is not None else ORGAN_NAMES), "threshold": float(threshold),
+            "level": level, "encoder_sha256": encoder_digest(model), "embed_dim": model.cfg.embed_dim,
             "superpatch": model.cfg.superpatch, "spacing_zyx": Spacing.parse(spacing_zyx).to_json(),
-            "checkpoint": str(checkpoint) if checkpoint else (str(model.checkpoint_path) if model.checkpoint_path else None),
-            **extra}
+            "checkpoint": str(checkpoint) if checkpoint else (str(model.checkpoint_path) if model.checkpoint_path else None)}
+    if level == "patch":
+        meta["patch"] = model.cfg.patch
+    return {**meta, **extra}
 
 
-def probe_beside(checkpoint: str | os.PathLike) -> Path:
-    """The head ``nemesis probe`` saved beside ``checkpoint``; a one-line error when there is none."""
-    path = Path(checkpoint).parent / PROBE_FILE
+def probe_beside(checkpoint: str | os.PathLike, level: str = "superpatch") -> Path:
+    """The head of ``level`` ``nemesis probe`` saved beside ``checkpoint`` (``probe.safetensors``,
+    ``probe_patch.safetensors``); a one-line error when there is none."""
+    path = Path(checkpoint).parent / PROBE_FILES[check_level(level)]
     if not path.is_file():
-        raise NemesisCheckpointError(f"{checkpoint}: no probe head beside this checkpoint ({path} is missing); train "
-                                     f"one with 'nemesis probe DATA --checkpoint {checkpoint}' or pass --probe")
+        flag = "" if level == "superpatch" else f" --level {level}"
+        what = "probe head" if level == "superpatch" else f"{level}-level probe head"
+        raise NemesisCheckpointError(f"{checkpoint}: no {what} beside this checkpoint ({path} is missing); train "
+                                     f"one with 'nemesis probe DATA --checkpoint {checkpoint}{flag}' or pass --probe")
     return path
 
 
@@ -158,8 +198,10 @@ def encode_features(
     cancel: CancelFn | None = None,
     what: str = "features",
     total: int | None = None,
+    pool: bool = True,
 ) -> np.ndarray:
-    """Mean-pooled encoder features (n, E) float32 of (S, S, S) superpatches (no mask, no noise).
+    """Mean-pooled encoder features (n, E) float32 of (S, S, S) superpatches (no mask, no noise);
+    with ``pool=False`` every token's features, (n, N, E) in token order (the patch level's input).
 
     ``patches`` is any iterable (streamed ``batch`` at a time); ``total`` only sizes the progress events.
     """
@@ -171,7 +213,9 @@ def encode_features(
         nonlocal done
         x = torch.from_numpy(np.stack(buf))[:, None].to(device)
         with autocast(device, bf16):
-            f = model.encode(x).mean(1)
+            f = model.encode(x)
+            if pool:
+                f = f.mean(1)
         feats.append(f.float().cpu().numpy())
         done += len(buf)
         buf.clear()
@@ -184,7 +228,9 @@ def encode_features(
             flush()
     if buf:
         flush()
-    return np.concatenate(feats) if feats else np.zeros((0, model.cfg.embed_dim), np.float32)
+    if feats:
+        return np.concatenate(feats)
+    return np.zeros((0, model.cfg.embed_dim) if pool else (0, model.cfg.num_patches, model.cfg.embed_dim), np.float32)
 
 
 def extract_features(
@@ -210,11 +256,14 @@ def extract_features(
 
 def train_linear_head(
     x: np.ndarray, y: np.ndarray, opts: ProbeOptions, cancel: CancelFn | None = None
-) -> ProbeHead:
+) -> ProbeHead | PatchHead:
     """Full-batch AdamW on frozen features for a fixed number of steps (BCE with logits), on one CPU
-    thread (:func:`~.runtime.single_thread`: the head is too small for a thread pool to pay)."""
+    thread (:func:`~.runtime.single_thread`: the head is too small for a thread pool to pay).
+
+    ``x`` (n, E) and ``y`` (n, K): one row per superpatch, or, for ``opts.level == "patch"``, one
+    row per patch (token); the head is then a :class:`~..model.heads.PatchHead`."""
     torch.manual_seed(opts.seed)
-    head = ProbeHead(x.shape[1], y.shape[1])
+    head = HEADS[check_level(opts.level)](x.shape[1], y.shape[1])
     opt = head_optimizer(head, opts.resolved_lr(), opts.weight_decay)
     xt, yt = torch.from_numpy(x).float(), torch.from_numpy(y).float()
     with single_thread():
@@ -342,7 +391,10 @@ def load_probe(path: str | os.PathLike) -> tuple[ProbeHead, dict[str, Any]]:
     except (SafetensorError, OSError, ValueError) as exc:
         raise NemesisCheckpointError(f"{path}: corrupt safetensors file ({str(exc).splitlines()[0]})") from None
     check_finite(path, state)
-    head = ProbeHead(e, k)
+    level = meta.get("level", "superpatch")
+    if level not in HEADS:
+        raise NemesisCheckpointError(f"{path}: probe head metadata 'level' {level!r} is not one of {', '.join(HEADS)}")
+    head = HEADS[level](e, k)
     head.load_state_dict(state, strict=True)
     if len(meta.get("organs", [])) != k:
         raise NemesisCheckpointError(f"{path}: probe head has {k} outputs but names {len(meta.get('organs', []))} organs")
@@ -373,6 +425,10 @@ def _probe_meta(path: Path, text: str) -> dict[str, Any]:
         sp = meta["superpatch"]
         if isinstance(sp, bool) or not isinstance(sp, int) or sp < 1:
             raise NemesisCheckpointError(f"{path}: probe head metadata 'superpatch' {sp!r} is not a positive integer")
+    if "patch" in meta and meta["patch"] is not None:
+        ps = meta["patch"]
+        if isinstance(ps, bool) or not isinstance(ps, int) or ps < 1:
+            raise NemesisCheckpointError(f"{path}: probe head metadata 'patch' {ps!r} is not a positive integer")
     digest = meta.get("encoder_sha256")
     if digest is not None and not isinstance(digest, str):
         raise NemesisCheckpointError(f"{path}: probe head metadata 'encoder_sha256' is not a string")
@@ -432,6 +488,11 @@ def run_probe(
     opts = opts or ProbeOptions()
     if opts.mode not in ("linear", "finetune"):
         raise NemesisInputError(f"--mode {opts.mode}: choose linear or finetune")
+    if opts.level != "superpatch":
+        from .patch_level import run_patch_probe
+
+        return run_patch_probe(data, model, opts, out_dir, checkpoint_name, progress, cancel,
+                               keep_predictions=keep_predictions, label_scheme=label_scheme, spacing_zyx=spacing_zyx)
     if not 0 < opts.label_ratio <= 1:
         raise NemesisInputError(f"--label-ratio {opts.label_ratio} must be in (0, 1]")
     device = resolve_device(opts.device)

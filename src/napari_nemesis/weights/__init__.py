@@ -1,6 +1,8 @@
-"""Default weights bundled with the package: a ``small`` NEMESIS encoder and an organ probe head.
+"""Default weights bundled with the package: a ``small`` NEMESIS encoder and its organ heads.
 
-See ``docs/model-card.md`` for how they were trained and how well they do. Everything that needs
+Two heads sit on the bundled encoder: the superpatch-level organ-presence probe and the patch-level
+head (organ maps at patch resolution, ``nemesis infer SCAN --level patch``). See
+``docs/model-card.md`` for how they were trained and how well they do. Everything that needs
 weights uses these unless told otherwise, so the CLI and the viewer work offline.
 """
 
@@ -13,6 +15,9 @@ from ..errors import NemesisCheckpointError
 
 MODEL_FILE = "nemesis_small.safetensors"
 PROBE_FILE = "probe_small.safetensors"
+PATCH_PROBE_FILE = "probe_patch_small.safetensors"
+#: head level -> the bundled head of that level
+PROBE_FILES = {"superpatch": PROBE_FILE, "patch": PATCH_PROBE_FILE}
 
 
 def _path(name: str) -> Path:
@@ -27,9 +32,17 @@ def default_checkpoint_path() -> Path:
     return _path(MODEL_FILE)
 
 
-def default_probe_path() -> Path:
-    """The bundled organ-presence probe head for the default model (safetensors)."""
-    return _path(PROBE_FILE)
+def default_probe_path(level: str = "superpatch") -> Path:
+    """The bundled head of ``level`` for the default model (safetensors): the organ-presence probe
+    (``superpatch``) or the patch-level head (``patch``)."""
+    if level not in PROBE_FILES:
+        raise NemesisCheckpointError(f"no bundled head of level {level!r}; choose one of {', '.join(PROBE_FILES)}")
+    return _path(PROBE_FILES[level])
+
+
+def default_patch_probe_path() -> Path:
+    """The bundled patch-level head (``default_probe_path("patch")``)."""
+    return default_probe_path("patch")
 
 
 def load_default_model():
@@ -38,7 +51,12 @@ def load_default_model():
     return load_checkpoint(default_checkpoint_path())
 
 
-def load_default_probe():
+def load_default_probe(level: str = "superpatch"):
+    """``(head, meta)`` of the bundled head of ``level``."""
     from ..train.probe import load_probe
 
-    return load_probe(default_probe_path())
+    return load_probe(default_probe_path(level))
+
+
+def load_default_patch_probe():
+    return load_default_probe("patch")
