@@ -112,3 +112,11 @@ def warm_first_layer_costs() -> None:
     except ImportError:  # a napari without it: its layers make their own
         return
     get_unit_registry()
+
+
+def skip_thumbnails(layer) -> None:
+    """No thumbnail for ``layer``: napari recomputes one on every slice and data change (a vectors
+    layer's costs 20-40 ms), for a layer list. The side views' layers are in no shown layer list."""
+    with _quiet():
+        if hasattr(layer, "_update_thumbnail"):
+            layer._update_thumbnail = lambda *args, **kwargs: None

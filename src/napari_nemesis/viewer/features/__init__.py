@@ -46,6 +46,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("radiology", ".radiology.controller:RadiologyController", panel=".radiology.panel:WindowPanel",
             host="Superpatch grid"),
     Feature("grid", ".grid.controller:GridController", ".grid.dock:GridWidget", "Superpatch grid"),
+    Feature("orthoviews", ".orthoviews.controller:OrthoViewsController", panel=".orthoviews.panel:OrthoPanel",
+            host="Superpatch grid"),
     Feature("probabilities", ".probabilities.controller:ProbabilitiesController",
             ".probabilities.dock:ProbabilitiesWidget", "Organ probabilities"),
     Feature("reconstruction", ".reconstruction.controller:ReconstructionController",

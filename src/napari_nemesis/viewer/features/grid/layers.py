@@ -89,20 +89,7 @@ class GridLayers:
         if viewer.dims.ndisplay == 2:
             hidden_axes = [a - (ndim - 3) for a in viewer.dims.not_displayed if a >= ndim - 3]
             hidden = hidden_axes[0] if hidden_axes else 0
-        upper = L.scan_extent_cells(grid)
-        cell = np.asarray(grid.grid_index(index), dtype=np.float64)
-        world = L.grid_world_affine(grid)
-        if hidden is None:  # 3D: the twelve edges, cut at the scan's edge
-            vectors = L.clip_vectors(L.box_outline_vectors(cell, None), upper)
-        else:
-            # 2D: napari shows a vector within half a data unit of its start along the hidden axis;
-            # that axis is stretched so half a unit either side is the part of the box inside the scan
-            vectors = L.clip_vectors(L.box_outline_vectors(cell, hidden), np.where(np.arange(3) == hidden, np.inf, upper))
-            low, high = cell[hidden] - 0.5, min(cell[hidden] + 0.5, upper[hidden])
-            stretch = np.eye(4)
-            stretch[hidden, hidden] = high - low
-            stretch[hidden, 3] = (low + high) / 2.0 - cell[hidden] * (high - low)
-            world = world @ stretch
+        vectors, world = L.selection_outline(grid, index, hidden)
         cell_mm = _cell_mm(grid)
         layer = self.scene.put("selection", "vectors", vectors, world, name="selected superpatch",
                                edge_width=_SELECTION_WIDTH_MM / cell_mm, length=1.0, edge_color=_SELECTION_COLOR,
