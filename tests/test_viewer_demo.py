@@ -44,7 +44,7 @@ def test_ui_measurement_runs_both_jobs(tmp_path, monkeypatch):
     weights = g.make_tiny_weights(tmp_path)
     res = measure_ui(scan=g._scan_volume(), weights=weights)
     for key in ("ui_max_stall_ms", "ui_recon_seconds", "ui_probabilities_seconds", "ui_rerun_max_stall_ms",
-                "ui_open_max_stall_ms", "ui_frame_results_ms"):
+                "ui_open_max_stall_ms", "ui_frame_results_ms", "ui_ortho_max_stall_ms", "ui_ortho_enable_seconds"):
         assert np.isfinite(res[key]) and res[key] >= 0, key
     assert isinstance(res["ui_max_stall_events"], str)
     # default settings, the user's neither read nor written (the weights picked here stay in the run)

@@ -79,6 +79,7 @@ class OrthoViewsController:
         self._timer = QTimer()
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self._follow_now)
+        viewer.dims.events.point.connect(self._on_main_slice)
         layers = viewer.layers
         layers.events.inserted.connect(self._on_layers)
         layers.events.removed.connect(self._on_layers)
@@ -95,9 +96,12 @@ class OrthoViewsController:
                 pass
         self._watched.clear()
         if viewer is not None:
-            for signal in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved):
+            for signal, slot in ((viewer.layers.events.inserted, self._on_layers),
+                                 (viewer.layers.events.removed, self._on_layers),
+                                 (viewer.layers.events.moved, self._on_layers),
+                                 (viewer.dims.events.point, self._on_main_slice)):
                 try:
-                    signal.disconnect(self._on_layers)
+                    signal.disconnect(slot)
                 except (TypeError, ValueError, RuntimeError):
                     pass
         if self._timer is not None:
@@ -156,6 +160,21 @@ class OrthoViewsController:
             self.session.scene.later("ortho:follow", lambda: self._follow_now(centre=True))
         else:
             self.session.scene.later("ortho:follow", self._follow_now)
+
+    def _on_main_slice(self, _event=None) -> None:
+        """The main canvas's slider moved: the crosshair's line across the side views moves with it."""
+        if not self.enabled or self.point is None:
+            return
+        dims = self.session.viewer.dims
+        if dims.ndisplay != 2 or dims.ndim < 3:
+            return
+        point = np.asarray(dims.point, dtype=np.float64)[-3:]
+        hidden = [a - (dims.ndim - 3) for a in dims.not_displayed if a >= dims.ndim - 3]
+        if hidden and not np.isclose(self.point[hidden[0]], point[hidden[0]]):
+            self.point = self.point.copy()
+            self.point[hidden[0]] = point[hidden[0]]
+            if self._timer is not None and not self._timer.isActive():
+                self._timer.start(FOLLOW_MS)
 
     def _on_hover_point(self, world, ndisplay: int, _index) -> None:
         if not self.enabled or world is None or ndisplay != 2:
