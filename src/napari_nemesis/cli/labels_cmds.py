@@ -152,6 +152,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {row['id'][:24]:<24} {n:>5} {row['labelled']:>6} {row['skipped']:>5} {todo:>5}  "
               + " ".join(f"{row['positives'][o]:>6}" for o in st["organs"]))
     print("  (organ columns: labelled superpatches with the organ present)")
+    missing = [row["id"] for row in st["scans"] if not row["image_found"]]
+    if missing:
+        print(f"  image not found: {', '.join(missing)}")
+    print(f"next unlabelled scan: {st['next_unlabelled'] or 'none (every superpatch is labelled or skipped)'}")
     return 0
 
 
