@@ -174,3 +174,65 @@ def test_default_sizes_and_the_trend_rule():
     assert curve_trend(flat)["more_labels_help"] is False and curve_trend(flat)["hint"].startswith("flat")
     assert curve_trend(rising[:1])["more_labels_help"] is None
     assert curve_trend(rising)["per_doubling"] == pytest.approx(0.1)
+
+
+# ---- the Training dock: the same curve, in a worker, with its plot ------------------------------------
+@pytest.mark.gui
+def test_training_dock_draws_the_same_curve_in_a_worker(make_napari_viewer, qtbot, tmp_path):
+    from test_project_dock import SPACING_ZYX, SUPERPATCH
+    from test_viewer_gui import make_tiny_weights
+    from test_viewer_routes import _scan_file
+
+    from napari_nemesis.viewer import session_for
+    from napari_nemesis.viewer._napari_private import qt_window
+
+    weights = make_tiny_weights(tmp_path / "weights")
+    project = LabelProject.open(tmp_path / "proj", create=True, superpatch=SUPERPATCH, spacing_zyx=SPACING_ZYX)
+    rng = np.random.default_rng(1)
+    for k in range(4):
+        store = project.store(_scan_file(tmp_path / f"scan{k}.nii.gz", seed=k))
+        store.set_many({i: ([o for o in ("liver", "spleen") if rng.random() < 0.5], "labelled")
+                        for i in range(store.n)})
+    viewer = make_napari_viewer(show=True)
+    qt_window(viewer).resize(1280, 800)
+    session = session_for(viewer)
+    session.set_weights(*weights, wait=True)
+    session.feature("labelling").set_project(project.root, wait=True)
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-nemesis", "Training")
+    curve = widget.controller.curve
+    widget.curve_seeds.setValue(2)
+    widget.curve_button.click()
+    assert curve.running and not widget.curve_button.isEnabled() and widget.curve_cancel.isEnabled()
+    qtbot.waitUntil(lambda: not curve.running, timeout=120000)
+    view = curve.view
+    assert view.status == "done" and view.result["status"] == "ok", view.message
+    core = label_curve(project, weights[0], seeds=2, folds=5)  # what 'nemesis labels curve' computes
+    assert [p["aurocs"] for p in view.points] == [p["aurocs"] for p in core["points"]]
+    assert [p["labelled"] for p in view.points] == [p["labelled"] for p in core["points"]]
+    assert widget.curve_plot.draws >= 1 and widget.curve_bar.format() == "done"
+    assert view.message == view.result["message"]
+    assert view.result["trend"]["hint"][1:] in widget.curve_status.text()
+    # Cancel stops it between two heads; the features are kept, so the next one encodes nothing
+    widget.curve_button.click()
+    widget.curve_cancel.click()
+    qtbot.waitUntil(lambda: not curve.running, timeout=60000)
+    assert curve.view.status == "cancelled" and widget.curve_button.isEnabled()
+    widget.curve_seeds.setValue(1)
+    curve.start(wait=True)
+    assert curve.view.result["seeds"] == 1 and curve.view.result["features_computed"] == 0 and curve.view.result["features_cached"] == 16
+    # a new label marks the curve out of date; with "again when the labels change" it is recomputed
+    widget.curve_auto.setChecked(True)
+    session.labels_changed([0])
+    assert curve.view.stale
+    qtbot.waitUntil(lambda: curve.running, timeout=10000)
+    qtbot.waitUntil(lambda: not curve.running, timeout=120000)
+    assert curve.view.status == "done" and not curve.view.stale
+    from imageio.v3 import imwrite
+    from test_project_dock import SHOTS
+
+    widget.verticalScrollBar().setValue(widget.verticalScrollBar().maximum())  # the curve, at the bottom
+    qtbot.wait(300)
+    assert widget.body.minimumSizeHint().width() <= widget.viewport().width()  # fits: no part cut off
+    assert widget.horizontalScrollBar().value() == 0
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    imwrite(SHOTS / "training_curve.png", viewer.screenshot(canvas_only=False, flash=False))

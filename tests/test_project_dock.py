@@ -151,6 +151,7 @@ def test_project_dock_from_the_plugins_menu(make_napari_viewer, qtbot, tiny_weig
     qtbot.wait(300)
     window = qt_window(viewer)
     assert window.height() <= window.screen().availableGeometry().height()
+    assert widget.body.minimumSizeHint().width() <= widget.viewport().width()  # nothing cut off at the side
     SHOTS.mkdir(parents=True, exist_ok=True)
     from imageio.v3 import imwrite
 
