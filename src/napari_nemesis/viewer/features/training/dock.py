@@ -100,7 +100,7 @@ class TrainingWidget(NemesisDock):
         self.curve_seeds.setRange(1, 20)
         self.curve_seeds.setValue(self.controller.curve.seeds)
         self.curve_seeds.setToolTip("random subsets per number of labels: the spread shown")
-        self.curve_auto = QCheckBox("again when the labels change")
+        self.curve_auto = QCheckBox("again on new labels")
         self.curve_auto.setToolTip("compute the curve again a few seconds after the labels change")
         self.curve_auto.setChecked(self.controller.curve.auto)
         self.curve_bar = QProgressBar()
@@ -110,7 +110,7 @@ class TrainingWidget(NemesisDock):
         self.curve_bar.setFormat("idle")
         self.curve_plot = CurvePlot()
         self.curve_status = _steady_label("How the held-out AUROC grows with the number of labelled superpatches, "
-                                          "on this project's own labels.", lines=6)
+                                          "on this project's own labels.", lines=9)
 
         what = QGroupBox("What to train")
         form = QFormLayout(what)
@@ -130,12 +130,16 @@ class TrainingWidget(NemesisDock):
         schedule_form.addRow("device", self.device)
         schedule_form.addRow("output folder", self.out)
         self._schedule_form = schedule_form
+        for f in (form, data_form, schedule_form):  # a narrow dock puts a field under its label, never cuts it off
+            f.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         buttons = QHBoxLayout()
         for button in (self.train_button, self.stop_button, self.resume_button):
             buttons.addWidget(button)
-        result = QGridLayout()
-        for k, button in enumerate((self.use_new, self.keep_new, self.use_bundled, self.use_encoder)):
-            result.addWidget(button, k // 2, k % 2)
+        result = QGridLayout()  # three rows: two long buttons side by side would widen the dock
+        result.addWidget(self.use_new, 0, 0)
+        result.addWidget(self.keep_new, 0, 1)
+        result.addWidget(self.use_bundled, 1, 0, 1, 2)
+        result.addWidget(self.use_encoder, 2, 0, 1, 2)
 
         layout = self.layout_
         layout.addWidget(what)
@@ -226,7 +230,8 @@ class TrainingWidget(NemesisDock):
         if view.stale and not running:
             text = "labels changed since: Compute curve again. " + text
         _set(self.curve_status.setText, text, self.curve_status.text())
-        self.curve_status.setToolTip(text)
+        estimate = (view.result or {}).get("estimate")
+        self.curve_status.setToolTip(f"{text} Held out: {estimate}." if estimate else text)
 
     def _mode_changed(self) -> None:
         mode = MODES[self.mode.currentIndex()]
@@ -397,7 +402,7 @@ class CurvePlot(QWidget):
         from matplotlib.figure import Figure
 
         self.figure = Figure(figsize=(3.4, 2.2), dpi=90)
-        self.figure.subplots_adjust(left=0.17, right=0.96, bottom=0.21, top=0.9)  # fixed: no layout pass
+        self.figure.subplots_adjust(left=0.2, right=0.96, bottom=0.21, top=0.92)  # fixed: no layout pass
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(180)
         layout = QVBoxLayout(self)
@@ -498,8 +503,8 @@ def _curve_text(view) -> str:
     if last["auroc_mean"] is None:
         return view.message
     hint = result["trend"]["hint"]
-    return (f"AUROC {last['auroc_mean']:.3f} ± {last['auroc_std']:.3f} with {last['labelled']} labels "
-            f"({result['estimate']}, {result['seeds']} seed(s)). {hint[:1].upper()}{hint[1:]}.")
+    return (f"AUROC {last['auroc_mean']:.3f} ± {last['auroc_std']:.3f} with {last['labelled']} labels, "
+            f"{result['seeds']} seed(s). {hint[:1].upper()}{hint[1:]}.")
 
 
 def _set(setter, value, current) -> None:
