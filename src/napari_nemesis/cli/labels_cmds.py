@@ -1,4 +1,4 @@
-"""``nemesis labels``: labelling projects from the command line (status, fill, export, train, next).
+"""``nemesis labels``: labelling projects from the command line (status, fill, export, train, next, curve).
 
 ``labels train`` is also what the Training widget starts as a child process: ``--events`` streams
 its progress as JSON lines on standard output; SIGINT (or a file ``OUT/STOP``) saves at the next
@@ -14,12 +14,15 @@ import sys
 from pathlib import Path
 
 from ._common import (
+    SEED,
     TqdmProgress,
     add_checkpoint_flag,
     add_device_flag,
     add_json_flag,
     add_label_scheme_flag,
     add_level_flags,
+    finite_float,
+    int_at_least,
     parse_spacing,
     print_json,
 )
@@ -32,7 +35,7 @@ STOP_FILE = "STOP"
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("labels", help="superpatch labelling projects: status, fill from a segmentation, export, "
-                       "train the probe from labels, label next",
+                       "train the probe from labels, label next, the label-efficiency curve",
                        description="A labelling project is a folder with the label sidecars of several scans and "
                        "their shared settings (organs, superpatch size, spacing). See "
                        "https://github.com/napari-nemesis/napari-nemesis/blob/main/docs/labels.md.")
@@ -111,6 +114,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_flag(n)
     n.set_defaults(func=cmd_next)
 
+    c = lsub.add_parser("curve", help="label-efficiency curve: cross-validated AUROC against the number of labels",
+                        description="Do more labels still help? The labelled superpatches are encoded once by the "
+                        "frozen encoder; for each size N, heads (the linear probe's recipe) are fitted on nested "
+                        "random subsets of N labels of each cross-validation fold's training side, several seeds, "
+                        "and scored on every held-out superpatch (whole scans held out when there are several). "
+                        "Prints AUROC (pooled over superpatch x organ pairs) with its spread per size, and whether "
+                        "the last step rose by more than that spread.")
+    c.add_argument("project")
+    add_checkpoint_flag(c)
+    c.add_argument("--sizes", type=int_at_least(1), nargs="+", default=None, metavar="N",
+                   help="numbers of labelled superpatches to train on (default: about 7 sizes from 2 to the "
+                   "smallest fold's training set, evenly on a log scale)")
+    c.add_argument("--seeds", type=int_at_least(1), default=3, help="random subsets per size")
+    c.add_argument("--folds", type=int_at_least(2), default=5,
+                   help="cross-validation folds (at most one per scan or superpatch)")
+    c.add_argument("--epochs", type=int_at_least(1), default=None, help="full-batch steps per head (default 200)")
+    c.add_argument("--lr", type=finite_float(0.0, lo_open=True), default=None, help="learning rate (default 3e-3)")
+    c.add_argument("--batch", type=int_at_least(1), default=8, help="superpatches per forward pass of the encoder")
+    c.add_argument("--seed", type=SEED, default=0)
+    add_device_flag(c)
+    add_json_flag(c)
+    c.set_defaults(func=cmd_curve)
+
 
 # ---- status ---------------------------------------------------------------------------------
 def cmd_status(args: argparse.Namespace) -> int:
@@ -131,6 +157,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {row['id'][:24]:<24} {n:>5} {row['labelled']:>6} {row['skipped']:>5} {todo:>5}  "
               + " ".join(f"{row['positives'][o]:>6}" for o in st["organs"]))
     print("  (organ columns: labelled superpatches with the organ present)")
+    missing = [row["id"] for row in st["scans"] if not row["image_found"]]
+    if missing:
+        print(f"  image not found: {', '.join(missing)}")
+    print(f"next unlabelled scan: {st['next_unlabelled'] or 'none (every superpatch is labelled or skipped)'}")
     return 0
 
 
@@ -281,4 +311,39 @@ def cmd_next(args: argparse.Namespace) -> int:
         for r in rows:
             print(f"  superpatch {r['index']:>4}  grid {','.join(map(str, r['grid_zyx']))}  "
                   f"mean entropy {r['entropy_bits']:.3f} bits")
+    return 0
+
+
+# ---- curve ----------------------------------------------------------------------------------
+def cmd_curve(args: argparse.Namespace) -> int:
+    from ..labels.curve import label_curve
+
+    bar = TqdmProgress("labels curve", disable=args.json)
+    try:
+        res = label_curve(args.project, args.checkpoint, sizes=args.sizes, seeds=args.seeds, folds=args.folds,
+                          epochs=args.epochs, lr=args.lr, batch=args.batch, seed=args.seed, device=args.device,
+                          progress=bar)
+    finally:
+        bar.close()
+    if args.json:
+        print_json(res)
+        return 0
+    print(f"label-efficiency curve of {res['project']}: {res['n_labelled']} labelled superpatches in "
+          f"{res['n_scans']} scan(s)" + (f", {res['estimate']}" if res["estimate"] else ""))
+    if res["status"] != "ok":
+        print(res["message"])
+        return 0
+
+    def num(v, fmt=".3f") -> str:
+        return "-" if v is None else format(v, fmt)
+
+    print(f"  {'labels':>7} {'AUROC':>6} {'std':>6} {'min':>6} {'max':>6} {'macro':>6}  seeds")
+    for p in res["points"]:
+        print(f"  {p['labelled']:>7} {num(p['auroc_mean']):>6} {num(p['auroc_std']):>6} {num(p['auroc_min']):>6} "
+              f"{num(p['auroc_max']):>6} {num(p['auroc_macro_mean']):>6}  {p['seeds']}")
+    print("  (AUROC pooled over superpatch x organ pairs, mean over seeds; macro: mean of the per-organ AUROCs)")
+    if res["sizes_left_out"]:
+        print(f"  sizes left out (above the smallest fold's {res['max_labelled']} training superpatches): "
+              + ", ".join(map(str, res["sizes_left_out"])))
+    print(res["trend"]["hint"])
     return 0

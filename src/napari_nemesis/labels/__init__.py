@@ -10,7 +10,8 @@ No Qt, no napari. Importing this package does not import torch (training imports
 * :class:`LabelProject` (``project``): several scans and their settings in one folder;
 * :func:`rank_unlabelled` (``ranking``): label next, by the probe's uncertainty;
 * :func:`export_project` (``export``): a superpatch cache ``nemesis probe`` reads;
-* :func:`train_from_labels` (``training``): the probe head (or a fine-tune) from a project.
+* :func:`train_from_labels` (``training``): the probe head (or a fine-tune) from a project;
+* :func:`label_curve` (``curve``): cross-validated AUROC against the number of labels.
 
 See ``docs/labels.md``.
 """
@@ -31,7 +32,7 @@ __all__ = [
     "LabelProject", "ProjectScan", "PROJECT_FILE",
     "mean_binary_entropy", "rank_unlabelled",
     "export_project",
-    "train_from_labels", "TrainOptions",
+    "train_from_labels", "TrainOptions", "label_curve",
 ]
 
 
@@ -41,4 +42,8 @@ def __getattr__(name):
         from . import training
 
         return getattr(training, name)
+    if name == "label_curve":
+        from .curve import label_curve
+
+        return label_curve
     raise AttributeError(name)

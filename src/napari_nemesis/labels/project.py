@@ -25,13 +25,58 @@ from ..errors import NemesisInputError
 from .sidecar import SIDECAR_SUFFIX, GridSpec, read_sidecar, sidecar_path_beside
 from .store import LabelStore
 
-__all__ = ["PROJECT_FILE", "PROJECT_FORMAT", "PROJECT_VERSION", "ProjectScan", "LabelProject"]
+__all__ = ["PROJECT_FILE", "PROJECT_FORMAT", "PROJECT_VERSION", "ProjectScan", "LabelProject", "scans_in_folder",
+           "LABEL_MAP_NAME"]
 
 PROJECT_FILE = "nemesis-labels-project.json"
 PROJECT_FORMAT = "napari-nemesis/labelling-project"
 PROJECT_VERSION = 1
 #: What a scan id may be: it names files (``labels/<id>...``, export cases), so no separators.
 SCAN_ID_PATTERN = re.compile(r"^(?!\.\.?$)[A-Za-z0-9_.-]{1,200}$")
+#: A file name (without its suffix, lower case) that names a label map, not a scan: ``label0001``,
+#: ``abdomen_label_btcv``, ``case_seg``, ``mask``, ``liver-segmentation``, ``ct_gt``.
+LABEL_MAP_NAME = re.compile(r"(^|[_.-])(labels?|seg|segmentations?|masks?|gt)\d*($|[_.-])")
+
+
+def scans_in_folder(folder: str | os.PathLike) -> tuple[list[Path], list[str]]:
+    """The scans of a folder, sorted, and the names left out (with why).
+
+    A dataset folder (``imagesTr/``, optionally ``imagesTs/``) gives its images; any other folder
+    its scan files (every suffix of ``data.formats`` but single DICOM slices) and its subfolders
+    holding DICOM slices (a series each), one level deep. Files whose name says label map
+    (:data:`LABEL_MAP_NAME`) are left out.
+    """
+    from ..data.formats import DICOM_FILE_SUFFIXES, SCAN_FORMATS, scan_stem
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NemesisInputError(f"{folder}: not a folder")
+    if (folder / "imagesTr").is_dir() or (folder / "imagesTs").is_dir():
+        from ..data.datasets import find_cases
+
+        try:
+            return sorted({c.image for c in find_cases(folder, include_unlabelled=True)}), []
+        except NemesisInputError:
+            pass  # not a dataset after all: its files, as any folder's
+    suffixes = tuple(sfx for f in SCAN_FORMATS if f.reader != "dicom-file" for sfx in f.suffixes)
+    scans, left_out = [], []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            try:
+                if any(c.is_file() and c.name.lower().endswith(DICOM_FILE_SUFFIXES) for c in path.iterdir()):
+                    scans.append(path)
+            except OSError:
+                left_out.append(f"{path.name} (unreadable folder)")
+            continue
+        if not path.name.lower().endswith(suffixes):
+            continue
+        if LABEL_MAP_NAME.search(scan_stem(path.name).lower()):
+            left_out.append(f"{path.name} (named like a label map)")
+            continue
+        scans.append(path)
+    return scans, left_out
 
 
 def _inside(root: Path, path: Path) -> bool:
@@ -293,6 +338,18 @@ class LabelProject:
             self._doc = doc
         return self.scan(sid)
 
+    def add_folder(self, folder: str | os.PathLike) -> dict[str, Any]:
+        """Add every scan of ``folder`` (:func:`scans_in_folder`); scans already in the project stay
+        as they are. Returns ``added`` and ``already`` (scan ids) and ``left_out`` (names, why)."""
+        scans, left_out = scans_in_folder(folder)
+        before = {s.scan_id for s in self.scans}
+        added, already = [], []
+        for path in scans:
+            entry = self.add(path)
+            (already if entry.scan_id in before else added).append(entry.scan_id)
+            before.add(entry.scan_id)
+        return {"folder": str(folder), "added": added, "already": already, "left_out": left_out}
+
     def store(self, scan: str | os.PathLike | ProjectScan, volume=None, add: bool = True) -> LabelStore:
         """The :class:`LabelStore` of a scan (id, path or entry); a new path is added when ``add``."""
         if not isinstance(scan, ProjectScan):
@@ -306,16 +363,41 @@ class LabelProject:
                                        spacing_zyx=self.spacing_zyx, organs=self.organs)
 
     # ---- status -----------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        """Per scan: labelled / skipped / unlabelled counts and positives per organ, plus totals.
+    def next_unlabelled(self, after: str | os.PathLike | None = None,
+                        status: dict[str, Any] | None = None) -> ProjectScan | None:
+        """The next scan with superpatches still unlabelled (or none labelled yet), in project
+        order after the scan ``after`` (id or path; from the first when None or not in the
+        project), coming round to the start (``after`` itself last); a scan whose image is
+        missing is passed over.
+        None when every scan is done. ``status``: :meth:`status`'s result, when already read."""
+        rows = {row["id"]: row for row in (status or self.status())["scans"]}
+        scans = self.scans
+        start = 0
+        if after is not None:
+            found = self.find(after)
+            if found is not None:
+                start = [s.scan_id for s in scans].index(found.scan_id) + 1
+        for k in range(len(scans)):
+            sc = scans[(start + k) % len(scans)]
+            row = rows.get(sc.scan_id)
+            todo = row is None or row["unlabelled"] is None or row["unlabelled"] > 0
+            if todo and sc.image.exists():
+                return sc  # ``after`` itself comes last: the one scan left with work
+        return None
 
-        Read from the sidecars alone (no image is opened, nothing is written).
+    def status(self) -> dict[str, Any]:
+        """Per scan: labelled / skipped / unlabelled counts and positives per organ, plus totals
+        and the scan to label next (:meth:`next_unlabelled` from the first scan).
+
+        Read from the sidecars alone (no image is opened, nothing is written). The CLI's ``labels
+        status`` and the viewer's Project dock both show this.
         """
         rows = []
         totals = {"superpatches": 0, "labelled": 0, "skipped": 0, "unlabelled": 0,
                   "positives": {o: 0 for o in self.organs}}
         for s in self.scans:
-            row: dict[str, Any] = {"id": s.scan_id, "image": str(s.image), "labels": str(s.labels)}
+            row: dict[str, Any] = {"id": s.scan_id, "image": str(s.image), "labels": str(s.labels),
+                                   "image_found": s.image.exists()}
             if s.labels.exists():
                 doc = read_sidecar(s.labels)
                 n = GridSpec.from_json(doc["grid"]).n
@@ -340,6 +422,9 @@ class LabelProject:
             totals["unlabelled"] += row["unlabelled"] or 0
             for o, v in positives.items():
                 totals["positives"][o] += v
-        return {"project": str(self.root), "organs": list(self.organs), "superpatch": self.superpatch,
-                "spacing_zyx": list(self.spacing_zyx), "presence_threshold": self.threshold,
-                "scans": rows, "totals": totals}
+        doc = {"project": str(self.root), "organs": list(self.organs), "superpatch": self.superpatch,
+               "spacing_zyx": list(self.spacing_zyx), "presence_threshold": self.threshold,
+               "scans": rows, "totals": totals}
+        following = self.next_unlabelled(status=doc)
+        doc["next_unlabelled"] = following.scan_id if following is not None else None
+        return doc

@@ -101,20 +101,31 @@ class TrainOptions(ProbeOptions):
 
 
 # ---- the label snapshot ---------------------------------------------------------------------
-def _snapshot(project: LabelProject) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Every labelled superpatch of the project, and the scans' volumes (read and verified once)."""
+def _snapshot(project: LabelProject, read_images: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every labelled superpatch of the project, and the scans' volumes (read and verified once).
+
+    ``read_images=False``: from the sidecars alone (no image is read; the volumes are ``{}``):
+    :class:`_Patches` reads a scan only when one of its superpatches is needed, and checks then
+    that its voxels are the ones the labels were made for (the label curve, whose features are
+    mostly cached, opens no image it does not need).
+    """
     status = {row["id"]: row for row in project.status()["scans"]}
     scans, items, volumes = [], [], {}
     for sc in project.scans:
         if not status[sc.scan_id]["labelled"]:
             continue
-        store = project.store(sc, add=False)
+        if read_images:
+            store = project.store(sc, add=False)
+            sha, revision = store.scan.voxel_sha256, store.revision
+            presence = store.presence()
+            labelled = store.indices("labelled")
+            volumes[sc.scan_id] = store.volume
+        else:
+            sha, revision, labelled, presence = _sidecar_labels(project, sc)
         scans.append({"id": sc.scan_id, "image": str(sc.image.resolve()), "labels": str(sc.labels.resolve()),
-                      "voxel_sha256": store.scan.voxel_sha256, "revision": store.revision})
-        presence = store.presence()
-        for i in store.indices("labelled"):
+                      "voxel_sha256": sha, "revision": revision})
+        for i in labelled:
             items.append({"scan": sc.scan_id, "index": i, "presence": presence[i].tolist()})
-        volumes[sc.scan_id] = store.volume
     if not items:
         raise NemesisInputError(f"{project.root}: no labelled superpatches to train on; label some first")
     doc = {"project": str(project.root.resolve()), "organs": list(project.organs), "superpatch": project.superpatch,
@@ -178,11 +189,40 @@ def _units(snapshot: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(unit_item, dtype=np.int64), y
 
 
+def _sidecar_labels(project: LabelProject, sc) -> tuple[str, int, list[int], dict[int, np.ndarray]]:
+    """A scan's voxel hash, revision, labelled indices and their presence rows, from its sidecar."""
+    from .sidecar import GridSpec, read_sidecar
+
+    doc = read_sidecar(sc.labels)
+    if list(doc["organs"]) != list(project.organs):
+        raise NemesisInputError(f"{sc.labels}: labels for the organs {doc['organs']}, not the project's "
+                                f"{list(project.organs)}")
+    col = {o: k for k, o in enumerate(project.organs)}
+    n = GridSpec.from_json(doc["grid"]).n
+    labelled, presence = [], {}
+    for e in doc["superpatches"]:
+        if e["state"] != "labelled":
+            continue
+        i = int(e["index"])
+        unknown = [o for o in e.get("organs") or () if o not in col]
+        if not 0 <= i < n or unknown:
+            raise NemesisInputError(f"{sc.labels}: malformed label sidecar (superpatch {i}: "
+                                    f"{'unknown organ ' + unknown[0] if unknown else f'outside the grid of {n}'})")
+        row = np.zeros(len(col), dtype=np.uint8)
+        for o in e.get("organs") or ():
+            row[col[o]] = 1
+        labelled.append(i)
+        presence[i] = row
+    return str(doc["scan"]["voxel_sha256"]), int(doc.get("revision", 0)), sorted(labelled), presence
+
+
 class _Patches:
     """The (S, S, S) windowed superpatch of a snapshot item, each scan preprocessed once."""
 
-    def __init__(self, snapshot: dict[str, Any], volumes: dict[str, Any] | None = None) -> None:
+    def __init__(self, snapshot: dict[str, Any], volumes: dict[str, Any] | None = None, *,
+                 since: str = "this run started", advice: str = "start a new run instead of resuming") -> None:
         self.snapshot = snapshot
+        self.since, self.advice = since, advice  # what a scan changed on disk is told
         self.volumes = dict(volumes or {})
         self._pre: dict[str, Any] = {}
 
@@ -197,8 +237,8 @@ class _Patches:
                 rec = next(s for s in self.snapshot["scans"] if s["id"] == scan_id)
                 volume = read_volume(rec["image"])
                 if ScanFingerprint.of_volume(volume).voxel_sha256 != rec["voxel_sha256"]:
-                    raise NemesisInputError(f"{rec['image']}: the scan changed since this run started; "
-                                            "start a new run instead of resuming")
+                    raise NemesisInputError(f"{rec['image']}: the scan changed since {self.since}; "
+                                            f"{self.advice}")
             pre = preprocess(volume, self.snapshot["spacing_zyx"])
             self._pre[scan_id] = (pre.array, SuperpatchGrid(pre.shape, self.snapshot["superpatch"]))
         return self._pre[scan_id]

@@ -68,6 +68,8 @@ class SessionEvents(SignalGroup):
     run = Signal(str, object)  # job name, RunState: a job started, progressed or ended
     grid_columns = Signal(object)  # the per-superpatch columns shown on hover changed
     view = Signal()  # displayed axes rolled or 2D/3D toggled
+    project = Signal(object)  # Path | None: the labelling project the docks use changed
+    labels = Signal(object)  # list[int]: labels of the labelled scan changed; None: another scan's labels opened
 
 
 @dataclass
@@ -160,9 +162,8 @@ class NemesisSession:
         self.dock_front: str | None = None
         self._specs = tuple(features)
         self.features: dict[str, Any] = {}
-        #: the labelling project the docks use (the Labelling dock sets it, training reads it)
-        self.labels_project: Path | None = None
-        self.labels_scan: Path | None = None  # the file the labelled scan is recorded as
+        self._labels_project: Path | None = None
+        self._labels_scan: Path | None = None
         viewer.layers.events.inserted.connect(self._on_layer_inserted)
         viewer.layers.events.removed.connect(self._on_layer_removed)
         viewer.layers.selection.events.active.connect(self._on_active_layer)
@@ -187,6 +188,36 @@ class NemesisSession:
         if viewer is None:
             raise NemesisInputError("this session's napari viewer was closed")
         return viewer
+
+    @property
+    def labels_project(self) -> Path | None:
+        """The labelling project the docks use (the Labelling dock sets it; training and the
+        Project dock read it); setting another one emits ``events.project``."""
+        return self._labels_project
+
+    @labels_project.setter
+    def labels_project(self, path) -> None:
+        path = None if path is None else Path(path)
+        if path != self._labels_project:
+            self._labels_project = path
+            self.events.project.emit(path)
+
+    @property
+    def labels_scan(self) -> Path | None:
+        """The image file the labelled scan is recorded as in the project (None: no labels open);
+        a change emits ``events.labels(None)``."""
+        return self._labels_scan
+
+    @labels_scan.setter
+    def labels_scan(self, path) -> None:
+        path = None if path is None else Path(path)
+        if path != self._labels_scan:
+            self._labels_scan = path
+            self.events.labels.emit(None)
+
+    def labels_changed(self, indices) -> None:
+        """The labelled scan's labels changed (superpatch ``indices``): tell every feature."""
+        self.events.labels.emit(list(indices))
 
     @property
     def alive(self) -> bool:

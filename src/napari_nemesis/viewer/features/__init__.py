@@ -56,6 +56,7 @@ FEATURES: tuple[Feature, ...] = (
             panel=".attention.panel:AttentionPanel", host="Reconstruction"),
     Feature("labelling", ".labelling.controller:LabellingController", ".labelling.dock:LabellingWidget",
             "Labelling"),
+    Feature("project", ".project.controller:ProjectController", ".project.dock:ProjectWidget", "Project"),
     Feature("training", ".training.controller:TrainingController", ".training.dock:TrainingWidget", "Training"),
 )
 

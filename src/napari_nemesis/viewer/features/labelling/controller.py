@@ -300,6 +300,7 @@ class LabellingController:
         if self._current():
             self._refresh(indices)
             self.events.labels.emit(list(indices))
+            self.session.labels_changed(indices)  # the other features (Project, Training) hear it
 
     def counter(self) -> str:
         return self.cursor.counter() if self.cursor is not None else "no labels open"

@@ -18,6 +18,13 @@ a few seconds). Every run folder keeps ``widget-run.json`` (what was asked and t
 When a probe run ends well, its head (and, when fine-tuned, its encoder) is offered to the
 session: :meth:`TrainingController.apply` loads them (``session.set_weights``) and recomputes the
 organ probabilities, so the heatmaps change; :meth:`TrainingController.use_bundled` goes back.
+
+The label-efficiency curve (:class:`CurveController`, ``controller.curve``) is the core's
+``labels.curve.label_curve`` (what ``nemesis labels curve`` prints) in a worker thread of this
+process: cross-validated AUROC against the number of labelled superpatches, each point shown as it
+is done; Cancel stops it between two heads; the encoder's features are kept between runs, so a
+refresh after new labels encodes only those. It runs on request, and, when asked, a moment after
+the labels change (``session.events.labels``).
 """
 
 from __future__ import annotations
@@ -127,6 +134,198 @@ class TrainingRun:
 class TrainingEvents(SignalGroup):
     run = Signal(object)  # TrainingRun: started, progressed (at most every POLL_MS), ended
     offered = Signal(object)  # TrainingRun that ended well: its weights can be used
+    curve = Signal(object)  # CurveView: the label-efficiency curve started, got a point, progressed, ended
+
+
+#: The curve's progress is shown at most this often (ms); its points and its end at once.
+CURVE_PROGRESS_MS = 250
+#: With "refresh when labels change", the curve is computed again this long after the last change (ms).
+CURVE_REFRESH_MS = 3000
+#: Seeds (random subsets per size) of the dock's curve unless asked otherwise.
+CURVE_SEEDS = 3
+
+
+@dataclass
+class CurveView:
+    """The label-efficiency curve as the dock shows it: the points so far, progress, the result."""
+
+    status: str = "idle"  # a RunStatus name
+    done: int = 0
+    total: int = 0
+    message: str = ""
+    points: list[dict[str, Any]] = field(default_factory=list)
+    result: dict[str, Any] | None = None  # label_curve's result once it ended well
+    stale: bool = False  # labels changed since the curve shown was computed
+    project: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+
+def curve_job(project_dir: Path, weights_checkpoint, models, seeds: int, folds: int, device: str, cache: dict,
+              *, cancel, report) -> dict[str, Any]:
+    """``labels.curve.label_curve`` on the project with the session's encoder (worker thread)."""
+    from ....labels.curve import label_curve
+    from ..._jobs import resolved_device
+
+    report({"event": "stage", "name": "loading the encoder"})
+    model = models.model(weights_checkpoint)
+    return label_curve(project_dir, model, seeds=seeds, folds=folds, device=resolved_device(device), cache=cache,
+                       progress=report, cancel=cancel)
+
+
+class CurveController:
+    """Compute (and recompute) the label-efficiency curve of the training's project."""
+
+    def __init__(self, owner: "TrainingController", session) -> None:
+        from qtpy.QtCore import QTimer
+
+        from ..._workers import RunState
+
+        self._owner = weakref.ref(owner)
+        self.view = CurveView()
+        self.seeds = CURVE_SEEDS
+        self.auto = False  # recompute a moment after the labels change
+        self._state = RunState("label curve")
+        self._job = None
+        self._cache: dict = {}  # encoder features by (encoder, scan voxels, superpatch, grid)
+        self._pending = False
+        self._shown_at = 0.0
+        self._timer = QTimer()
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(CURVE_REFRESH_MS)
+        self._timer.timeout.connect(self._auto_refresh)
+        session.events.labels.connect(self._on_labels)
+        session.events.weights.connect(lambda _choice: self._cache.clear())  # another encoder: other features
+
+    @property
+    def running(self) -> bool:
+        return self._job is not None
+
+    def set_seeds(self, seeds: int) -> None:
+        """Random subsets per size of the next curve (the spread shown)."""
+        if int(seeds) < 1:
+            raise NemesisInputError(f"seeds {seeds}: at least 1")
+        self.seeds = int(seeds)
+
+    def set_auto(self, on: bool) -> None:
+        """Recompute the curve a moment after the labels change (or not)."""
+        self.auto = bool(on)
+        if not self.auto:
+            self._timer.stop()
+
+    def start(self, config: TrainingConfig | None = None, seeds: int | None = None, wait: bool = False):
+        """Compute the curve of the project in ``config`` (default: the dock's) in a worker."""
+        from ..._workers import start_job
+
+        owner = self._owner()
+        if owner is None:
+            raise NemesisInputError("this training controller's viewer was closed")
+        if self._job is not None:
+            raise NemesisInputError("the label-efficiency curve is being computed; wait for it or press Cancel")
+        cfg = config or owner.config
+        if seeds is not None:
+            self.set_seeds(seeds)
+        project = owner._project_dir(cfg)
+        session = owner.session
+        self.view = CurveView(status="running", message="starting", project=str(project))
+        job = start_job("label curve", curve_job, project, owner._encoder(cfg), session.models, self.seeds,
+                        max(2, int(cfg.folds)), cfg.device, self._cache, state=self._state,
+                        on_event=self._on_event, on_done=self._done, on_end=self._ended,
+                        description="label-efficiency curve", activity=False)
+        self._job = None if job.finished else job
+        owner.events.curve.emit(self.view)
+        if wait:
+            job.wait()
+            return job.outcome()
+        return job
+
+    def cancel(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+            self.view.message = "cancelling: stops before the next head"
+            self._emit()
+
+    def wait(self, timeout_s: float = 120.0) -> CurveView:
+        """Wait (GUI live) until the curve running now has ended."""
+        job = self._job
+        if job is not None:
+            job.wait(int(timeout_s * 1000))
+        return self.view
+
+    def _emit(self) -> None:
+        owner = self._owner()
+        if owner is not None:
+            owner.events.curve.emit(self.view)
+
+    def _on_event(self, event: dict) -> None:
+        view, kind = self.view, event.get("event")
+        view.done, view.total = self._state.done, self._state.total
+        if kind == "point":
+            view.points = view.points + [event["point"]]
+            p = event["point"]
+            auroc = "-" if p["auroc_mean"] is None else f"{p['auroc_mean']:.3f}"
+            view.message = f"{event.get('done')}/{event.get('of')} sizes: AUROC {auroc} with {p['labelled']} labels"
+        elif kind == "stage":
+            view.message = str(event.get("name", ""))
+        elif kind != "step":
+            return
+        now = time.monotonic()
+        if kind == "step" and now - self._shown_at < CURVE_PROGRESS_MS / 1000.0:
+            return  # progress at most a few times a second: each change repaints part of the dock
+        self._shown_at = now
+        self._emit()
+
+    def _done(self, result: dict[str, Any]) -> None:
+        self.view.result = result
+        self.view.points = list(result["points"])
+        self.view.message = result["message"]
+
+    def _ended(self, state) -> None:
+        self._job = None
+        self.view.status = str(state.status)
+        if state.status == "failed":
+            self.view.message = state.error
+        elif state.status == "cancelled":
+            self.view.message = "cancelled"
+        self.view.done, self.view.total = state.done, state.total
+        self._emit()
+        if self._pending:
+            self._pending = False
+            self._timer.start()
+
+    def _on_labels(self, indices) -> None:
+        if indices is None:  # another scan's labels opened: the project's labels are the same
+            return
+        if self.view.result is not None or self.view.running:
+            self.view.stale = True
+            self._emit()
+        if self.auto:
+            self._timer.start()  # restarted by every change: runs once the labelling pauses
+
+    def _auto_refresh(self) -> None:
+        if not self.auto:
+            return
+        if self._job is not None:
+            self._pending = True  # once the running one ends
+            return
+        from ....errors import NemesisError
+
+        try:
+            self.start()
+        except NemesisError as exc:
+            self.view.message = str(exc)
+            self._emit()
+
+    def shutdown(self) -> None:
+        """The viewer is closing: stop the curve between two heads."""
+        try:
+            self._timer.stop()
+        except RuntimeError:
+            pass
+        if self._job is not None:
+            self._job.cancel()
 
 
 class TrainingController:
@@ -145,6 +344,7 @@ class TrainingController:
         self._timer.setInterval(POLL_MS)
         self._timer.timeout.connect(self._poll)
         session.events.run.connect(self._on_session_run)
+        self.curve = CurveController(self, session)
         _hook_closing(self, session)
 
     @property
@@ -317,7 +517,9 @@ class TrainingController:
         return what
 
     def shutdown(self, grace_s: float | None = None) -> None:
-        """End a running child for good (the viewer or napari is closing); it saves first."""
+        """End a running child for good (the viewer or napari is closing); it saves first. A
+        label-efficiency curve being computed stops too."""
+        self.curve.shutdown()
         child = self._child
         if child is None:
             return

@@ -1,4 +1,5 @@
-"""Training dock: mode, data, schedule; Train / Stop / Resume; progress, ETA, the live plot; the result."""
+"""Training dock: mode, data, schedule; Train / Stop / Resume; progress, ETA, the live plot; the result;
+the label-efficiency curve (AUROC against the number of labels, with its spread)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class TrainingWidget(NemesisDock):
         self.mode = QComboBox()
         self.mode.addItems([MODE_TITLES[m] for m in MODES])
         self.mode.setCurrentIndex(MODES.index(cfg.mode))
+        self.mode.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.mode.setMinimumContentsLength(12)  # the long mode names never widen the dock past its area
         self.encoder = _path_row("the session's weights (bundled if none picked)", cfg.checkpoint, self._pick_encoder)
         self.use_project = QCheckBox("the labelling project")
         self.use_project.setChecked(cfg.use_project)
@@ -61,7 +64,9 @@ class TrainingWidget(NemesisDock):
         self.device.addItems(list(DEVICES))
         self.device.setCurrentText(cfg.device)
         self.out = _path_row("PROJECT/runs/<mode>-<date-time>", cfg.out, self._pick_out)
-        self.apply_when_done = QCheckBox("use the new head for the heatmaps when done")
+        self.apply_when_done = QCheckBox("use the new head when done")
+        self.apply_when_done.setToolTip("use the new head for the heatmaps when the run ends (if its held-out AUROC "
+                                        "is not near chance)")
         self.apply_when_done.setChecked(cfg.apply_when_done)
         self.train_button = QPushButton("Train")
         self.stop_button = QPushButton("Stop")
@@ -82,9 +87,30 @@ class TrainingWidget(NemesisDock):
         self.use_new.setToolTip("For this session; 'Keep' also starts the next sessions with them")
         self.keep_new = QPushButton("Keep")
         self.keep_new.setToolTip("Use the new weights now and in the next sessions")
-        self.use_bundled = QPushButton("Back to the bundled weights")
+        self.use_bundled = QPushButton("Bundled weights")
+        self.use_bundled.setToolTip("Back to the bundled weights and probe head (the heatmaps are recomputed)")
         self.use_encoder = QPushButton("Use as encoder")
         self.use_encoder.setToolTip("A pretraining run's checkpoint becomes the encoder of the next run")
+        self.curve_button = QPushButton("Compute curve")
+        self.curve_button.setToolTip("Cross-validated AUROC of a linear probe trained on nested random subsets of "
+                                     "the project's labels ('nemesis labels curve'): do more labels still help?")
+        self.curve_cancel = QPushButton("Cancel")
+        self.curve_cancel.setEnabled(False)
+        self.curve_seeds = QSpinBox()
+        self.curve_seeds.setRange(1, 20)
+        self.curve_seeds.setValue(self.controller.curve.seeds)
+        self.curve_seeds.setToolTip("random subsets per number of labels: the spread shown")
+        self.curve_auto = QCheckBox("again on new labels")
+        self.curve_auto.setToolTip("compute the curve again a few seconds after the labels change")
+        self.curve_auto.setChecked(self.controller.curve.auto)
+        self.curve_bar = QProgressBar()
+        self.curve_bar.setTextVisible(True)
+        self.curve_bar.setRange(0, 1)
+        self.curve_bar.setValue(0)
+        self.curve_bar.setFormat("idle")
+        self.curve_plot = CurvePlot()
+        self.curve_status = _steady_label("How the held-out AUROC grows with the number of labelled superpatches, "
+                                          "on this project's own labels.", lines=9)
 
         what = QGroupBox("What to train")
         form = QFormLayout(what)
@@ -104,12 +130,16 @@ class TrainingWidget(NemesisDock):
         schedule_form.addRow("device", self.device)
         schedule_form.addRow("output folder", self.out)
         self._schedule_form = schedule_form
+        for f in (form, data_form, schedule_form):  # a narrow dock puts a field under its label, never cuts it off
+            f.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         buttons = QHBoxLayout()
         for button in (self.train_button, self.stop_button, self.resume_button):
             buttons.addWidget(button)
-        result = QGridLayout()
-        for k, button in enumerate((self.use_new, self.keep_new, self.use_bundled, self.use_encoder)):
-            result.addWidget(button, k // 2, k % 2)
+        result = QGridLayout()  # three rows: two long buttons side by side would widen the dock
+        result.addWidget(self.use_new, 0, 0)
+        result.addWidget(self.keep_new, 0, 1)
+        result.addWidget(self.use_bundled, 1, 0, 1, 2)
+        result.addWidget(self.use_encoder, 2, 0, 1, 2)
 
         layout = self.layout_
         layout.addWidget(what)
@@ -122,6 +152,22 @@ class TrainingWidget(NemesisDock):
         layout.addWidget(self.status)
         layout.addWidget(self.plot)
         layout.addLayout(result)
+        curve = QGroupBox("Label-efficiency curve")
+        curve_layout = QVBoxLayout(curve)
+        curve_row = QGridLayout()
+        curve_row.addWidget(self.curve_button, 0, 0)
+        curve_row.addWidget(self.curve_cancel, 0, 1)
+        seeds_row = QHBoxLayout()
+        seeds_row.addWidget(QLabel("seeds"))
+        seeds_row.addWidget(self.curve_seeds)
+        seeds_row.addStretch(1)
+        curve_row.addLayout(seeds_row, 1, 0, 1, 2)
+        curve_row.addWidget(self.curve_auto, 2, 0, 1, 2)
+        curve_layout.addLayout(curve_row)
+        curve_layout.addWidget(self.curve_bar)
+        curve_layout.addWidget(self.curve_plot)
+        curve_layout.addWidget(self.curve_status)
+        layout.addWidget(curve)
         self.add_hosted_panels()
         self.finish()
 
@@ -135,8 +181,14 @@ class TrainingWidget(NemesisDock):
         self.use_encoder.clicked.connect(lambda: call_safely(self._use_encoder))
         self.dataset.edit.textChanged.connect(lambda _t: self._mode_changed())
         follow(self.controller.events.run, self._on_run, self)
+        self.curve_button.clicked.connect(lambda: call_safely(self.compute_curve))
+        self.curve_cancel.clicked.connect(self.controller.curve.cancel)
+        self.curve_auto.toggled.connect(self.controller.curve.set_auto)
+        self.curve_seeds.valueChanged.connect(self.controller.curve.set_seeds)
+        follow(self.controller.events.curve, self._on_curve, self)
         self._mode_changed()
         self._on_run(self.controller.run)
+        self._on_curve(self.controller.curve.view)
 
     # ---- the form ---------------------------------------------------------------------------------------
     def config(self) -> TrainingConfig:
@@ -157,6 +209,29 @@ class TrainingWidget(NemesisDock):
         """What the Resume button does: the run in the output folder if one is named there (e.g. a
         run stopped in an earlier napari session), else the last run."""
         return self.controller.resume(self.out.text() or None)
+
+    def compute_curve(self):
+        """What Compute curve does: the project and device of the form, the seeds beside the button."""
+        return self.controller.curve.start(self.config(), seeds=self.curve_seeds.value())
+
+    def _on_curve(self, view) -> None:
+        running = view.running
+        self.curve_button.setEnabled(not running)
+        self.curve_cancel.setEnabled(running)
+        if running:
+            set_progress(self.curve_bar, max(1, view.total), min(view.done, max(1, view.total)),
+                         "%v/%m" if view.total else "starting")
+        else:
+            done = max(1, view.total)
+            set_progress(self.curve_bar, done, done if view.status == "done" else min(view.done, done),
+                         str(view.status))
+        self.curve_plot.show_points(view.points, view.result)
+        text = _curve_text(view)
+        if view.stale and not running:
+            text = "labels changed since: Compute curve again. " + text
+        _set(self.curve_status.setText, text, self.curve_status.text())
+        estimate = (view.result or {}).get("estimate")
+        self.curve_status.setToolTip(f"{text} Held out: {estimate}." if estimate else text)
 
     def _mode_changed(self) -> None:
         mode = MODES[self.mode.currentIndex()]
@@ -316,6 +391,87 @@ class LivePlot(QWidget):
         self.draws += 1
 
 
+class CurvePlot(QWidget):
+    """The label-efficiency curve: mean AUROC over seeds against the labelled superpatches (log
+    scale), a bar of one standard deviation at each point and the band from the lowest to the
+    highest seed. Drawn again only when a point arrives (a few times a run), and not while hidden."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(3.4, 2.2), dpi=90)
+        self.figure.subplots_adjust(left=0.2, right=0.96, bottom=0.21, top=0.92)  # fixed: no layout pass
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(180)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.canvas)
+        self.axes = self.figure.add_subplot(111)
+        self._points: list = []
+        self._result = None
+        self._drawn = None
+        self.draws = 0
+        self._style()
+        self.canvas.draw_idle()
+
+    def _style(self) -> None:
+        ax = self.axes
+        ax.set_xlabel("labelled superpatches", fontsize=8)
+        ax.set_ylabel("held-out AUROC", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3, lw=0.5)
+
+    def show_points(self, points, result=None) -> None:
+        """Draw these points (dicts of ``label_curve``) if they changed and the plot is visible."""
+        self._points = list(points or [])
+        self._result = result
+        if self.isVisible():
+            self._redraw()
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        super().showEvent(event)
+        self._redraw()
+
+    def _redraw(self) -> None:
+        points = [p for p in self._points if p.get("auroc_mean") is not None]
+        key = tuple((p["labelled"], p["auroc_mean"], p["auroc_std"]) for p in points) + (len(self._points),)
+        if key == self._drawn:
+            return
+        self._drawn = key
+        import numpy as np
+
+        ax = self.axes
+        ax.clear()
+        self._style()
+        if points:
+            n = np.asarray([p["labelled"] for p in points], dtype=float)
+            mean = np.asarray([p["auroc_mean"] for p in points])
+            std = np.asarray([p["auroc_std"] or 0.0 for p in points])
+            lo = np.asarray([p["auroc_min"] for p in points])
+            hi = np.asarray([p["auroc_max"] for p in points])
+            ax.fill_between(n, lo, hi, color="tab:orange", alpha=0.18, lw=0, label="lowest to highest seed")
+            ax.errorbar(n, mean, yerr=std, color="tab:orange", marker="o", ms=4, lw=1.3, capsize=2,
+                        label="mean ± std over seeds")
+            ax.set_xscale("log", base=2)
+            ax.set_xlim(n.min() / 1.3, n.max() * 1.3)
+            from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
+
+            ax.xaxis.set_major_locator(FixedLocator(n))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            bottom = max(0.0, min(0.5, float(lo.min()) - 0.05))
+            ax.set_ylim(bottom, 1.02)
+            ax.legend(fontsize=6, loc="best", frameon=False)
+        else:
+            ax.set_ylim(0.4, 1.02)
+            ax.text(0.5, 0.5, "no curve yet" if not self._points else "AUROC undefined", ha="center",
+                    va="center", transform=ax.transAxes, fontsize=8, color="grey")
+        self.canvas.draw_idle()
+        self.draws += 1
+
+
 class _PathRow(QWidget):
     """A path field with a browse button."""
 
@@ -336,6 +492,19 @@ class _PathRow(QWidget):
 
     def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)
         self.edit.setText(text)
+
+
+def _curve_text(view) -> str:
+    """What the dock says under the curve: its last point, how it was estimated, the trend."""
+    result = view.result
+    if view.running or result is None or result.get("status") != "ok" or not result["points"]:
+        return view.message
+    last = result["points"][-1]
+    if last["auroc_mean"] is None:
+        return view.message
+    hint = result["trend"]["hint"]
+    return (f"AUROC {last['auroc_mean']:.3f} ± {last['auroc_std']:.3f} with {last['labelled']} labels, "
+            f"{result['seeds']} seed(s). {hint[:1].upper()}{hint[1:]}.")
 
 
 def _set(setter, value, current) -> None:
