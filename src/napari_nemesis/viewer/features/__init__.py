@@ -58,6 +58,8 @@ FEATURES: tuple[Feature, ...] = (
             "Labelling"),
     Feature("project", ".project.controller:ProjectController", ".project.dock:ProjectWidget", "Project"),
     Feature("training", ".training.controller:TrainingController", ".training.dock:TrainingWidget", "Training"),
+    Feature("triage", ".triage.controller:TriageController", ".triage.dock:TriageWidget", "Triage"),
+    Feature("similar", ".similar.controller:SimilarController", panel=".similar.panel:SimilarPanel", host="Triage"),
 )
 
 #: Dock title -> feature, for the docks napari's Plugins menu lists.

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qtpy.QtWidgets import QAbstractItemView, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, \
-    QHBoxLayout, QListWidget, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout
+from qtpy.QtWidgets import QAbstractItemView, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, \
+    QGroupBox, QListWidget, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout
 
 from ..._controls import RunControls, call_safely, follow, wrapped_label
 from ..._dock import NemesisDock
@@ -54,10 +54,10 @@ class TriageWidget(NemesisDock):
         what = QGroupBox("Scans to triage")
         what_layout = QVBoxLayout(what)
         what_layout.addWidget(self.sources)
-        row = QHBoxLayout()
-        for button in (self.add_folder, self.add_files, self.add_open, self.clear):
-            row.addWidget(button)
-        what_layout.addLayout(row)
+        buttons = QGridLayout()  # two a row: the dock is narrow
+        for k, button in enumerate((self.add_folder, self.add_files, self.add_open, self.clear)):
+            buttons.addWidget(button, k // 2, k % 2)
+        what_layout.addLayout(buttons)
         how = QGroupBox("Mask")
         form = QFormLayout(how)
         form.addRow("strategy", self.strategy)
