@@ -276,6 +276,13 @@ class Scene:
         ``lift``: when it is shown, it goes just under the overlays (above results made after it).
         Returns the layer."""
         image, world = L.block_image_clipped(values, grid)
+        return self.image_map(role, image, world, colormap, name, limits, visible, lift, **kwargs)
+
+    def image_map(self, role: str, image: np.ndarray, world: np.ndarray, colormap, name: str, limits=(0.0, 1.0),
+                  visible: bool | None = None, lift: bool = False, **kwargs):
+        """:meth:`block_map` for a block image already built (e.g. ``L.patch_block_image_clipped``:
+        one block per patch): the layer of ``role`` given ``image`` and its world matrix, in place
+        when the shape and dtype allow."""
         layer = self.get(role)
         if layer is not None and layer.data.shape == image.shape and layer.data.dtype == image.dtype:
             layer.data[...] = image  # a new array would re-slice every layer
