@@ -183,3 +183,34 @@ def test_a_fill_in_the_viewer_records_its_segmentation(make_napari_viewer, tmp_p
     labelling.fill(layer, wait=True)
     assert LabelProject.open(project3).find(labelling.store.scan_path).segmentation is None
     assert "not recorded" in labelling.message
+
+
+def test_patch_block_image_is_the_core_painting_on_the_superpatch_extent():
+    """``_layers.patch_block_image_clipped`` (no napari): every model voxel of the block image holds
+    the value of the patch it lies in, as ``PatchInferResult.probability_grid`` paints it, and the
+    image covers what the superpatch block image covers."""
+    from napari_nemesis.data import volume_from_array
+    from napari_nemesis.train.patch_level import PatchInferResult
+    from napari_nemesis.train.scan import prepare_scan
+    from napari_nemesis.viewer import _layers as L
+
+    vol = volume_from_array(np.zeros((30, 45, 50), np.float32), (2.0, 1.5, 1.5))
+    prepared = prepare_scan(vol, (2.0, 1.5, 1.5), 32)
+    grid, patch = prepared.grid, 8
+    g = grid.superpatch // patch
+    values = np.random.default_rng(1).random((grid.n, g ** 3)).astype(np.float32)
+    image, world = L.patch_block_image_clipped(values, grid, patch)
+    _, sp_world = L.block_image_clipped(np.zeros(grid.n), grid)
+    sp_image, _ = L.block_image_clipped(np.zeros(grid.n), grid)
+    cells = np.diag(world)[:3]
+    assert np.all(cells <= patch * np.asarray(prepared.pre.spacing_zyx) + 1e-9)
+    # the same world box as the superpatch image: corners of voxel edges
+    lo = lambda m, shape: (m[:3, :3] @ (-0.5 * np.ones(3)) + m[:3, 3], m[:3, :3] @ (np.asarray(shape) - 0.5) + m[:3, 3])
+    for a, b in zip(lo(world, image.shape), lo(sp_world, sp_image.shape)):
+        assert a == pytest.approx(b)
+    core = PatchInferResult(vol, prepared.pre, grid, patch, values[..., None], np.ones(values.shape, bool), ["x"])
+    painted = core.probability_grid(0)
+    inv = np.linalg.inv(world) @ L.preprocessed_world_affine(prepared.pre)
+    for idx in np.random.default_rng(2).integers(0, painted.shape, size=(200, 3)):
+        cell = np.floor(inv[:3, :3] @ idx + inv[:3, 3] + 0.5).astype(int)
+        assert image[tuple(cell)] == painted[tuple(idx)], idx

@@ -4,7 +4,7 @@ Runs on the GUI thread only (workers hand their results over through signals). R
 assigns new data to the existing layers instead of removing and re-adding them, so the user's
 contrast, opacity, visibility and layer order survive. The numbers come from :mod:`._layers`;
 which roles exist is the features' business (each feature's ``layers.py`` puts its own roles here:
-``grid``, ``grid_lines``, ``selection``, ``prob:<organ>``, ``noisy`` ... ``error_map``,
+``grid``, ``grid_lines``, ``selection``, ``prob:<organ>``, ``patch:<organ>``, ``noisy`` ... ``error_map``,
 ``attention_plane`` ...); the scene only knows ``scan``, the overlay roles kept on top, the roles
 whose contrast follows the scan's, and the roles of results (blanked when results go stale).
 
