@@ -90,6 +90,26 @@ def test_linear_fit_and_synthetic_scan():
     assert vol.min() <= -800 and vol.max() >= 40
 
 
+def test_patch_level_inference_is_timed_per_scan(tmp_path):
+    """The whole-scan job ``infer_patch`` (in this process here): patch-level inference on a scan,
+    its superpatches and patches counted, one organ's map painted and timed apart; a default job."""
+    import inspect
+
+    from napari_nemesis.bench.runner import run_benchmark
+    from napari_nemesis.bench.whole_scan import run_child, table_lines, targets, write_synthetic_scan
+
+    scan = write_synthetic_scan(tmp_path / "scan.nii.gz", (48, 40, 24))
+    out = run_child({"task": "infer_patch", "preset": "tiny", "scan": str(scan), "device": "cpu", "threads": 1})
+    assert out["task"] == "infer_patch" and out["superpatches"] >= 1
+    assert out["patches"] >= out["superpatches"] and _finite_positive(out["seconds"])
+    assert _finite_positive(out["map_seconds"]) and out["seconds_per_superpatch"] > 0
+    res = {"full_scan": {"infer_patch_tiny": {"runs": [dict(out, size_xyz=[48, 40, 24])], **out,
+                                              "size_xyz": [48, 40, 24]}}}
+    assert any("patches; one organ's map" in line for line in table_lines(res))
+    assert any(name.startswith("infer_patch_tiny peak RSS") for name, _, _ in targets(res))
+    assert '("infer_patch", "small")' in inspect.getsource(run_benchmark)
+
+
 def test_cli_registers_bench():
     from napari_nemesis.cli import build_parser
 

@@ -1,4 +1,5 @@
-"""The whole-scan section: ``infer`` and ``reconstruct`` on synthetic CTs of growing size.
+"""The whole-scan section: ``infer`` (superpatch level), ``infer_patch`` (organ maps at patch
+resolution) and ``reconstruct`` on synthetic CTs of growing size.
 
 Each job runs in its own child process (``python -m napari_nemesis.bench --child SPEC``), so its
 wall time includes nothing of this process's state and its peak resident memory is its own. A
@@ -88,9 +89,13 @@ def peak_rss_mb() -> float:
 
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     """One whole-scan job (inside the child process): build a randomly initialised model (speed
-    does not depend on the weights), then time ``infer_scan`` or ``reconstruct_scan`` on the file."""
+    does not depend on the weights), then time ``infer_scan``, ``infer_patch_scan`` (task
+    ``infer_patch``, a random ``PatchHead``; ``map_seconds``: painting one organ's map on the scan's
+    own grid, what ``nemesis infer --level patch`` writes per organ) or ``reconstruct_scan`` on the file."""
     from ..model import build_model
+    from ..model.heads import PatchHead
     from ..train.inference import infer_scan
+    from ..train.patch_level import infer_patch_scan
     from ..train.scan import reconstruct_scan
     from ..train.probe import ProbeHead
 
@@ -106,6 +111,14 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
         head = ProbeHead(model.cfg.embed_dim, len(ORGANS))
         res = infer_scan(spec["scan"], model, head, ORGANS, batch=spec.get("batch", 2), device=device, bf16=bf16)
         n_sp = int(res.grid.n)
+    elif spec["task"] == "infer_patch":
+        head = PatchHead(model.cfg.embed_dim, len(ORGANS))
+        res = infer_patch_scan(spec["scan"], model, head, ORGANS, batch=spec.get("batch", 2), device=device,
+                               bf16=bf16)
+        n_sp = int(res.grid.n)
+        t_infer = time.perf_counter()
+        res.probability_map(0)
+        map_seconds = time.perf_counter() - t_infer
     else:
         res = reconstruct_scan(spec["scan"], model, strategy="dual", ratio=0.75, noise=0.0,
                                batch=spec.get("batch", 2), device=device, bf16=bf16)
@@ -114,6 +127,11 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     out = {"task": spec["task"], "preset": spec["preset"], "seconds": seconds, "superpatches": n_sp,
            "seconds_per_superpatch": seconds / max(n_sp, 1), "peak_rss_mb": peak_rss_mb(),
            "rss_after_model_mb": rss_model, "device": device, "bf16": bf16}
+    if spec["task"] == "infer_patch":
+        out["seconds"] = seconds = t_infer - t0  # the map's painting apart
+        out["seconds_per_superpatch"] = seconds / max(n_sp, 1)
+        out["map_seconds"] = map_seconds
+        out["patches"] = int(res.inside.sum())
     if device.startswith("cuda"):
         out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
@@ -148,9 +166,9 @@ def full_scan_section(
     log: Log = no_log, bf16: bool = False, threads: int | None = None,
     reconstruct_sizes: list[tuple[int, int, int]] | None = None,
 ) -> dict[str, Any]:
-    """``jobs``: (task, preset) pairs, each timed at every size in ``sizes_xyz`` (the reconstruct jobs
-    only at ``reconstruct_sizes`` when given). Returns per job the runs, the largest size's seconds
-    and peak RSS, and a linear fit of seconds against superpatches."""
+    """``jobs``: (task, preset) pairs, each timed at every size in ``sizes_xyz`` (the jobs other than
+    ``infer`` only at ``reconstruct_sizes`` when given). Returns per job the runs, the largest size's
+    seconds and peak RSS, and a linear fit of seconds against superpatches."""
     paths = {size: synthetic_scan_file(workdir, size, log) for size in sizes_xyz}
     out: dict[str, Any] = {}
     for task, preset in jobs:
@@ -167,6 +185,9 @@ def full_scan_section(
         largest = runs[-1]
         entry: dict[str, Any] = {"runs": runs, "seconds": largest["seconds"], "peak_rss_mb": largest["peak_rss_mb"],
                                  "size_xyz": largest["size_xyz"], "superpatches": largest["superpatches"]}
+        for extra in ("map_seconds", "patches"):
+            if extra in largest:
+                entry[extra] = largest[extra]
         if len(runs) >= 2:
             entry["fit"] = linear_fit([r["superpatches"] for r in runs], [r["seconds"] for r in runs])
         out[key] = entry
@@ -175,8 +196,8 @@ def full_scan_section(
 
 # ---- the section ----------------------------------------------------------------------------------------
 def run(ctx: BenchContext, res: dict[str, Any]) -> None:
-    """Every job at every size (quick: reconstruct at the largest size only); the ``scaling`` key
-    holds what the scaling plot draws."""
+    """Every job at every size (quick: the jobs other than ``infer`` at the largest size only); the
+    ``scaling`` key holds what the scaling plot draws."""
     sizes = ctx.scan_sizes_xyz
     scans = full_scan_section(ctx.scan_jobs, sizes, ctx.device, ctx.workdir, ctx.log,
                               bf16=ctx.device.type == "cuda" and bf16_supported(ctx.device),
@@ -195,8 +216,9 @@ def run(ctx: BenchContext, res: dict[str, Any]) -> None:
 def targets(res: dict[str, Any]) -> list[tuple[str, Any, bool]]:
     fs = res.get("full_scan", {})
     out = []
-    if "infer_small" in fs:
-        out.append(("infer small < 30 s", fs["infer_small"]["seconds"], fs["infer_small"]["seconds"] < 30))
+    for k in ("infer_small", "infer_patch_small"):
+        if k in fs:
+            out.append((f"{k.replace('_', ' ')} < 30 s", fs[k]["seconds"], fs[k]["seconds"] < 30))
     for k in ("reconstruct_paper", "reconstruct_small"):
         if k in fs:
             out.append((f"{k.replace('_', ' ')} < 120 s", fs[k]["seconds"], fs[k]["seconds"] < 120))
@@ -219,4 +241,6 @@ def table_lines(res: dict[str, Any]) -> list[str]:
             f = v["fit"]
             L.append(f"{'':<22} fit: {f['intercept_s']:.2f} s + {f['seconds_per_superpatch']:.3f} s/superpatch, "
                      f"R^2 {f['r2']:.3f}")
+        if "map_seconds" in v:
+            L.append(f"{'':<22} {v['patches']} patches; one organ's map on the scan's grid {v['map_seconds']:.2f} s")
     return L

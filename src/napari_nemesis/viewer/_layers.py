@@ -42,6 +42,8 @@ __all__ = [
     "block_image",
     "block_cells",
     "block_image_clipped",
+    "patch_block_image",
+    "patch_block_image_clipped",
     "clip_vectors",
     "scan_extent_cells",
     "superpatch_at",
@@ -233,11 +235,12 @@ def block_image(values, grid_shape, fill: float = np.nan) -> np.ndarray:
     return out.reshape(shape)
 
 
-def block_cells(grid, max_cell: int | None = None) -> tuple[int, int, int]:
-    """Per axis, the cell size (model voxels, a divisor of the superpatch, at most ``max_cell``) of a
-    block image that ends at the scan's edge (within 2 % of the scan, at least one voxel), not at
-    the padded grid's: the slider and the view then cover the scan, not the padding beyond it."""
-    s = int(grid.superpatch)
+def block_cells(grid, max_cell: int | None = None, unit: int | None = None) -> tuple[int, int, int]:
+    """Per axis, the cell size (model voxels, a divisor of ``unit``, default the superpatch, at most
+    ``max_cell``) of a block image that ends at the scan's edge (within 2 % of the scan, at least one
+    voxel), not at the padded grid's: the slider and the view then cover the scan, not the padding
+    beyond it."""
+    s = int(grid.superpatch if unit is None else unit)
     divisors = [d for d in range(s, 0, -1) if s % d == 0 and (max_cell is None or d <= max_cell)]
     cells = []
     for n in grid.shape:
@@ -255,6 +258,33 @@ def block_image_clipped(values, grid, dtype=np.float32, fill=np.nan,
     blocks = block_image(values, grid.grid_shape, fill=fill).astype(dtype, copy=False)
     for axis, d in enumerate(cells):
         blocks = np.repeat(blocks, s // d, axis=axis)
+    keep = tuple(slice(0, -(-n // d)) for n, d in zip(grid.shape, cells))
+    image = np.ascontiguousarray(blocks[keep])
+    world = preprocessed_world_affine(grid.mapping) @ _scale_translate(
+        [float(d) for d in cells], [d / 2 - 0.5 for d in cells])
+    return image, world
+
+
+def patch_block_image(values, grid_shape, tokens_per_axis: int) -> np.ndarray:
+    """Per-patch values ``(n, g^3)`` (superpatch ``i``'s tokens in raster z, y, x order, ``g`` =
+    ``tokens_per_axis``) as one array of shape ``grid_shape * g``: one voxel per patch, superpatch
+    ``i`` at grid cell ``c`` filling ``[c g, (c + 1) g)`` per axis."""
+    shape = tuple(int(v) for v in grid_shape)
+    g = int(tokens_per_axis)
+    vals = np.asarray(values, dtype=np.float32).reshape(shape + (g, g, g))
+    return np.ascontiguousarray(vals.transpose(0, 3, 1, 4, 2, 5)).reshape(tuple(v * g for v in shape))
+
+
+def patch_block_image_clipped(values, grid, patch: int, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Per-patch values ``(n, (S / patch)^3)`` as a block image clipped to the scan, and its world
+    matrix: :func:`block_image_clipped` one level down, each patch a ``patch^3`` block of model voxels
+    (cells :func:`block_cells` with ``unit=patch``: the same world extent as the superpatch image)."""
+    p = int(patch)
+    g = int(grid.superpatch) // p
+    cells = block_cells(grid, max_cell=p, unit=p)
+    blocks = patch_block_image(values, grid.grid_shape, g).astype(dtype, copy=False)
+    for axis, d in enumerate(cells):
+        blocks = np.repeat(blocks, p // d, axis=axis)
     keep = tuple(slice(0, -(-n // d)) for n, d in zip(grid.shape, cells))
     image = np.ascontiguousarray(blocks[keep])
     world = preprocessed_world_affine(grid.mapping) @ _scale_translate(

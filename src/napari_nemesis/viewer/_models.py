@@ -2,8 +2,10 @@
 
 Runs in worker threads (loading imports torch); a lock makes the cache safe when the probability
 and reconstruction jobs start together. Empty paths mean the bundled weights
-(``weights.load_default_model`` / ``load_default_probe``); picked files go through the core's
-loaders, whose one-line ``NemesisCheckpointError`` the widgets show as notifications.
+(``weights.load_default_model`` / ``load_default_probe(level)``); picked files go through the core's
+loaders, whose one-line ``NemesisCheckpointError`` the widgets show as notifications. The probe
+head picked may work at either level (``model.levels``); :meth:`ModelStore.head` says which head a
+run at a level uses.
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..model.levels import DEFAULT_LEVEL
+
+#: cache key prefix of the bundled heads of levels other than the default
+_BUNDLED = "bundled:"
 
 @dataclass(frozen=True)
 class WeightsChoice:
@@ -82,8 +88,9 @@ class ModelStore:
                     self._models[key] = load_default_model().eval()
             return self._models[key]
 
-    def probe(self, probe: str | None):
-        key = _key(probe)
+    def probe(self, probe: str | None, level: str = DEFAULT_LEVEL):
+        """``(head, meta)`` of a probe head file; ``None``: the bundled head of ``level``."""
+        key = _key(probe) if probe else (None if level == DEFAULT_LEVEL else f"{_BUNDLED}{level}")
         with self._lock:
             if key not in self._probes:
                 if probe:
@@ -93,13 +100,36 @@ class ModelStore:
                 else:
                     from ..weights import load_default_probe
 
-                    self._probes[key] = load_default_probe()
+                    self._probes[key] = load_default_probe(level)
             return self._probes[key]
+
+    def head(self, choice: WeightsChoice, level: str) -> tuple[Any, dict, str]:
+        """The head a run at ``level`` (``model.levels.HEAD_LEVELS``) uses with ``choice``, its
+        metadata and its name for the docks: the chosen probe head when it works at that level (a
+        patch-level head picked as the probe serves the patch level), else the bundled head of that
+        level when the checkpoint is the bundled one; a custom checkpoint without a head of that
+        level is refused (one line)."""
+        from ..errors import NemesisCheckpointError
+        from ..model.levels import check_level, head_level
+
+        check_level(level, "level")
+        head, meta = self.probe(choice.probe)
+        if head_level(meta) == level:
+            return head, meta, (Path(choice.probe).name if choice.probe else f"bundled {level} head")
+        if not choice.checkpoint:
+            head, meta = self.probe(None, level)
+            return head, meta, f"bundled {level} head"
+        picked = Path(choice.probe).name if choice.probe else "the bundled probe head"
+        raise NemesisCheckpointError(
+            f"{picked} is a {head_level(meta)}-level head and {Path(choice.checkpoint).name} has no bundled "
+            f"{level}-level head: pick one trained for it as the probe head (nemesis probe DATA --level {level} "
+            "--checkpoint CKPT)")
 
     def keep_only(self, choice: WeightsChoice) -> None:
         """Drop the weights other than ``choice``'s: each checkpoint a user tries would otherwise
         stay in memory for the session's life (a job still running keeps its own reference)."""
         model_key, probe_key = _key(choice.checkpoint), _key(choice.probe)
-        with self._lock:
+        with self._lock:  # the bundled heads of the other levels are small: kept
             self._models = {k: v for k, v in self._models.items() if k == model_key}
-            self._probes = {k: v for k, v in self._probes.items() if k == probe_key}
+            self._probes = {k: v for k, v in self._probes.items()
+                            if k == probe_key or (isinstance(k, str) and k.startswith(_BUNDLED))}

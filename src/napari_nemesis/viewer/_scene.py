@@ -4,7 +4,7 @@ Runs on the GUI thread only (workers hand their results over through signals). R
 assigns new data to the existing layers instead of removing and re-adding them, so the user's
 contrast, opacity, visibility and layer order survive. The numbers come from :mod:`._layers`;
 which roles exist is the features' business (each feature's ``layers.py`` puts its own roles here:
-``grid``, ``grid_lines``, ``selection``, ``prob:<organ>``, ``noisy`` ... ``error_map``,
+``grid``, ``grid_lines``, ``selection``, ``prob:<organ>``, ``patch:<organ>``, ``noisy`` ... ``error_map``,
 ``attention_plane`` ...); the scene only knows ``scan``, the overlay roles kept on top, the roles
 whose contrast follows the scan's, and the roles of results (blanked when results go stale).
 
@@ -276,6 +276,13 @@ class Scene:
         ``lift``: when it is shown, it goes just under the overlays (above results made after it).
         Returns the layer."""
         image, world = L.block_image_clipped(values, grid)
+        return self.image_map(role, image, world, colormap, name, limits, visible, lift, **kwargs)
+
+    def image_map(self, role: str, image: np.ndarray, world: np.ndarray, colormap, name: str, limits=(0.0, 1.0),
+                  visible: bool | None = None, lift: bool = False, **kwargs):
+        """:meth:`block_map` for a block image already built (e.g. ``L.patch_block_image_clipped``:
+        one block per patch): the layer of ``role`` given ``image`` and its world matrix, in place
+        when the shape and dtype allow."""
         layer = self.get(role)
         if layer is not None and layer.data.shape == image.shape and layer.data.dtype == image.dtype:
             layer.data[...] = image  # a new array would re-slice every layer

@@ -275,9 +275,15 @@ class NemesisSession:
     def visible_organs(self) -> set[str]:
         return self.feature("probabilities").visible_organs
 
-    def run_probabilities(self, wait: bool = True):
-        """Organ probabilities of every superpatch (``train.infer_scan``): heatmaps, table, bars."""
-        return self.feature("probabilities").run(wait=wait)
+    def run_probabilities(self, wait: bool = True, level: str | None = None):
+        """Organ probabilities of the whole scan at the Organ probabilities dock's level (``level``:
+        switch to that one of ``model.levels.HEAD_LEVELS`` first): ``train.infer_scan`` per
+        superpatch, ``train.patch_level.infer_patch_scan`` per patch; heatmaps, table, bars."""
+        return self.feature("probabilities").run(wait=wait, level=level)
+
+    def set_probability_level(self, level: str) -> str:
+        """Show the organ probabilities at ``level`` (``superpatch`` or ``patch``)."""
+        return self.feature("probabilities").set_level(level)
 
     def set_organ_visible(self, organ: str, visible: bool) -> None:
         self.feature("probabilities").set_organ_visible(organ, visible)
@@ -633,9 +639,12 @@ class NemesisSession:
         self.events.grid_columns.emit(dict(self._grid_columns))
 
     def set_grid_columns(self, columns: dict[str, Any]) -> None:
-        """Several columns at once (one event)."""
+        """Several columns at once (one event); a value None removes that column."""
         ctx = self.need_scan()
         for name, values in columns.items():
+            if values is None:
+                self._grid_columns.pop(name, None)
+                continue
             values = np.asarray(values)
             if values.shape[0] != ctx.n:
                 raise NemesisInputError(f"column {name!r}: {values.shape[0]} values for {ctx.n} superpatches")

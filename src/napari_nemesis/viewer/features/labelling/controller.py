@@ -99,11 +99,45 @@ def open_store_job(project_dir: Path, volume, superpatch: int, spacing_zyx, orga
     return project.store(image, volume=volume)
 
 
-def fill_job(store, source, threshold: int | None, overwrite: bool, scheme: str, *, cancel, report):
-    from ....labels import fill_from_segmentation
+def fill_job(store, source, threshold: int | None, overwrite: bool, scheme: str, project_dir=None,
+             layer_file=None, *, cancel, report):
+    """``labels.fill_from_segmentation`` with the project the store belongs to, so a fill from a file
+    records that file in it (``LabelProject.record_segmentation``, as ``nemesis labels fill`` does:
+    patch-level training reads it again). A Labels layer read from a file (``layer_file``) counts as
+    that file while its voxels are still the file's (not painted on since); returns the fill's
+    result and the segmentation file recorded (None when none was)."""
+    from ....labels import PROJECT_FILE, LabelProject, fill_from_segmentation
 
     report({"event": "stage", "name": "presence from the segmentation"})
-    return fill_from_segmentation(store, source, threshold=threshold, overwrite=overwrite, scheme=scheme)
+    project = None
+    if project_dir is not None and (Path(project_dir) / PROJECT_FILE).is_file():
+        project = LabelProject.open(project_dir)
+        if project.find(store.scan_path) is None:
+            project = None
+    if layer_file is not None and isinstance(source, np.ndarray) and _same_as_file(store, source, layer_file):
+        source = Path(layer_file)
+    result = fill_from_segmentation(store, source, threshold=threshold, overwrite=overwrite, scheme=scheme,
+                                    project=project)
+    recorded = source if project is not None and isinstance(source, Path) else None
+    return result, recorded
+
+
+def _same_as_file(store, array: np.ndarray, path) -> bool:
+    """A label array still holds exactly the label map file ``path`` (read on the scan's grid)."""
+    from ....data import read_labels
+    from ....errors import NemesisError
+
+    path = Path(path)
+    if not path.is_file() or store.volume is None:
+        return False
+    scans = {Path(str(p)).resolve() for p in (store.volume.source, store.scan_path) if p}
+    if path.resolve() in scans:  # a label layer made on the scan (its source is the scan's file)
+        return False
+    try:
+        on_file = np.asarray(read_labels(path, store.volume))
+    except (NemesisError, OSError, ValueError):
+        return False
+    return on_file.shape == array.shape and bool(np.array_equal(on_file, array))
 
 
 class _Relay(QObject):
@@ -418,8 +452,10 @@ class LabellingController:
 
         self._need_cursor()
         store = self.store
+        layer_file = None
         if hasattr(source, "data") and hasattr(source, "metadata"):
             what = f"layer {source.name}"
+            layer_file = source.metadata.get("source")  # the label file it was read from, if any
             source = self.segmentation_array(source)
         elif isinstance(source, np.ndarray):  # already on the scan's canonical (z, y, x) grid
             what = "a label array"
@@ -428,20 +464,22 @@ class LabellingController:
             source = Path(str(source))
         if threshold is None:
             threshold = LabelProject.open(self.project_dir).threshold
-        job = start_job("fill", fill_job, store, source, threshold, bool(overwrite), scheme, state=self._fill_state,
-                        on_done=lambda res: self._filled(what, threshold, res),
+        job = start_job("fill", fill_job, store, source, threshold, bool(overwrite), scheme, self.project_dir,
+                        layer_file, state=self._fill_state, on_done=lambda out: self._filled(what, threshold, *out),
                         on_end=lambda st: self._job_ended("fill", st), description="fill from segmentation")
         self._jobs["fill"] = job
         if wait:
             job.wait()
-            return job.outcome()
+            return job.outcome()[0]
         return job
 
-    def _filled(self, what: str, threshold: int, res) -> None:
+    def _filled(self, what: str, threshold: int, res, recorded=None) -> None:
         c = self.store.counts() if self.store is not None else {"labelled": 0}
+        kept = (f"; {Path(recorded).name} recorded in the project (patch-level training reads it)" if recorded
+                else "; not recorded for patch-level training (no label file: fill from the file)")
         self._say(f"filled from {what} ({res.scheme} ids, >= {threshold} voxels): {len(res.filled)} superpatches, "
                   f"{len(res.changed)} changed, {len(res.kept)} kept (labelled or skipped by hand); "
-                  f"{c['labelled']} labelled now")
+                  f"{c['labelled']} labelled now{kept}")
 
     def wait(self, timeout_s: float = 60.0) -> None:
         """Wait (GUI live) for the opening and fill jobs running now."""

@@ -1,18 +1,27 @@
-"""Organ probabilities dock: weights, Run, organ heatmap toggles, the superpatch table, the bars."""
+"""Organ probabilities dock: weights, the level (superpatch or patch), Run, organ heatmap toggles, the
+superpatch table, the bars, the patch under the cursor."""
 
 from __future__ import annotations
 
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor
-from qtpy.QtWidgets import QAbstractItemView, QCheckBox, QFileDialog, QGridLayout, QGroupBox, QHBoxLayout, QLabel, \
-    QLineEdit, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QGridLayout, QGroupBox, \
+    QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 
 from ....data import ORGAN_NAMES
+from ....model.levels import DEFAULT_LEVEL, HEAD_LEVELS
 from ... import _layers as L
 from ..._controls import DeviceRow, RunControls, call_safely, follow, wrapped_label
 from ..._dock import NemesisDock
 from .controller import JOB
+
+#: What each level's Compute gives (the level chooser's tooltip and the empty summary).
+_LEVEL_HELP = {
+    "superpatch": "one probability per organ for every superpatch (128\u00b3 voxels, about 19 cm)",
+    "patch": "organ maps at patch resolution: one probability per organ for every 16\u00b3-voxel patch "
+             "(about 24 mm), and per superpatch the max of its patches",
+}
 
 
 class ProbabilitiesWidget(NemesisDock):
@@ -32,8 +41,17 @@ class ProbabilitiesWidget(NemesisDock):
         self.batch.setRange(1, 64)
         self.batch.setValue(settings.batch)
         self.device = DeviceRow(self.session)
+        self.level = QComboBox()
+        for level in HEAD_LEVELS:
+            self.level.addItem(level, level)
+            self.level.setItemData(self.level.count() - 1, _LEVEL_HELP.get(level, level), Qt.ItemDataRole.ToolTipRole)
+        self.level.setCurrentIndex(HEAD_LEVELS.index(self.controller.level))
+        self.level.setToolTip("superpatch: one value per 128\u00b3 box; patch: one per 16\u00b3 patch "
+                              "(the patch-level head: the bundled one, or a patch-level head picked as the probe)")
         self.controls = RunControls(self.session, JOB, "Compute", self.run)
-        self.summary = wrapped_label("Press Compute: one probability per organ for every superpatch.")
+        self.summary = wrapped_label(self._empty_summary())
+        self.table_caption = wrapped_label("")
+        self.patch_info = wrapped_label("")
         self.organ_boxes = {organ: QCheckBox(organ.replace("_", " ")) for organ in ORGAN_NAMES}
         self.table = QTableWidget(0, 2 + len(ORGAN_NAMES))
         self.table.setHorizontalHeaderLabels(["sp", "z,y,x"] + [_short(o) for o in ORGAN_NAMES])
@@ -64,6 +82,10 @@ class ProbabilitiesWidget(NemesisDock):
         weights.addLayout(batch_row, 3, 0, 1, 3)
         weights.addWidget(self.device, 4, 0, 1, 3)
 
+        level_row = QHBoxLayout()
+        level_row.addWidget(QLabel("level"))
+        level_row.addWidget(self.level, 1)
+
         organs_box = QGroupBox("Heatmaps")
         organs = QGridLayout(organs_box)
         for k, (organ, box) in enumerate(self.organ_boxes.items()):
@@ -75,9 +97,12 @@ class ProbabilitiesWidget(NemesisDock):
 
         layout = self.layout_
         layout.addWidget(weights_box)
+        layout.addLayout(level_row)
         layout.addWidget(self.controls)
+        layout.addWidget(self.patch_info)
         layout.addWidget(self.summary)
         layout.addWidget(organs_box)
+        layout.addWidget(self.table_caption)
         layout.addWidget(self.table)
         layout.addWidget(self.bars)
         self.add_hosted_panels()
@@ -86,6 +111,9 @@ class ProbabilitiesWidget(NemesisDock):
         self.apply_weights.clicked.connect(self._apply_weights)
         self.batch.valueChanged.connect(lambda v: self.session.update_settings(batch=int(v)))
         self.table.cellClicked.connect(self._row_clicked)
+        self.level.currentIndexChanged.connect(self._level_picked)
+        follow(self.controller.events.level, self._on_level, self)
+        follow(self.controller.events.patch_hover, self._on_patch_hover, self)
         events = self.session.events
         follow(events.probabilities, self._on_probabilities, self)
         follow(events.selection, self._on_selection, self)
@@ -96,6 +124,32 @@ class ProbabilitiesWidget(NemesisDock):
     def run(self):
         """What the Compute button does (no waiting: the GUI stays live)."""
         return self.session.run_probabilities(wait=False)
+
+    # ---- the level --------------------------------------------------------------------------------
+    def _level_picked(self, row: int) -> None:
+        level = self.level.itemData(row)
+        if level and level != self.controller.level:
+            call_safely(self.controller.set_level, level)
+
+    def _on_level(self, level: str) -> None:
+        row = self.level.findData(level)
+        if row >= 0 and row != self.level.currentIndex():
+            self.level.blockSignals(True)
+            self.level.setCurrentIndex(row)
+            self.level.blockSignals(False)
+
+    def _empty_summary(self) -> str:
+        level = self.controller.level
+        return f"{level.capitalize()} level. Press Compute: {_LEVEL_HELP.get(level, level)}."
+
+    def _on_patch_hover(self, info) -> None:
+        if info is None:
+            self.patch_info.setText("")
+            return
+        probs = sorted(info["probabilities"].items(), key=lambda kv: -kv[1])
+        top = ", ".join(f"{o.replace('_', ' ')} {p:.2f}" for o, p in probs[:3])
+        self.patch_info.setText(f"Under the cursor: patch {','.join(map(str, info['patch_zyx']))} (z,y,x) of "
+                                f"superpatch {info['superpatch']}: {top}")
 
     # ---- weights ----------------------------------------------------------------------------------
     def _pick_checkpoint(self) -> None:
@@ -124,7 +178,9 @@ class ProbabilitiesWidget(NemesisDock):
     def _on_probabilities(self, result) -> None:
         self.table.setRowCount(0)
         if result is None:
-            self.summary.setText("Press Compute: one probability per organ for every superpatch.")
+            self.summary.setText(self._empty_summary())
+            self.table_caption.setText("")
+            self.patch_info.setText("")
             self.bars.show_values(None, None)
             return
         grid = self.session.scan.grid
@@ -142,16 +198,27 @@ class ProbabilitiesWidget(NemesisDock):
                     cell.setForeground(QColor(0, 0, 0))
                 self.table.setItem(i, 2 + k, cell)
         self.table.resizeColumnsToContents()
-        present = [f"{o.replace('_', ' ')} ({int((values[:, k] >= result.threshold).sum())})"
-                   for k, o in enumerate(result.organs) if (values[:, k] >= result.threshold).any()]
+        per_patch = result.patch_values is not None
+        counted = result.patch_values[result.inside] if per_patch else values  # (patches or superpatches, K)
+        present = [f"{o.replace('_', ' ')} ({int((counted[:, k] >= result.threshold).sum())})"
+                   for k, o in enumerate(result.organs) if (counted[:, k] >= result.threshold).any()]
         trust = (f" The head's AUROC on {result.auroc_on}: {result.auroc:.2f}." if result.auroc is not None
                  else " The head records no held-out AUROC.")
         if result.warnings:
             trust += " Trust these less: " + "; ".join(result.warnings) + "."
         kept = "" if self.session.weights_remembered else " (this session only)"
+        if per_patch:
+            sz, sy, sx = (result.patch * float(v) for v in self.session.scan.prepared.pre.spacing_zyx)
+            what = (f"Patch level: {result.n_patches} patches of {result.patch}\u00b3 voxels ({sx:g} x {sy:g} x "
+                    f"{sz:g} mm) in {len(values)} superpatches")
+            unit = "patches"
+            self.table_caption.setText("Per superpatch: the max of its patches (patch level)")
+        else:
+            what, unit = f"Superpatch level: {len(values)} superpatches", "superpatches"
+            self.table_caption.setText("Per superpatch (superpatch level)")
         self.summary.setText(
-            f"{len(values)} superpatches on {result.device} with {result.weights.describe()}{kept}. Present "
-            f"(p >= {result.threshold:g}, superpatches): {', '.join(present) or 'none'}.{trust}")
+            f"{what} on {result.device} with {result.describe_weights()}{kept}. Present "
+            f"(p >= {result.threshold:g}, {unit}): {', '.join(present) or 'none'}.{trust}")
         self._on_selection(self.session.selected)
 
     def _on_selection(self, index) -> None:
@@ -163,7 +230,9 @@ class ProbabilitiesWidget(NemesisDock):
         if result is None or index is None:
             self.bars.show_values(None, None)
         else:
-            self.bars.show_values(result.organs, result.values[index], result.threshold, title=f"superpatch {index}")
+            title = f"superpatch {index}" if result.level == DEFAULT_LEVEL else \
+                f"superpatch {index}: max of its patches"
+            self.bars.show_values(result.organs, result.values[index], result.threshold, title=title)
 
     def _row_clicked(self, row: int, _column: int) -> None:
         self.session.select(row)
