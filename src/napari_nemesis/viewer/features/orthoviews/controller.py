@@ -17,7 +17,7 @@ from psygnal import Signal, SignalGroup
 from ... import _layers as L
 from ..._napari_private import skip_thumbnails, viewer_camera
 from ..._scene import orient_camera
-from .mirror import WATCHED, bring_in_step, make_copy, mirrored_kind
+from .mirror import WATCHED, bring_in_step, make_copy, mirrored_kind, whole_scan_role
 from .planes import crosshair_vectors, dims_order, side_planes
 
 #: The side views follow the cursor at most this often (ms).
@@ -157,9 +157,10 @@ class OrthoViewsController:
         ctx = self.session.scan
         if index is not None and ctx is not None:
             self.point = np.asarray(ctx.box_centre_world(int(index)), dtype=np.float64)
-            self.session.scene.later("ortho:follow", lambda: self._follow_now(centre=True))
+            # a turn of its own: the main canvas redraws the selection on the next one
+            self.session.scene.turns.step("ortho:follow:0", lambda: self._follow_now(centre=True))
         else:
-            self.session.scene.later("ortho:follow", self._follow_now)
+            self.session.scene.turns.step("ortho:follow:0", self._follow_now)
 
     def _on_main_slice(self, _event=None) -> None:
         """The main canvas's slider moved: the crosshair's line across the side views moves with it."""
@@ -185,8 +186,10 @@ class OrthoViewsController:
 
     # ---- keeping the side views in step ----------------------------------------------------------------
     def _originals(self) -> list:
+        """The main canvas's layers the side views show: the user's own (a segmentation they opened)
+        and, of the session's, those that cover the scan (see :func:`.mirror.whole_scan_role`)."""
         viewer = self.session.viewer
-        skip = {role: layer for role, layer in self.session.layers.items() if role in ("grid", "selection")}
+        skip = {role: layer for role, layer in self.session.layers.items() if not whole_scan_role(role)}
         return [layer for layer in viewer.layers if mirrored_kind(layer, skip)]
 
     def _rebuild(self) -> None:
@@ -351,15 +354,21 @@ class OrthoViewsController:
         """The selected superpatch's outline in this view's plane (made again only when the
         selection, the grid or the plane changed: the cursor does not move it)."""
         model = view.model
-        if selected is None:
-            if view.outline is not None and view.outline in model.layers:
-                model.layers.remove(view.outline)
-            view.outline = None
+        if selected is None:  # made now, hidden and empty: a first selection only gives it data
+            if view.outline is None or view.outline not in model.layers:
+                view.outline = model.add_vectors(np.zeros((0, 2, 3), np.float32), name="selected superpatch",
+                                                 edge_color=_SELECTION_COLOR, vector_style="line", visible=False,
+                                                 **self._units(ctx))
+                skip_thumbnails(view.outline)
+            elif view.outline.visible:
+                view.outline.visible = False
+            view.outline.metadata["key"] = None
             return
         key = (int(selected), id(ctx.grid), view.plane.name)
         cell_mm = float(np.mean(np.linalg.norm(L.grid_world_affine(ctx.grid)[:3, :3], axis=0)))
         width = 3.0 / cell_mm * self._width_factor(view)
-        if view.outline is not None and view.outline in model.layers and view.outline.metadata.get("key") == key:
+        if (view.outline is not None and view.outline in model.layers and view.outline.visible
+                and view.outline.metadata.get("key") == key):
             if not np.isclose(float(np.max(view.outline.edge_width)), width):
                 view.outline.edge_width = width
             return
@@ -375,4 +384,6 @@ class OrthoViewsController:
             for name, value in kwargs.items():
                 setattr(view.outline, name, value)
             view.outline.edge_width = width
+            if not view.outline.visible:
+                view.outline.visible = True
         view.outline.metadata["key"] = key

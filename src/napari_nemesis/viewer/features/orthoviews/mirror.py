@@ -16,6 +16,16 @@ WATCHED = frozenset(MIRRORED) | {"data", "set_data", "rotate", "shear", "name", 
 
 _KINDS = ("image", "labels", "vectors")
 
+#: The session's roles whose layers cover the whole scan: the side views show these. The selected
+#: superpatch's reconstruction and attention maps live inside one box (the main canvas shows them);
+#: the grid's picking layer is transparent; the selection outline is drawn per plane.
+_WHOLE_SCAN_ROLES = ("scan", "grid_lines", "error_map")
+_WHOLE_SCAN_PREFIXES = ("prob:", "patch:", "map:")  # map: the label states
+
+
+def whole_scan_role(role: str) -> bool:
+    return role in _WHOLE_SCAN_ROLES or role.startswith(_WHOLE_SCAN_PREFIXES)
+
 
 def mirrored_kind(layer, skip_roles: dict) -> bool:
     """Whether a side view shows a copy of ``layer``: images, label maps and line layers, not the
