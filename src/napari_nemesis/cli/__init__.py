@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "napari_nemesis.cli.explain_cmds",
     "napari_nemesis.cli.bench_cmds",
     "napari_nemesis.cli.labels_cmds",
+    "napari_nemesis.cli.similar_cmds",
 ]
 
 
