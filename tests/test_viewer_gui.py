@@ -428,8 +428,11 @@ def test_widgets_drive_the_session(make_napari_viewer, tiny_weights, qtbot):
 
     viewer = make_napari_viewer()
     session = launch(viewer=viewer, widgets=True)
-    assert set(session.widgets) == {"Superpatch grid", "Reconstruction", "Organ probabilities", "Labelling",
-                                    "Training"}
+    from napari_nemesis.viewer.features import DOCKS
+
+    assert set(session.widgets) == set(DOCKS)  # every dock of the one list
+    assert {"Superpatch grid", "Reconstruction", "Organ probabilities", "Labelling", "Training", "Project",
+            "Triage"} <= set(session.widgets)
     session.set_weights(*tiny_weights, wait=True)
     session.open_scan(_scan_volume(), wait=True)
     probs = session.widgets["Organ probabilities"]

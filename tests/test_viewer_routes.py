@@ -17,7 +17,7 @@ import pytest
 
 pytestmark = pytest.mark.gui
 
-TITLES = ("Superpatch grid", "Reconstruction", "Organ probabilities", "Labelling", "Training")
+TITLES = ("Superpatch grid", "Reconstruction", "Organ probabilities", "Labelling", "Training", "Project", "Triage")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -87,7 +87,8 @@ def _wait(qtbot, session, *jobs, timeout=60000):
     session.scene.settle()
 
 
-@pytest.mark.parametrize("order", [TITLES, TITLES[::-1], ("Training", "Labelling", "Superpatch grid",
+@pytest.mark.parametrize("order", [TITLES, TITLES[::-1], ("Triage", "Training", "Labelling", "Project",
+                                                          "Superpatch grid",
                                                           "Organ probabilities", "Reconstruction")])
 def test_plugins_menu_one_dock_at_a_time_tabs_them_and_the_window_fits(make_napari_viewer, qtbot, watch, order,
                                                                        tiny_weights, tmp_path):
@@ -108,7 +109,7 @@ def test_plugins_menu_one_dock_at_a_time_tabs_them_and_the_window_fits(make_napa
         qtbot.wait(30)
     qtbot.wait(200)
     docks = nemesis_docks(viewer)
-    assert len(docks) == 5
+    assert len(docks) == len(TITLES)
     tabbed = set(window.tabifiedDockWidgets(docks[0])) | {docks[0]}
     assert tabbed == set(docks)  # one tab group, whatever the order
     screen = window.screen().availableGeometry()

@@ -48,7 +48,7 @@ class SimilarPanel(QGroupBox):
         layout.addWidget(self.table)
         self.table.cellClicked.connect(lambda r, _c: call_safely(self.controller.show_neighbour, r))
         follow(self.controller.events.result, self._on_result, self)
-        follow(self.controller.events.message, self.info.setText, self)
+        follow(self.controller.events.message, lambda text: self.info.setText(text), self)
 
     def _pick(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Scans to search (a folder or a labelling project)")

@@ -80,7 +80,7 @@ class TriageWidget(NemesisDock):
         events = self.controller.events
         follow(events.sources, self._on_sources, self)
         follow(events.result, self._on_result, self)
-        follow(events.message, self.summary.setText, self)
+        follow(events.message, lambda text: self.summary.setText(text), self)
         self._on_sources(self.controller.sources)
         if self.controller.result is not None:
             self._on_result(self.controller.result)
