@@ -2,7 +2,7 @@
 
     python scripts/viewer_layout_screenshots.py OUT_DIR [WIDTHxHEIGHT ...]   (default 1280x800 1920x1080)
 
-Each size runs in its own process on its own virtual screen (Xvfb): plain napari, the five NEMESIS
+Each size runs in its own process on its own virtual screen (Xvfb): plain napari, the seven NEMESIS
 docks added one at a time through napari's Plugins menu route, the sample CT opened with File >
 Open (our reader), the organ probabilities computed and the liver's superpatch selected; saved:
 ``layout_WxH.png`` (the whole window) and, for the first size, ``viewer_coronal_markers.png`` (a
@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-TITLES = ("Superpatch grid", "Reconstruction", "Organ probabilities", "Labelling", "Training")
+TITLES = ("Superpatch grid", "Reconstruction", "Organ probabilities", "Labelling", "Training", "Project", "Triage")
 
 
 def one_size(out: Path, width: int, height: int, extras: bool) -> dict:

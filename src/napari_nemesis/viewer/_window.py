@@ -61,6 +61,7 @@ def arrange_docks(viewer, newest: QDockWidget | None = None, front: str | None =
     for dock in docks[1:]:
         if dock not in window.tabifiedDockWidgets(anchor):
             window.tabifyDockWidget(anchor, dock)
+    _readable_tabs(window, docks)
     chosen = newest
     if front is not None:
         chosen = next((d for d in docks if _inner(d).dock_title == front), chosen)
@@ -78,6 +79,24 @@ def arrange_docks(viewer, newest: QDockWidget | None = None, front: str | None =
         window.resizeDocks(left[:1], [int(LEFT_SHARE * window.width())], Qt.Orientation.Horizontal)
     if refit is not None:
         QTimer.singleShot(0, refit)
+
+
+def _readable_tabs(window, docks) -> None:
+    """The tab bar under the NEMESIS docks shows whole titles and scrolls: seven docks in a 400 px
+    column elided to "S..., R..., Or..." at 1280 x 800."""
+    from qtpy.QtWidgets import QTabBar
+
+    for dock in docks:  # "Triage", not napari's "Triage (napari-nemesis)": a third of the tab's width
+        title = _inner(dock).dock_title
+        if dock.windowTitle() != title:
+            dock.setWindowTitle(title)
+    titles = {d.windowTitle() for d in docks}
+    for bar in window.findChildren(QTabBar):
+        if any(bar.tabText(i) in titles for i in range(bar.count())):
+            bar.setElideMode(Qt.TextElideMode.ElideNone)
+            bar.setUsesScrollButtons(True)
+            for i in range(bar.count()):
+                bar.setTabToolTip(i, bar.tabText(i))
 
 
 def fit_window(window) -> None:
