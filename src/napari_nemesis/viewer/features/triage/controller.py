@@ -27,7 +27,7 @@ def triage_job(sources: list[str], store: ModelStore, weights: WeightsChoice, st
     used = resolved_device(device)
     report({"event": "stage", "name": "triage", "device": used})
     return triage(sources, model, strategy=strategy, ratio=ratio, seeds=seeds, batch=batch, device=used,
-                  progress=report, cancel=cancel)
+                  checkpoint=weights.checkpoint, progress=report, cancel=cancel)
 
 
 class TriageEvents(SignalGroup):
@@ -120,9 +120,9 @@ class TriageController:
             self.events.message.emit(f"superpatch {index} is not in this scan's grid")
             return
         session.select(index)
-        settings = (self.result or {}).get("settings", {})
-        strategy = str(settings.get("mask", settings.get("strategy", DEFAULT_STRATEGY)))
-        ratio = float(settings.get("ratio", 0.75))
+        result = self.result or {}
+        strategy = str(result.get("mask", DEFAULT_STRATEGY))
+        ratio = float(result.get("ratio", 0.75))
         if not session.running("reconstruction"):
             session.run_reconstruction(strategy=strategy, ratio=ratio, scope="selected", wait=False)
         self.events.message.emit(f"{ctx.name}: superpatch {index} selected and reconstructed ({strategy}, {ratio:g})")

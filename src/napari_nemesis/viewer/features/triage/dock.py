@@ -114,14 +114,20 @@ class TriageWidget(NemesisDock):
         shown = ranking[:_SHOWN]
         self.table.setRowCount(len(shown))
         for r, entry in enumerate(shown):
-            values = (str(r + 1), Path(str(entry["scan"])).name, str(entry["superpatch"]), f"{float(entry['score']):.2f}")
+            score = entry.get("score")
+            values = (str(r + 1), Path(str(entry["scan"])).name, str(entry["superpatch"]),
+                      "-" if score is None else f"{float(score):.2f}")
             for c, text in enumerate(values):
                 item = QTableWidgetItem(text)
                 if c == 1:
                     item.setToolTip(str(entry["scan"]))
+                if c == 3 and score is None:
+                    item.setToolTip(str(entry.get("reason", "not scored")))
                 self.table.setItem(r, c, item)
         self.table.resizeColumnsToContents()
         scans = len({str(e["scan"]) for e in ranking})
-        self.summary.setText(f"{len(ranking)} superpatches of {scans} scan(s) ranked, most surprising first"
+        scored = sum(1 for e in ranking if e.get("score") is not None)
+        self.summary.setText(f"{scored} superpatches of {scans} scan(s) ranked, most surprising first; "
+                             f"{len(ranking) - scored} not scored (mostly padding), listed last"
                              + (f" (the first {_SHOWN} shown)" if len(ranking) > _SHOWN else "")
                              + ". Click a row to open it.")
