@@ -43,8 +43,10 @@ def setup(tmp_path_factory, phantom_data, tiny_checkpoint):
     ckpt = tiny_checkpoint(root / "a" / "model.safetensors", seed=0)
     other = tiny_checkpoint(root / "b" / "model.safetensors", seed=1)
     model = load_checkpoint(ckpt)
-    res = run_probe(cache, model, ProbeOptions(epochs=10, batch=16, level="patch", patch_threshold=5),
-                    out_dir=ckpt.parent)
+    from napari_nemesis.train.patch_level import run_patch_probe
+
+    res = run_patch_probe(cache, model, ProbeOptions(epochs=10, batch=16, level="patch", patch_threshold=5),
+                          out_dir=ckpt.parent)
     run_probe(cache, load_checkpoint(ckpt), ProbeOptions(epochs=2, batch=16), out_dir=ckpt.parent)
     return {"data": phantom_data, "cache": cache, "ckpt": ckpt, "other": other, "result": res,
             "scan": phantom_data / "imagesTr" / "img0005.nii.gz"}

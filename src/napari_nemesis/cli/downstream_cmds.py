@@ -133,8 +133,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
                         patch_threshold=args.patch_threshold)
     bar = TqdmProgress(f"probe ({args.mode}{', patch level' if args.level == 'patch' else ''})", disable=args.json)
     try:
-        result = run_probe(args.data, model, opts, out_dir=out, checkpoint_name=ckpt, progress=bar,
-                           label_scheme=args.label_scheme, spacing_zyx=parse_spacing(args.spacing))
+        if args.level == "patch":
+            from ..train.patch_level import run_patch_probe as train_head
+        else:
+            train_head = run_probe
+        result = train_head(args.data, model, opts, out_dir=out, checkpoint_name=ckpt, progress=bar,
+                            label_scheme=args.label_scheme, spacing_zyx=parse_spacing(args.spacing))
     finally:
         bar.close()
     patch = args.level == "patch"

@@ -23,7 +23,7 @@ from ..atomic import os_problem as _os_problem
 from ..atomic import write_json_atomic
 from ..errors import NemesisInputError
 from .sidecar import SIDECAR_SUFFIX, GridSpec, read_sidecar, sidecar_path_beside
-from .store import LabelStore
+from .store import LabelStore, register_project_opener
 
 __all__ = ["PROJECT_FILE", "PROJECT_FORMAT", "PROJECT_VERSION", "ProjectScan", "LabelProject", "scans_in_folder",
            "LABEL_MAP_NAME"]
@@ -428,3 +428,6 @@ class LabelProject:
         following = self.next_unlabelled(status=doc)
         doc["next_unlabelled"] = following.scan_id if following is not None else None
         return doc
+
+
+register_project_opener(LabelProject.open)  # LabelStore.for_scan(scan, project_dir) opens projects with it

@@ -43,6 +43,16 @@ SOURCES: tuple[str, ...] = ("hand", "segmentation")
 UNDO_DEPTH = 1000
 
 
+#: Opens a labelling project folder: ``labels.project`` (which builds on this module) registers
+#: ``LabelProject.open`` here when it is imported, so this module never imports it back.
+_project_opener: Callable[..., Any] | None = None
+
+
+def register_project_opener(opener: Callable[..., Any]) -> None:
+    global _project_opener
+    _project_opener = opener
+
+
 @dataclass(frozen=True)
 class SuperpatchLabel:
     """One superpatch's label: state, organs present (in the store's organ order), provenance."""
@@ -120,10 +130,10 @@ class LabelStore:
         for another scan, grid or organ list, or by a newer format version, is refused.
         """
         if project_dir is not None:
-            from .project import LabelProject
-
-            project = LabelProject.open(project_dir, create=True, superpatch=superpatch,
-                                        spacing_zyx=spacing_zyx, organs=organs)
+            if _project_opener is None:  # labels/__init__ imports labels.project, which registers it
+                raise RuntimeError("labels.project is not imported: import napari_nemesis.labels")
+            project = _project_opener(project_dir, create=True, superpatch=superpatch,
+                                      spacing_zyx=spacing_zyx, organs=organs)
             return project.store(scan_path, volume=volume)
         from ..data import DEFAULT_SPACING_ZYX, ORGAN_NAMES
 

@@ -10,8 +10,8 @@ and everything that applies a head checks them (:func:`check_probe_matches`).
 
 Heads work at one of two levels (``model.heads.HEAD_LEVELS``): ``superpatch`` (this module's probe,
 the mean token) or ``patch`` (one logit set per token, ``train.patch_level``). The level is part
-of the head's metadata and checked like the encoder; ``run_probe`` with ``level="patch"`` hands
-over to ``train.patch_level.run_patch_probe``.
+of the head's metadata and checked like the encoder. ``run_probe`` trains superpatch heads and
+``train.patch_level.run_patch_probe`` patch heads (the CLI picks by ``--level``).
 """
 
 from __future__ import annotations
@@ -488,11 +488,9 @@ def run_probe(
     opts = opts or ProbeOptions()
     if opts.mode not in ("linear", "finetune"):
         raise NemesisInputError(f"--mode {opts.mode}: choose linear or finetune")
-    if opts.level != "superpatch":
-        from .patch_level import run_patch_probe
-
-        return run_patch_probe(data, model, opts, out_dir, checkpoint_name, progress, cancel,
-                               keep_predictions=keep_predictions, label_scheme=label_scheme, spacing_zyx=spacing_zyx)
+    if opts.level != "superpatch":  # its own module builds on this one: no import back from here
+        raise NemesisInputError(f"run_probe trains superpatch heads; a {opts.level}-level head is "
+                                "train.patch_level.run_patch_probe's")
     if not 0 < opts.label_ratio <= 1:
         raise NemesisInputError(f"--label-ratio {opts.label_ratio} must be in (0, 1]")
     device = resolve_device(opts.device)

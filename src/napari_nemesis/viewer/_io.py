@@ -436,3 +436,13 @@ def _notify_warning(message: str) -> None:
     from napari.utils.notifications import show_warning
 
     show_warning(message)
+
+
+def same_file(a, b) -> bool:
+    """Whether two paths (str, Path or None) name the same file, after resolving links and ``..``."""
+    if not a or not b:
+        return False
+    try:
+        return Path(str(a)).resolve() == Path(str(b)).resolve()
+    except OSError:
+        return str(a) == str(b)

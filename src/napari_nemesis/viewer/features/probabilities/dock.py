@@ -10,7 +10,6 @@ from qtpy.QtWidgets import QAbstractItemView, QCheckBox, QComboBox, QFileDialog,
     QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 
 from ....data import ORGAN_NAMES
-from ....model.levels import DEFAULT_LEVEL, HEAD_LEVELS
 from ... import _layers as L
 from ..._controls import DeviceRow, RunControls, call_safely, follow, wrapped_label
 from ..._dock import NemesisDock
@@ -41,6 +40,8 @@ class ProbabilitiesWidget(NemesisDock):
         self.batch.setRange(1, 64)
         self.batch.setValue(settings.batch)
         self.device = DeviceRow(self.session)
+        from ....model.levels import HEAD_LEVELS  # here, not when napari imports the manifest's modules
+
         self.level = QComboBox()
         for level in HEAD_LEVELS:
             self.level.addItem(level, level)
@@ -230,6 +231,8 @@ class ProbabilitiesWidget(NemesisDock):
         if result is None or index is None:
             self.bars.show_values(None, None)
         else:
+            from ....model.levels import DEFAULT_LEVEL
+
             title = f"superpatch {index}" if result.level == DEFAULT_LEVEL else \
                 f"superpatch {index}: max of its patches"
             self.bars.show_values(result.organs, result.values[index], result.threshold, title=title)

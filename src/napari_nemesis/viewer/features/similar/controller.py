@@ -14,6 +14,7 @@ from psygnal import Signal, SignalGroup
 from ....errors import NemesisInputError
 from ... import _layers as L
 from ..._jobs import prepare_job, resolved_device
+from ..._io import same_file
 from ..._models import ModelStore, WeightsChoice
 
 JOB = "similar"
@@ -98,7 +99,7 @@ class SimilarController:
         self.events.result.emit(result)
 
     def _on_scan(self, ctx) -> None:
-        if self.result is not None and (ctx is None or not _same(ctx.prepared.volume.source,
+        if self.result is not None and (ctx is None or not same_file(ctx.prepared.volume.source,
                                                                  self.result.get("query", {}).get("scan"))):
             self.result = None  # neighbours of another scan's superpatch: not shown over this one
             self.events.result.emit(None)
@@ -155,11 +156,3 @@ class SimilarController:
                 pass
         self.view = self.dock = self.shown = None
 
-
-def _same(a, b) -> bool:
-    if not a or not b:
-        return False
-    try:
-        return Path(str(a)).resolve() == Path(str(b)).resolve()
-    except OSError:
-        return str(a) == str(b)

@@ -12,6 +12,7 @@ from psygnal import Signal, SignalGroup
 
 from ....errors import NemesisInputError
 from ..._jobs import resolved_device
+from ..._io import same_file
 from ..._models import ModelStore, WeightsChoice
 from ....model.masking import DEFAULT_STRATEGY
 
@@ -97,10 +98,10 @@ class TriageController:
         entry = self.entry(rank)
         path, index = str(entry["scan"]), int(entry["superpatch"])
         ctx = self.session.scan
-        if ctx is not None and _same_file(ctx.prepared.volume.source, path):
+        if ctx is not None and same_file(ctx.prepared.volume.source, path):
             self._show(index)
             return
-        layer = next((lay for lay in self.session.scan_layers() if _same_file(_layer_path(lay), path)), None)
+        layer = next((lay for lay in self.session.scan_layers() if same_file(_layer_path(lay), path)), None)
         self._pending = (path, index)
         self.events.message.emit(f"opening {Path(path).name} at superpatch {index}...")
         self.session.open_scan(layer if layer is not None else path, wait=False)
@@ -109,7 +110,7 @@ class TriageController:
         if ctx is None or self._pending is None:
             return
         path, index = self._pending
-        if _same_file(ctx.prepared.volume.source, path) or _same_file(_layer_path(ctx.layer), path):
+        if same_file(ctx.prepared.volume.source, path) or same_file(_layer_path(ctx.layer), path):
             self._pending = None
             self.session.scene.later("triage:show", lambda: self._show(index))
 
@@ -132,11 +133,3 @@ def _layer_path(layer) -> str | None:
     source = getattr(getattr(layer, "source", None), "path", None)
     return str(source) if source else layer.metadata.get("path") if hasattr(layer, "metadata") else None
 
-
-def _same_file(a, b) -> bool:
-    if not a or not b:
-        return False
-    try:
-        return Path(str(a)).resolve() == Path(str(b)).resolve()
-    except OSError:
-        return str(a) == str(b)
