@@ -144,7 +144,7 @@ def test_attention_cli_writes_maps_aligned_with_the_scan(cli_setup, tmp_path, ca
     assert main(["attention", str(scan), "--superpatch", str(i), "--token", *map(str, token), "--checkpoint", str(ckpt),
                  "--out", str(tmp_path), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary == json.loads((tmp_path / "attention.json").read_text())
+    assert summary == json.loads((tmp_path / "attention.json").read_text(encoding="utf-8"))
     assert summary["superpatch"] == i and summary["token_zyx"] == list(token) and summary["block"] == 1
 
     prepared = prepare_for_model(scan, model)  # what the CLI does: the checkpoint records no spacing -> default

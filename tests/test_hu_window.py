@@ -25,5 +25,5 @@ def test_to_hu_undoes_the_window():
 def test_no_other_module_writes_the_window_numbers():
     pair = re.compile(r"-175(\.0*)?\s*,\s*250(\.0*)?\b")
     offenders = [str(p.relative_to(SRC)) for p in SRC.rglob("*.py")
-                 if p != SRC / "data" / "preprocess.py" and pair.search(p.read_text())]
+                 if p != SRC / "data" / "preprocess.py" and pair.search(p.read_text(encoding="utf-8"))]
     assert offenders == []

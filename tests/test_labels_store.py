@@ -75,7 +75,7 @@ def test_set_get_items_and_reopen(scan):
     again = open_store(scan)  # a fresh process would see the same
     assert content(again) == content(store)
     assert again.revision == store.revision == 3
-    doc = json.loads(store.path.read_text())
+    doc = json.loads(store.path.read_text(encoding="utf-8"))
     assert doc["scan"]["voxel_sha256"] == store.scan.voxel_sha256
     assert doc["grid"]["superpatch"] == S and doc["organs"] == list(ORGAN_NAMES)
     assert [e["index"] for e in doc["superpatches"]] == [5, 6, 7]
@@ -143,7 +143,7 @@ def test_sidecar_for_another_scan_grid_or_organs_is_refused_naming_both(scans, s
 def test_newer_format_version_and_damaged_files_are_refused_not_overwritten(scan):
     store = open_store(scan)
     store.set(2, ["liver"])
-    good = store.path.read_text()
+    good = store.path.read_text(encoding="utf-8")
     doc = json.loads(good)
     doc["version"] = 2
     store.path.write_text(json.dumps(doc))
@@ -154,7 +154,7 @@ def test_newer_format_version_and_damaged_files_are_refused_not_overwritten(scan
         store.path.write_text(damaged)
         with pytest.raises(NemesisInputError):
             open_store(scan)
-        assert store.path.read_text() == damaged
+        assert store.path.read_text(encoding="utf-8") == damaged
 
 
 def test_two_writers_merge_instead_of_losing_rows(scan):

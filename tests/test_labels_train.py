@@ -81,7 +81,7 @@ def test_linear_training_writes_a_head_infer_accepts(setup, tmp_path, capsys):
     assert steps == list(range(1, 4 * 30 + 1)) and events[0]["total"] == 120  # final fit + 3 folds, a plot's x-axis
     assert all("loss" in e for e in events if e["event"] == "step")
     assert [e["what"] for e in events if e["event"] == "checkpoint"] == ["head"]
-    assert json.loads((tmp_path / "run" / "train.json").read_text())["head"] == res["head"]
+    assert json.loads((tmp_path / "run" / "train.json").read_text(encoding="utf-8"))["head"] == res["head"]
     scan = project.scans[0].image
     assert main(["infer", str(scan), "--checkpoint", str(ckpt), "--probe", res["head"], "--out",
                  str(tmp_path / "inf"), "--json"]) == 0
@@ -106,7 +106,7 @@ def test_linear_stop_and_resume_end_where_an_uninterrupted_run_does(setup, tmp_p
         with pytest.raises(NemesisCancelled):
             train_from_labels(None, run, None, opts, resume=True, cancel=cancel) if stop_after > 1 else \
                 train_from_labels(project, run, ckpt, opts, cancel=cancel)
-        state = json.loads((run / "state.json").read_text())
+        state = json.loads((run / "state.json").read_text(encoding="utf-8"))
         assert (state["fit"], state["step"], state["features_done"]) == where
         assert bool(state["token"]) == (where[1] > 0)  # weights and moments saved mid-fit
     res = train_from_labels(None, run, None, resume=True)
@@ -126,7 +126,7 @@ def test_resume_refuses_a_cut_save_and_a_missing_run(setup, tmp_path):
 
     with pytest.raises(NemesisCancelled):
         train_from_labels(project, run, ckpt, TrainOptions(epochs=20), cancel=cancel)
-    doc = json.loads((run / "state.json").read_text())
+    doc = json.loads((run / "state.json").read_text(encoding="utf-8"))
     assert doc["token"]
     (run / "state.json").write_text(json.dumps({**doc, "token": "0" * 32}))
     with pytest.raises(NemesisInputError, match="disagree"):
@@ -157,9 +157,9 @@ def test_finetune_child_process_stops_on_sigint_and_resumes(setup, tmp_path, cap
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and "interrupted" in kinds and "end" not in kinds
     stopped_at = next(e["step"] for e in events if e["event"] == "interrupted")
-    state = json.loads((run / "state.json").read_text())
+    state = json.loads((run / "state.json").read_text(encoding="utf-8"))
     assert state["token"] and (run / "state.safetensors").is_file() and state["fit"] == 0
-    logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (run / "log.jsonl").read_text(encoding="utf-8").splitlines()]
     assert logged == events  # the run folder keeps exactly what the widget saw
     resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env)
     assert resumed.returncode == 0, resumed.stderr

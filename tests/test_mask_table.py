@@ -122,7 +122,7 @@ def test_no_other_module_lists_the_strategies():
     for path in [*SRC.rglob("*.py"), *(ROOT / "scripts").rglob("*.py")]:
         if path == SRC / "model" / "masking.py":
             continue
-        for line in _literals_naming_strategies(ast.parse(path.read_text()), names):
+        for line in _literals_naming_strategies(ast.parse(path.read_text(encoding="utf-8")), names):
             offenders.append(f"{path.relative_to(ROOT)}:{line}")
     assert offenders == []
 

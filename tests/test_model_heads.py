@@ -72,7 +72,7 @@ def test_only_the_head_loop_builds_a_head_loss_and_optimiser():
     """Head training elsewhere goes through fit_head: no other BCE loss or AdamW on a head."""
     offenders = []
     for rel in ("train/probe.py", "labels/training.py"):
-        tree = ast.parse((SRC / rel).read_text())
+        tree = ast.parse((SRC / rel).read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and node.attr in ("BCEWithLogitsLoss", "AdamW", "clip_grad_norm_"):
                 offenders.append(f"{rel}:{node.lineno} {node.attr}")

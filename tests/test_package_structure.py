@@ -34,7 +34,7 @@ def import_graph() -> nx.DiGraph:
     graph = nx.DiGraph()
     graph.add_nodes_from(modules)
     for name, path in modules.items():
-        tree = ast.parse(path.read_text(), str(path))
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
         for node in tree.body:  # module level only (guards like `if TYPE_CHECKING:` included below)
             stmts = [node] + (list(ast.walk(node)) if isinstance(node, (ast.If, ast.Try)) else [])
             for stmt in stmts:
@@ -66,7 +66,7 @@ def test_the_file_lock_lives_beside_the_atomic_writes():
     assert store._file_lock is atomic.file_lock and project._file_lock is atomic.file_lock
     graph = import_graph()
     assert not graph.has_edge("napari_nemesis.labels.store", "napari_nemesis.labels.project")
-    defined = [p for p in PKG.rglob("*.py") if "def file_lock" in p.read_text() or "def _file_lock" in p.read_text()]
+    defined = [p for p in PKG.rglob("*.py") if "def file_lock" in p.read_text(encoding="utf-8") or "def _file_lock" in p.read_text(encoding="utf-8")]
     assert defined == [PKG / "atomic.py"]
 
 
@@ -79,7 +79,7 @@ def test_one_key_dispatcher_for_labelling():
     assert key_action("Left", 8) == ("move", (2, -1)) and key_action("Enter", 8) == ("accept", ())
     assert key_action("x", 8) is None and all(key_action(k, 9) is not None for k in KEYS)
     # nobody else reads KEYS to decide an action
-    readers = [p for p in PKG.rglob("*.py") if "KEYS[" in p.read_text()]
+    readers = [p for p in PKG.rglob("*.py") if "KEYS[" in p.read_text(encoding="utf-8")]
     assert readers == [PKG / "labels" / "cursor.py"]
 
 

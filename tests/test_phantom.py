@@ -67,7 +67,7 @@ def test_custom_shape_and_dataset_layout(tmp_path):
     assert len(written) == 6
     cases = find_cases(tmp_path / "ph")
     assert [c.case_id for c in cases] == ["0001", "0002", "0003"]
-    meta = json.loads((tmp_path / "ph" / "phantom.json").read_text())
+    meta = json.loads((tmp_path / "ph" / "phantom.json").read_text(encoding="utf-8"))
     assert meta["seed"] == 2 and len(meta["cases"]) == 3
     assert meta["cases"][0]["phase"] in ("native", "arterial", "portal")
     assert (tmp_path / "ph" / "README.md").exists()

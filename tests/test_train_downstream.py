@@ -191,7 +191,7 @@ def test_real_ct_end_to_end(real_ct_dir, setup, tmp_path, capsys):
                  "--json"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     _check_aligned(res["files"]["reconstruction"], scan)
-    assert json.loads((tmp_path / "reconstruct.json").read_text())["strategy"] == "axis"
+    assert json.loads((tmp_path / "reconstruct.json").read_text(encoding="utf-8"))["strategy"] == "axis"
     assert main(["reconstruct", str(tmp_path / "missing.nii.gz"), "--checkpoint", str(ckpt), "--out", str(tmp_path)]) == 2
     assert "missing.nii.gz" in capsys.readouterr().err
 

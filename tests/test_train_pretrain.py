@@ -113,7 +113,7 @@ def test_interrupted_save_is_detected_and_last_good_checkpoint_stays(phantoms, t
     (run / "last.safetensors.tmp").write_bytes(good[: len(good) // 3])
     assert load_checkpoint(run / "last.safetensors") is not None
     # a state whose parts disagree (stopped between renames) is refused on resume
-    doc = json.loads((run / "last.state.json").read_text())
+    doc = json.loads((run / "last.state.json").read_text(encoding="utf-8"))
     doc["step"] = 3
     (run / "last.state.json").write_text(json.dumps(doc))
     with pytest.raises(NemesisCheckpointError, match="disagree"):

@@ -196,7 +196,7 @@ def test_sample_data_is_packaged_with_attribution():
     from napari_nemesis.sample_data import ATTRIBUTION, sample_ct_path
     from napari_nemesis.viewer._io import sample_abdomen_ct
 
-    readme = (sample_ct_path().parent / "README.md").read_text()
+    readme = (sample_ct_path().parent / "README.md").read_text(encoding="utf-8")
     assert "CC BY 4.0" in readme and "Wasserthal" in readme and "TotalSegmentator" in ATTRIBUTION
     (image, kwargs, kind), (labels, lkw, lkind) = sample_abdomen_ct()
     assert kind == "image" and lkind == "labels" and image.shape == labels.shape == (112, 101, 122)

@@ -261,7 +261,7 @@ def test_reopening_restores_labels_and_a_project_of_another_grid_is_refused(make
 def test_modules_named_by_the_manifest_do_not_import_torch():
     import yaml
 
-    manifest = yaml.safe_load((SRC / "napari.yaml").read_text())
+    manifest = yaml.safe_load((SRC / "napari.yaml").read_text(encoding="utf-8"))
     modules = sorted({c["python_name"].split(":")[0] for c in manifest["contributions"]["commands"]})
     assert "napari_nemesis.viewer.features.labelling.dock" in modules
     assert "napari_nemesis.viewer.features.training.dock" in modules

@@ -17,7 +17,7 @@ KERNEL = ("_session", "_scene", "_turns", "_dock", "_window", "_controls", "_run
 def _imports(path: Path, package: str) -> set[str]:
     """Absolute names of every module ``path`` imports (at any depth of the file)."""
     names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")[: -node.level]
@@ -54,7 +54,7 @@ def test_features_import_no_other_feature():
 def test_the_feature_list_and_the_manifest_agree():
     from napari_nemesis.viewer.features import DOCKS, FEATURES, _load
 
-    manifest = yaml.safe_load((VIEWER.parent / "napari.yaml").read_text())
+    manifest = yaml.safe_load((VIEWER.parent / "napari.yaml").read_text(encoding="utf-8"))
     commands = {c["id"]: c["python_name"] for c in manifest["contributions"]["commands"]}
     widgets = {w["display_name"]: commands[w["command"]] for w in manifest["contributions"]["widgets"]}
     assert set(widgets) == set(DOCKS)
@@ -74,7 +74,7 @@ def test_napari_privates_are_reached_from_one_module():
     for path in VIEWER.rglob("*.py"):
         if path.name == "_napari_private.py":
             continue
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         for private in ("._qt_window", "._qt_viewer", "_needs_overlay_position_update", "__wrapped__"):
             if private in text:
                 offenders.append(f"{path.relative_to(VIEWER)}: {private}")

@@ -44,7 +44,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+        return Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
 
@@ -108,7 +108,7 @@ def test_linear_probe_stops_resumes_and_updates_the_heatmaps(trainer, qtbot, tin
     assert not _alive(pid)
     stopped_at = run.step
     assert 0 < stopped_at < run.total
-    state = json.loads((run.out / "state.json").read_text())
+    state = json.loads((run.out / "state.json").read_text(encoding="utf-8"))
     assert state["token"] and (run.out / "state.safetensors").is_file()  # saved at the step it stopped
     qtbot.waitUntil(lambda: widget.plot.draws > 0, timeout=5000)
     x, y = widget.plot.loss_line.get_data()
@@ -143,7 +143,7 @@ def test_linear_probe_stops_resumes_and_updates_the_heatmaps(trainer, qtbot, tin
                           spacing_zyx=session.scan.prepared.pre.spacing_zyx).probabilities
     assert np.allclose(session.probabilities.values, expected, atol=1e-5)
     # the run folder keeps what was asked, the events and the checkpoints
-    doc = json.loads((run.out / "widget-run.json").read_text())
+    doc = json.loads((run.out / "widget-run.json").read_text(encoding="utf-8"))
     assert doc["mode"] == "linear" and doc["status"] == "done" and doc["commands"][-1][:2] == ["labels", "train"]
     assert (run.out / "log.jsonl").is_file() and (run.out / "train.json").is_file()
 
@@ -177,9 +177,9 @@ def test_finetune_and_pretraining_run_in_a_child_process(trainer, qtbot):
     controller.stop()
     assert controller.wait(60).status == "stopped", run.message
     assert (run.out / "last.state.json").is_file() and run.step < 300
-    scans = json.loads((run.out / "pretrain-scans.json").read_text())
+    scans = json.loads((run.out / "pretrain-scans.json").read_text(encoding="utf-8"))
     listing = Path(run.commands[0].args[1])  # named by its content in the project: its cache is reused
-    assert listing.parent.name == "pretraining" and json.loads(listing.read_text()) == scans
+    assert listing.parent.name == "pretraining" and json.loads(listing.read_text(encoding="utf-8")) == scans
     assert [Path(s["image"]) for s in scans] == [Path(controller_labelling_image(session)).resolve()]
     controller.resume()
     resumed = controller.run
@@ -216,7 +216,7 @@ def test_a_dataset_folder_is_filled_into_a_project_then_trained(trainer, qtbot, 
     project = LabelProject.open(run.out / "dataset-project")  # made with the viewer's grid
     assert len(project.scans) == 2 and project.superpatch == 32
     assert project.spacing_zyx == tuple(session.scan.prepared.pre.spacing_zyx)
-    result = json.loads((run.out / "train.json").read_text())
+    result = json.loads((run.out / "train.json").read_text(encoding="utf-8"))
     assert result["n_scans"] == 2 and result["cv_over"] == "scans" and run.head == result["head"]
     assert session.weights.probe != run.head  # not applied when not asked
 
@@ -246,7 +246,7 @@ def test_second_stop_and_closing_the_viewer_end_the_child(trainer, qtbot):
     session.viewer.close()  # closing the viewer ends the run: it saves, then ends
     qtbot.wait(100)
     _wait_until(lambda: not _alive(pid), 15, qtbot)
-    assert json.loads((controller.run.out / "state.json").read_text())["token"]
+    assert json.loads((controller.run.out / "state.json").read_text(encoding="utf-8"))["token"]
 
 
 _PARENT = textwrap.dedent("""
@@ -287,9 +287,9 @@ def test_a_child_whose_parent_is_killed_saves_and_ends(tmp_path):
         _wait_until(lambda: not _alive(child), 30)
     finally:
         parent.kill()
-    events = [json.loads(line)["event"] for line in (out / "log.jsonl").read_text().splitlines()]
+    events = [json.loads(line)["event"] for line in (out / "log.jsonl").read_text(encoding="utf-8").splitlines()]
     assert "interrupted" in events  # it stopped on its own, saving first
-    assert json.loads((out / "state.json").read_text())["token"]
+    assert json.loads((out / "state.json").read_text(encoding="utf-8"))["token"]
 
 
 def test_pretrain_events_flag_prints_json_lines(tmp_path):
@@ -306,7 +306,7 @@ def test_pretrain_events_flag_prints_json_lines(tmp_path):
     kinds = [line.get("event") for line in lines]
     assert kinds[0] == "start" and kinds.count("step") == 3 and kinds[-2] == "end" and kinds[-1] is None
     assert lines[-1]["steps"] == 3  # the --json result comes last, without an "event" key
-    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text(encoding="utf-8").splitlines()]
     assert logged == lines[:-1]
     assert "it/s" not in out.stderr  # no progress bar beside the events
 

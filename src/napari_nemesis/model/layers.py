@@ -87,7 +87,9 @@ def sincos_pos_embed_3d(dim: int, grid: tuple[int, int, int]) -> torch.Tensor:
     emb = torch.cat(parts, dim=1)
     if emb.shape[1] < dim:
         emb = torch.cat([emb, emb.new_zeros(emb.shape[0], dim - emb.shape[1])], dim=1)
-    return emb.float()
+    emb = emb.float()
+    device = torch.get_default_device()  # the meta device inside ``with torch.device("meta")`` (FLOP counts)
+    return emb if device == cpu else emb.to(device)
 
 
 def init_weights(module: nn.Module) -> None:

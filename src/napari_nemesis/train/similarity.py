@@ -64,6 +64,7 @@ def content_digest(path: str | os.PathLike) -> str:
 def expand_sources(sources: Iterable[str | os.PathLike] | str | os.PathLike) -> list[Path]:
     """Scan files, folders of scans (``labels.project.scans_in_folder``) and labelling projects
     (their scans' images), each scan once, in order."""
+    from ..data.formats import DICOM_FILE_SUFFIXES
     from ..labels.project import PROJECT_FILE, LabelProject, scans_in_folder
 
     if isinstance(sources, (str, os.PathLike)):
@@ -75,7 +76,7 @@ def expand_sources(sources: Iterable[str | os.PathLike] | str | os.PathLike) -> 
             raise NemesisInputError(f"{p}: no such file or folder")
         if p.is_dir() and (p / PROJECT_FILE).is_file():
             found = [s.image for s in LabelProject.open(p).scans]
-        elif p.is_dir() and not any(c.is_dir() or not c.name.lower().endswith((".dcm", ".ima", ".dicom"))
+        elif p.is_dir() and not any(c.is_dir() or not c.name.lower().endswith(DICOM_FILE_SUFFIXES)
                                     for c in p.iterdir()):
             found = [p]  # a DICOM series folder: one scan
         elif p.is_dir():
