@@ -249,18 +249,27 @@ class ReconMetrics:
         self.sq = {"masked": 0.0, "all": 0.0}
         self.ssim = {"masked": 0.0, "all": 0.0}
         self.n = {"masked": 0, "all": 0}
+        self.n_ssim = {"masked": 0, "all": 0}  # voxels whose SSIM was added (all of them unless ssim=False)
 
-    def add(self, clean: np.ndarray, recon: np.ndarray, masked_voxels: np.ndarray, valid: tuple[slice, ...]) -> None:
-        from skimage.metrics import structural_similarity
-
-        _, smap = structural_similarity(clean.astype(np.float64), recon.astype(np.float64), data_range=1.0, full=True)
+    def add(self, clean: np.ndarray, recon: np.ndarray, masked_voxels: np.ndarray, valid: tuple[slice, ...],
+            ssim: bool = True) -> None:
+        """Add one superpatch; ``ssim=False`` adds its squared errors only (SSIM, the costly part, stays
+        out: ``result()`` then reports ``ssim_*`` None unless other superpatches brought it)."""
         err = (clean.astype(np.float64) - recon.astype(np.float64)) ** 2
         sel_all = np.zeros(clean.shape, dtype=bool)
         sel_all[valid] = True
+        smap = None
+        if ssim:
+            from skimage.metrics import structural_similarity
+
+            _, smap = structural_similarity(clean.astype(np.float64), recon.astype(np.float64), data_range=1.0,
+                                            full=True)
         for key, sel in (("all", sel_all), ("masked", sel_all & masked_voxels)):
             self.sq[key] += float(err[sel].sum())
-            self.ssim[key] += float(smap[sel].sum())
             self.n[key] += int(sel.sum())
+            if smap is not None:
+                self.ssim[key] += float(smap[sel].sum())
+                self.n_ssim[key] += int(sel.sum())
 
     def result(self) -> dict[str, float | None]:
         out: dict[str, float | None] = {}
@@ -268,7 +277,8 @@ class ReconMetrics:
             n = self.n[key]
             mse = self.sq[key] / n if n else None
             out[f"psnr_{key}"] = (float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))) if mse is not None else None
-            out[f"ssim_{key}"] = self.ssim[key] / n if n else None
+            n_ssim = self.n_ssim[key]
+            out[f"ssim_{key}"] = self.ssim[key] / n_ssim if n_ssim else None
         return out
 
 

@@ -129,12 +129,14 @@ def iter_reconstruction(
     bf16: bool = False,
     cancel: CancelFn | None = None,
     progress: ProgressFn | None = None,
+    ssim: bool = True,
 ) -> Iterator[SuperpatchReconstruction]:
     """Yield one :class:`SuperpatchReconstruction` per superpatch of ``indices`` (None: all), in order.
 
     Arguments are checked here, before the first superpatch; ``cancel`` is polled before each
     batch (raises ``NemesisCancelled``); ``progress`` gets ``start`` and one ``step`` per superpatch.
-    Only ``batch`` superpatches are in memory at a time.
+    Only ``batch`` superpatches are in memory at a time. ``ssim=False`` skips the SSIM (most of the
+    scoring time on a CPU): ``metrics`` then hold ``ssim_masked`` / ``ssim_all`` None.
     """
     check_strategy(strategy)
     if not 0 < ratio < 1:
@@ -153,10 +155,10 @@ def iter_reconstruction(
     order = list(range(prepared.grid.n)) if indices is None else [prepared.check_index(i) for i in indices]
     dev = resolve_device(device)
     return _stream(prepared, model, strategy, float(ratio), float(noise), int(seed), order, int(batch), dev, bf16,
-                   cancel, progress)
+                   cancel, progress, bool(ssim))
 
 
-def _stream(prepared, model, strategy, ratio, noise, seed, order, batch, dev, bf16, cancel, progress):
+def _stream(prepared, model, strategy, ratio, noise, seed, order, batch, dev, bf16, cancel, progress, ssim=True):
     grid, pre = prepared.grid, prepared.pre
     items = ((i, patch) for i, _, patch in grid.iter_superpatches(pre.array, indices=order))
     emit(progress, "start", step=0, total=len(order))
@@ -166,7 +168,7 @@ def _stream(prepared, model, strategy, ratio, noise, seed, order, batch, dev, bf
         box = grid.box(i, clip=True)
         inner = tuple(slice(0, d) for d in box.shape)
         scores = ReconMetrics()
-        scores.add(clean, recon, vox, inner)  # SSIM over the whole superpatch, as reconstruct_scan scores it
+        scores.add(clean, recon, vox, inner, ssim=ssim)  # SSIM over the whole superpatch, as reconstruct_scan scores it
         clean, noisy, masked, recon, vox = (np.ascontiguousarray(a[inner]) for a in (clean, noisy, masked, recon, vox))
         error = np.abs(recon - clean)
         metrics: dict[str, float | None] = dict(scores.result())
@@ -205,7 +207,7 @@ class ScanReconstruction:
         for key, arr in self.arrays.items():
             arr[item.box.slices] = sources[key]
         for total, part in ((self.scores.sq, item.scores.sq), (self.scores.ssim, item.scores.ssim),
-                            (self.scores.n, item.scores.n)):
+                            (self.scores.n, item.scores.n), (self.scores.n_ssim, item.scores.n_ssim)):
             for k in total:
                 total[k] += part[k]
         mse = item.metrics.get("mse_masked")
