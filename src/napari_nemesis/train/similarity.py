@@ -161,11 +161,13 @@ def scan_features(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     encoder: str | None = None,
+    index: int | None = None,
 ) -> ScanFeatures:
     """The superpatch features of ``scan`` (a path or a :class:`~.cohort.CohortScan`): from the cache when
     an entry matches its content, the encoder, the spacing and the superpatch size; else computed (the scan
     prepared at ``spacing_zyx``, None: the checkpoint's pretraining spacing) and cached. ``encoder``: the
-    encoder's digest when the caller has it already."""
+    encoder's digest when the caller has it already. ``index``: a superpatch the caller will read, checked
+    (:meth:`ScanFeatures.check_index`) before anything is encoded."""
     from .runtime import resolve_device
     from .scan import prepare_for_model
 
@@ -180,10 +182,16 @@ def scan_features(
     found = _read_entry(path, digest, encoder, spacing, s)
     if found is not None:
         feats, meta = found
-        return ScanFeatures(entry, feats, tuple(meta["grid"]), tuple(meta["shape_zyx"]), s, digest, True, path)
+        out = ScanFeatures(entry, feats, tuple(meta["grid"]), tuple(meta["shape_zyx"]), s, digest, True, path)
+        if index is not None:
+            out.check_index(index)
+        return out
     check_cancel(cancel, "features")
     prepared = prepare_for_model(entry.path, model, None if spacing_zyx is None else spacing_zyx)
     grid = prepared.grid
+    if index is not None:  # fail before the encoder runs
+        ScanFeatures(entry, np.zeros((grid.n, 0), np.float32), tuple(grid.grid_shape), tuple(prepared.pre.shape), s,
+                     digest, False, path).check_index(index)
     patches = (p for _, _, p in grid.iter_superpatches(prepared.pre.array))
     feats = encode_features(model, patches, batch, resolve_device(device), bf16, progress, cancel,
                             what=f"features {entry.path.name}", total=grid.n)
@@ -234,8 +242,7 @@ def similar(
     if len(query) != 1:
         raise NemesisInputError(f"{query_scan}: the query must be one scan, not {len(query)}")
     scans = cohort_scans(among if not isinstance(among, (str, os.PathLike)) else [among])
-    emit(progress, "stage", name=f"query: {query[0].path.name}", scan=str(query[0].path))
-    q = scan_features(query[0], model, **opts)
+    q = scan_features(query[0], model, **opts, index=superpatch_index)
     i = q.check_index(superpatch_index)
     qv = _unit(q.features[i])
     hits, computed = int(q.from_cache), int(not q.from_cache)
