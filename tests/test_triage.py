@@ -229,3 +229,17 @@ def test_cli_triage_json_table_and_errors(tiny, tmp_path):
     bad = _cli("triage", tmp_path / "missing.nii.gz", "--checkpoint", ckpt)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "missing.nii.gz" in bad.stderr
     assert _cli("triage", folder, "--mask", "nosuch").returncode == 2
+
+
+def test_reconstruction_without_ssim_scores_the_same_errors(tiny, tmp_path):
+    """``iter_reconstruction(ssim=False)`` (what triage streams) skips only the SSIM."""
+    from napari_nemesis.train.scan import iter_reconstruction, prepare_for_model
+
+    model, _ = tiny
+    prepared = prepare_for_model(_scan(tmp_path / "a.nii.gz", shape=(16, 16, 16)), model)
+    full = list(iter_reconstruction(prepared, model, seed=1, device="cpu"))
+    fast = list(iter_reconstruction(prepared, model, seed=1, device="cpu", ssim=False))
+    for a, b in zip(full, fast):
+        np.testing.assert_array_equal(a.recon, b.recon)
+        assert a.metrics["psnr_masked"] == b.metrics["psnr_masked"] and a.metrics["mse_masked"] == b.metrics["mse_masked"]
+        assert a.metrics["ssim_masked"] is not None and b.metrics["ssim_masked"] is None and b.metrics["ssim_all"] is None

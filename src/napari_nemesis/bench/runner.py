@@ -54,7 +54,8 @@ def run_benchmark(
             device=dev, quick=quick, presets=list(presets),
             heavy_presets=list(heavy_presets or (["small"] if quick else presets)),
             repeats=res["repeats"], workdir=Path(wd), scan_sizes_xyz=[tuple(s) for s in sizes],
-            scan_jobs=list(scan_jobs or [("infer", "small"), ("reconstruct", "small" if quick else "paper")]),
+            scan_jobs=list(scan_jobs or [("infer", "small"), ("reconstruct", "small" if quick else "paper"),
+                                         ("triage", "small"), ("similar", "small" if quick else "paper")]),
             log=log,
         )
         ctx.workdir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The whole-scan section: ``infer`` and ``reconstruct`` on synthetic CTs of growing size.
+"""The whole-scan section: ``infer``, ``reconstruct``, ``triage`` and ``similar`` on synthetic CTs of growing size.
 
 Each job runs in its own child process (``python -m napari_nemesis.bench --child SPEC``), so its
 wall time includes nothing of this process's state and its peak resident memory is its own. A
@@ -101,22 +101,60 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     model = build_model(spec["preset"]).eval()
     bf16 = bool(spec.get("bf16", False))
     rss_model = peak_rss_mb()
+    extra: dict[str, Any] = {}
     t0 = time.perf_counter()
     if spec["task"] == "infer":
         head = ProbeHead(model.cfg.embed_dim, len(ORGANS))
         res = infer_scan(spec["scan"], model, head, ORGANS, batch=spec.get("batch", 2), device=device, bf16=bf16)
         n_sp = int(res.grid.n)
-    else:
+    elif spec["task"] == "reconstruct":
         res = reconstruct_scan(spec["scan"], model, strategy="dual", ratio=0.75, noise=0.0,
                                batch=spec.get("batch", 2), device=device, bf16=bf16)
         n_sp = int(res["superpatches"])
-    seconds = time.perf_counter() - t0
+    elif spec["task"] == "triage":
+        n_sp, extra = _triage_job(spec, model, device, bf16)
+    elif spec["task"] == "similar":
+        n_sp, extra = _similar_job(spec, model, device, bf16)
+    else:
+        raise ValueError(f"unknown whole-scan task {spec['task']!r}")
+    seconds = time.perf_counter() - t0 - extra.pop("untimed_s", 0.0)
     out = {"task": spec["task"], "preset": spec["preset"], "seconds": seconds, "superpatches": n_sp,
            "seconds_per_superpatch": seconds / max(n_sp, 1), "peak_rss_mb": peak_rss_mb(),
-           "rss_after_model_mb": rss_model, "device": device, "bf16": bf16}
+           "rss_after_model_mb": rss_model, "device": device, "bf16": bf16, **extra}
     if device.startswith("cuda"):
         out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
+
+
+#: Mask seeds of the timed triage (the command's default).
+TRIAGE_SEEDS = 3
+
+
+def _triage_job(spec: dict[str, Any], model, device: str, bf16: bool) -> tuple[int, dict[str, Any]]:
+    """``nemesis triage`` on one scan: every superpatch reconstructed ``seeds`` times and scored."""
+    from ..train.triage import triage
+
+    seeds = int(spec.get("seeds", TRIAGE_SEEDS))
+    res = triage([spec["scan"]], model, seeds=seeds, batch=spec.get("batch", 2), device=device, bf16=bf16)
+    return int(res["scans"][0]["superpatches"]), {"seeds": seeds}
+
+
+def _similar_job(spec: dict[str, Any], model, device: str, bf16: bool) -> tuple[int, dict[str, Any]]:
+    """``nemesis similar`` with the scan as query and cohort: first with an empty feature cache (the scan is
+    read, encoded and cached: what the first search of a scan costs), then again from the cache
+    (``cached_seconds``: hashing the file and reading its features)."""
+    import tempfile
+
+    from ..train.similarity import similar
+
+    with tempfile.TemporaryDirectory(prefix="nemesis-bench-features-") as cache:
+        first = similar(spec["scan"], 0, [spec["scan"]], model, k=5, cache_dir=cache,
+                        batch=spec.get("batch", 2), device=device, bf16=bf16)
+        t1 = time.perf_counter()
+        again = similar(spec["scan"], 0, [spec["scan"]], model, k=5, cache_dir=cache, device=device)
+        cached = time.perf_counter() - t1
+    assert again["cache"]["computed"] == 0
+    return int(first["candidates"]) + 1, {"cached_seconds": cached, "untimed_s": cached}
 
 
 def scan_job(spec: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
@@ -147,15 +185,21 @@ def full_scan_section(
     jobs: list[tuple[str, str]], sizes_xyz: list[tuple[int, int, int]], device: torch.device, workdir: Path,
     log: Log = no_log, bf16: bool = False, threads: int | None = None,
     reconstruct_sizes: list[tuple[int, int, int]] | None = None,
+    task_sizes: dict[str, list[tuple[int, int, int]]] | None = None,
 ) -> dict[str, Any]:
     """``jobs``: (task, preset) pairs, each timed at every size in ``sizes_xyz`` (the reconstruct jobs
-    only at ``reconstruct_sizes`` when given). Returns per job the runs, the largest size's seconds
-    and peak RSS, and a linear fit of seconds against superpatches."""
-    paths = {size: synthetic_scan_file(workdir, size, log) for size in sizes_xyz}
+    only at ``reconstruct_sizes`` when given; any task only at ``task_sizes[task]`` when given). Returns
+    per job the runs, the largest size's seconds and peak RSS, and a linear fit of seconds against
+    superpatches."""
+    task_sizes = dict(task_sizes or {})
+    if reconstruct_sizes:
+        task_sizes.setdefault("reconstruct", list(reconstruct_sizes))
+    wanted = {tuple(s) for s in sizes_xyz} | {tuple(s) for v in task_sizes.values() for s in v}
+    paths = {size: synthetic_scan_file(workdir, size, log) for size in sorted(wanted, key=lambda s: s[0] * s[1] * s[2])}
     out: dict[str, Any] = {}
     for task, preset in jobs:
         key = f"{task}_{preset}"
-        sizes = sizes_xyz if task == "infer" or not reconstruct_sizes else reconstruct_sizes
+        sizes = [tuple(s) for s in task_sizes.get(task, sizes_xyz)]
         runs = []
         for size in sizes:
             log(f"whole scan: {task} {preset} {size[0]} x {size[1]} x {size[2]}")
@@ -178,9 +222,13 @@ def run(ctx: BenchContext, res: dict[str, Any]) -> None:
     """Every job at every size (quick: reconstruct at the largest size only); the ``scaling`` key
     holds what the scaling plot draws."""
     sizes = ctx.scan_sizes_xyz
+    # quick: reconstruct at the largest size only, triage and similarity at the smallest; full: triage (three
+    # reconstructions per superpatch) at the largest size only
+    task_sizes = ({"reconstruct": [sizes[-1]], "triage": [sizes[0]], "similar": [sizes[0]]} if ctx.quick
+                  else {"triage": [sizes[-1]]})
     scans = full_scan_section(ctx.scan_jobs, sizes, ctx.device, ctx.workdir, ctx.log,
                               bf16=ctx.device.type == "cuda" and bf16_supported(ctx.device),
-                              threads=torch.get_num_threads(), reconstruct_sizes=[sizes[-1]] if ctx.quick else None)
+                              threads=torch.get_num_threads(), task_sizes=task_sizes)
     res["full_scan"] = scans
     res["full_scan_size_xyz"] = list(sizes[-1])
     res["full_scan_spacing_xyz_mm"] = list(reversed(SCAN_SPACING_ZYX))
@@ -215,6 +263,8 @@ def table_lines(res: dict[str, Any]) -> list[str]:
         for r in v["runs"]:
             L.append(f"{k:<22} {' x '.join(map(str, r['size_xyz'])):>14} {r['superpatches']:>12} "
                      f"{r['seconds']:>8.1f} {r['peak_rss_mb']:>12.0f}")
+            if "cached_seconds" in r:
+                L.append(f"{'':<22} {'':>14} {'':>12} {r['cached_seconds']:>8.2f} (features from the cache)")
         if "fit" in v:
             f = v["fit"]
             L.append(f"{'':<22} fit: {f['intercept_s']:.2f} s + {f['seconds_per_superpatch']:.3f} s/superpatch, "

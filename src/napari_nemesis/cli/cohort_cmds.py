@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "by surprise: the largest robust z-score, over its patch-sized windows, of the model's masked-voxel error "
         "against the cohort's windows that a learning-free local fill finds equally hard (deciles of its error; "
         "windows with air or bone apart). Windows near the padding or a superpatch face are not scored. Prints the "
-        "top of the ranking; --json prints all of it (docs/cli.md: nemesis triage).")
+        "top of the ranking; --json prints all of it. The score, defined: "
+        "https://github.com/napari-nemesis/napari-nemesis/blob/main/docs/training.md")
     t.add_argument("sources", nargs="+", type=path_arg, metavar="SCAN_OR_FOLDER_OR_PROJECT", help=SOURCES_HELP)
     add_checkpoint_flag(t)
     t.add_argument("--mask", default=DEFAULT_STRATEGY, choices=mask_strategies(), help="mask strategy")
