@@ -123,6 +123,39 @@ def test_result_contract_and_progress(cohort):
     assert len(steps) == 2 * 4 * 3 and steps[-1]["step"] == steps[-1]["total"] == 12
 
 
+@pytest.mark.slow  # ~10-20 s: 2 scans x 4 superpatches x 3 seeds with the bundled weights
+def test_a_dense_ball_in_the_liver_ranks_above_the_lung_bases(tmp_path):
+    """The sample CT's upper 128 slices: all four superpatches hold lung bases (air against the diaphragm,
+    ribs and heart), the first also the liver. A 3 cm +800 HU ball in the liver outranks every one of them,
+    in the altered scan and in the clean copy."""
+    from scipy.ndimage import distance_transform_edt
+
+    from napari_nemesis.data import read_volume
+    from napari_nemesis.data.preprocess import resample
+    from napari_nemesis.data.spacing import recorded_spacing
+    from napari_nemesis.sample_data import sample_ct_path
+    from napari_nemesis.train.triage import triage
+    from napari_nemesis.weights import load_default_model
+
+    model = load_default_model()
+    spacing = tuple(recorded_spacing(model)[0])
+    ct = read_volume(sample_ct_path())
+    hu = resample(ct.array, ct.spacing, spacing, order=1)[-128:].astype(np.float32)
+    vol = volume_from_array(hu, spacing_zyx=spacing)
+    clean = write_volume(hu, tmp_path / "upper.nii.gz", reference=vol)
+    ball_at = _placed(distance_transform_edt(hu > -300, sampling=spacing), (64, 64, 64))
+    z, y, x = np.ogrid[: hu.shape[0], : hu.shape[1], : hu.shape[2]]
+    inside = ((z - ball_at[0]) * spacing[0]) ** 2 + ((y - ball_at[1]) * spacing[1]) ** 2 + \
+        ((x - ball_at[2]) * spacing[2]) ** 2 <= RADIUS_MM ** 2
+    altered = write_volume(np.where(inside, hu + 800.0, hu), tmp_path / "upper_ball.nii.gz", reference=vol)
+    ranking = triage([clean, altered], model, seeds=3, device="cpu")["ranking"]
+    first, second = ranking[0], ranking[1]
+    assert (first["scan"], first["superpatch"]) == (str(altered), 0), [(r["scan"], r["superpatch"], r["score"])
+                                                                      for r in ranking]
+    assert first["score"] > second["score"] + 1.0
+    assert np.abs(np.asarray(first["hotspot_zyx"]) - np.asarray(ball_at)).max() <= 16
+
+
 # ---- geometry, sources and the command line, on a tiny random model --------------------------------------
 @pytest.fixture
 def tiny(tiny_checkpoint, tmp_path):
