@@ -248,6 +248,19 @@ class _Scored:
     windows: _Windows
 
 
+def _geometry(prepared):
+    """What the ranking needs of a prepared scan, without its voxels: the grid (mapped to the scan), the
+    spacing and where it came from."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from ..data import SuperpatchGrid
+
+    pre = dataclasses.replace(prepared.pre, array=np.zeros((0, 0, 0), np.float32))
+    grid = SuperpatchGrid(prepared.grid.shape, prepared.grid.superpatch, mapping=pre)
+    return SimpleNamespace(grid=grid, pre=pre, spacing_source=prepared.spacing_source)
+
+
 def _psnr(sq: float, n: float) -> float | None:
     if n <= 0:
         return None
@@ -346,7 +359,8 @@ def triage(
 
         emit(progress, "start", step=0, total=total, scan=entry.name)
         errors = scan_errors(prepared, model, strategy, ratio, seed_list, batch, device, bf16, cancel, step)
-        scored.append(_Scored(entry, prepared, errors, _windows(errors, w)))
+        scored.append(_Scored(entry, _geometry(prepared), errors, _windows(errors, w)))
+        del prepared  # only the geometry is kept: a cohort is scored one scan in memory at a time
     ref = _reference([s.windows for s in scored])
     ranking: list[dict[str, Any]] = []
     unscored: list[dict[str, Any]] = []
