@@ -10,7 +10,7 @@ median of the repeats after two untimed warm-up rounds (``timing``). The section
 
 - ``peers``: FLOPs, encoder throughput and the pretraining step against MONAI's ViT / MAE and a
   plain SDPA ViT / MAE, the machine's matmul peak and the encoder's MFU;
-- ``whole_scan``: ``infer`` and ``reconstruct`` on synthetic CTs, each in its own child process
+- ``whole_scan``: ``infer``, ``reconstruct``, ``triage`` and ``similar`` on synthetic CTs, each in its own child process
   (wall time, peak resident memory, scaling with the number of superpatches);
 - ``sampling``: random superpatches from a prepared cache, in one process and with a DataLoader.
 

@@ -55,7 +55,8 @@ def run_benchmark(
             heavy_presets=list(heavy_presets or (["small"] if quick else presets)),
             repeats=res["repeats"], workdir=Path(wd), scan_sizes_xyz=[tuple(s) for s in sizes],
             scan_jobs=list(scan_jobs or [("infer", "small"), ("infer_patch", "small"),
-                                         ("reconstruct", "small" if quick else "paper")]),
+                                         ("reconstruct", "small" if quick else "paper"),
+                                         ("triage", "small"), ("similar", "small" if quick else "paper")]),
             log=log,
         )
         ctx.workdir.mkdir(parents=True, exist_ok=True)

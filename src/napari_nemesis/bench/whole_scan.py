@@ -1,5 +1,5 @@
 """The whole-scan section: ``infer`` (superpatch level), ``infer_patch`` (organ maps at patch
-resolution) and ``reconstruct`` on synthetic CTs of growing size.
+resolution), ``reconstruct``, ``triage`` and ``similar`` on synthetic CTs of growing size.
 
 Each job runs in its own child process (``python -m napari_nemesis.bench --child SPEC``), so its
 wall time includes nothing of this process's state and its peak resident memory is its own. A
@@ -106,6 +106,7 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     model = build_model(spec["preset"]).eval()
     bf16 = bool(spec.get("bf16", False))
     rss_model = peak_rss_mb()
+    extra: dict[str, Any] = {}
     t0 = time.perf_counter()
     if spec["task"] == "infer":
         head = ProbeHead(model.cfg.embed_dim, len(ORGANS))
@@ -119,14 +120,20 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
         t_infer = time.perf_counter()
         res.probability_map(0)
         map_seconds = time.perf_counter() - t_infer
-    else:
+    elif spec["task"] == "reconstruct":
         res = reconstruct_scan(spec["scan"], model, strategy="dual", ratio=0.75, noise=0.0,
                                batch=spec.get("batch", 2), device=device, bf16=bf16)
         n_sp = int(res["superpatches"])
-    seconds = time.perf_counter() - t0
+    elif spec["task"] == "triage":
+        n_sp, extra = _triage_job(spec, model, device, bf16)
+    elif spec["task"] == "similar":
+        n_sp, extra = _similar_job(spec, model, device, bf16)
+    else:
+        raise ValueError(f"unknown whole-scan task {spec['task']!r}")
+    seconds = time.perf_counter() - t0 - extra.pop("untimed_s", 0.0)
     out = {"task": spec["task"], "preset": spec["preset"], "seconds": seconds, "superpatches": n_sp,
            "seconds_per_superpatch": seconds / max(n_sp, 1), "peak_rss_mb": peak_rss_mb(),
-           "rss_after_model_mb": rss_model, "device": device, "bf16": bf16}
+           "rss_after_model_mb": rss_model, "device": device, "bf16": bf16, **extra}
     if spec["task"] == "infer_patch":
         out["seconds"] = seconds = t_infer - t0  # the map's painting apart
         out["seconds_per_superpatch"] = seconds / max(n_sp, 1)
@@ -135,6 +142,42 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     if device.startswith("cuda"):
         out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
+
+
+#: Mask seeds of the timed triage (the command's default).
+TRIAGE_SEEDS = 3
+
+
+def _triage_job(spec: dict[str, Any], model, device: str, bf16: bool) -> tuple[int, dict[str, Any]]:
+    """``nemesis triage`` on one scan: every superpatch reconstructed ``seeds`` times and scored."""
+    from ..train.triage import triage
+
+    seeds = int(spec.get("seeds", TRIAGE_SEEDS))
+    res = triage([spec["scan"]], model, seeds=seeds, batch=spec.get("batch", 2), device=device, bf16=bf16)
+    return int(res["scans"][0]["superpatches"]), {"seeds": seeds}
+
+
+def _similar_job(spec: dict[str, Any], model, device: str, bf16: bool) -> tuple[int, dict[str, Any]]:
+    """``nemesis similar`` of the scan's first superpatch among a copy of the scan (the query's own scan
+    is never searched): first with an empty feature cache (the scan read, encoded and cached, what the
+    first search of a scan costs; the copy, the same bytes, then comes from the cache), then again
+    (``cached_seconds``: hashing the files and reading their features). ``bf16`` is not used: the search
+    encodes in float32."""
+    import shutil
+    import tempfile
+
+    from ..train.similarity import similar
+
+    with tempfile.TemporaryDirectory(prefix="nemesis-bench-features-") as cache:
+        copy = Path(cache) / f"copy_{Path(spec['scan']).name}"
+        shutil.copyfile(spec["scan"], copy)
+        first = similar(spec["scan"], 0, [copy], model, k=5, cache_dir=Path(cache) / "features",
+                        batch=spec.get("batch", 2), device=device)
+        t1 = time.perf_counter()
+        again = similar(spec["scan"], 0, [copy], model, k=5, cache_dir=Path(cache) / "features", device=device)
+        cached = time.perf_counter() - t1
+    assert again["cache"]["computed"] == 0
+    return int(first["candidates"]), {"cached_seconds": cached, "untimed_s": cached}
 
 
 def scan_job(spec: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
@@ -165,15 +208,21 @@ def full_scan_section(
     jobs: list[tuple[str, str]], sizes_xyz: list[tuple[int, int, int]], device: torch.device, workdir: Path,
     log: Log = no_log, bf16: bool = False, threads: int | None = None,
     reconstruct_sizes: list[tuple[int, int, int]] | None = None,
+    task_sizes: dict[str, list[tuple[int, int, int]]] | None = None,
 ) -> dict[str, Any]:
-    """``jobs``: (task, preset) pairs, each timed at every size in ``sizes_xyz`` (the jobs other than
-    ``infer`` only at ``reconstruct_sizes`` when given). Returns per job the runs, the largest size's
-    seconds and peak RSS, and a linear fit of seconds against superpatches."""
-    paths = {size: synthetic_scan_file(workdir, size, log) for size in sizes_xyz}
+    """``jobs``: (task, preset) pairs, each timed at every size in ``sizes_xyz`` (the reconstruct jobs
+    only at ``reconstruct_sizes`` when given; any task only at ``task_sizes[task]`` when given). Returns
+    per job the runs, the largest size's seconds and peak RSS, and a linear fit of seconds against
+    superpatches."""
+    task_sizes = dict(task_sizes or {})
+    if reconstruct_sizes:
+        task_sizes.setdefault("reconstruct", list(reconstruct_sizes))
+    wanted = {tuple(s) for s in sizes_xyz} | {tuple(s) for v in task_sizes.values() for s in v}
+    paths = {size: synthetic_scan_file(workdir, size, log) for size in sorted(wanted, key=lambda s: s[0] * s[1] * s[2])}
     out: dict[str, Any] = {}
     for task, preset in jobs:
         key = f"{task}_{preset}"
-        sizes = sizes_xyz if task == "infer" or not reconstruct_sizes else reconstruct_sizes
+        sizes = [tuple(s) for s in task_sizes.get(task, sizes_xyz)]
         runs = []
         for size in sizes:
             log(f"whole scan: {task} {preset} {size[0]} x {size[1]} x {size[2]}")
@@ -199,9 +248,13 @@ def run(ctx: BenchContext, res: dict[str, Any]) -> None:
     """Every job at every size (quick: the jobs other than ``infer`` at the largest size only); the
     ``scaling`` key holds what the scaling plot draws."""
     sizes = ctx.scan_sizes_xyz
+    # quick: reconstruct and patch-level inference at the largest size only, triage and similarity at the
+    # smallest; full: triage (three reconstructions per superpatch) at the largest size only
+    task_sizes = ({"reconstruct": [sizes[-1]], "infer_patch": [sizes[-1]], "triage": [sizes[0]],
+                   "similar": [sizes[0]]} if ctx.quick else {"triage": [sizes[-1]]})
     scans = full_scan_section(ctx.scan_jobs, sizes, ctx.device, ctx.workdir, ctx.log,
                               bf16=ctx.device.type == "cuda" and bf16_supported(ctx.device),
-                              threads=torch.get_num_threads(), reconstruct_sizes=[sizes[-1]] if ctx.quick else None)
+                              threads=torch.get_num_threads(), task_sizes=task_sizes)
     res["full_scan"] = scans
     res["full_scan_size_xyz"] = list(sizes[-1])
     res["full_scan_spacing_xyz_mm"] = list(reversed(SCAN_SPACING_ZYX))
@@ -237,6 +290,8 @@ def table_lines(res: dict[str, Any]) -> list[str]:
         for r in v["runs"]:
             L.append(f"{k:<22} {' x '.join(map(str, r['size_xyz'])):>14} {r['superpatches']:>12} "
                      f"{r['seconds']:>8.1f} {r['peak_rss_mb']:>12.0f}")
+            if "cached_seconds" in r:
+                L.append(f"{'':<22} {'':>14} {'':>12} {r['cached_seconds']:>8.2f} (features from the cache)")
         if "fit" in v:
             f = v["fit"]
             L.append(f"{'':<22} fit: {f['intercept_s']:.2f} s + {f['seconds_per_superpatch']:.3f} s/superpatch, "

@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "napari_nemesis.cli.pretrain_cmds",
     "napari_nemesis.cli.downstream_cmds",
     "napari_nemesis.cli.explain_cmds",
+    "napari_nemesis.cli.cohort_cmds",
     "napari_nemesis.cli.bench_cmds",
     "napari_nemesis.cli.labels_cmds",
     "napari_nemesis.cli.similar_cmds",

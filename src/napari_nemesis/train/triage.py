@@ -16,22 +16,26 @@ How a superpatch is scored
    patch from the superpatch's own faces (there the model has context on one side only; in normal anatomy
    its largest errors sit there). A superpatch less than ``min_inside`` inside the scan, or with no window
    left, is not scored (``score`` null, listed last with a ``reason``).
-4. The reference is the cohort itself: all kept windows of all scans, cut into ten bins by ``e_fill``
-   (deciles). A window's surprise is the robust z-score of ``e_model`` within its bin::
+4. The reference is the cohort itself: all kept windows of all scans, cut into strata by decile of
+   ``e_fill`` and, within each decile, by whether the window holds air (at least 5 % of its voxels at or
+   below the HU window's floor), bone or contrast (5 % at or above its ceiling), both, or neither (a stratum
+   of fewer than 30 windows falls back to its decile). A window's surprise is the robust z-score of
+   ``e_model`` within its stratum::
 
-       z = (e_model - median of e_model in the bin) / max(1.4826 MAD in the bin, 1.4826 MAD of all windows)
+       z = (e_model - median in the stratum) / max(1.4826 MAD in the stratum, 1.4826 MAD of all windows)
 
-   A bin holds windows equally hard for a learning-free fill (air, flat tissue, edges, lung borders, bone),
-   so a lung border is compared with other borders, not with flat liver; the global floor keeps an easy bin
+   A stratum holds windows equally hard for a learning-free fill and alike in what they hold, so a lung
+   border is compared with other air-tissue windows, not with flat liver; the global floor keeps a stratum
    with almost no spread (air) from turning tiny errors into large scores.
 5. A superpatch's ``score`` is its largest window z; ``hotspot_zyx`` / ``hotspot_world_xyz`` give that
-   window's centre (original voxel index and world RAS+ mm). Higher is more surprising; a score of about 3
-   or less is what normal anatomy reaches.
+   window's centre (original voxel index and world RAS+ mm). Higher is more surprising; the largest of a
+   superpatch's few thousand windows reaches 3-5 in normal anatomy (with the bundled weights).
 
 The score is relative to the cohort: the same superpatch can score differently among other scans. What it
 finds depends on the weights: with the bundled ``small`` weights a 3 cm dense mass or a block of noise in the
 abdomen ranks at the top; a dark cavity does not (the model paints dark tissue where it is unsure, so an air
-hole costs it little). See ``docs/cli.md`` (``nemesis triage``).
+hole costs it little), nor does such a ball in the chest, whose contrast-filled vessels against the lung are
+as hard for these weights. See ``docs/training.md`` (``nemesis triage``).
 
 :func:`triage` returns plain dicts and takes ``progress`` / ``cancel`` like the other core loops, so a dock
 can run it on a worker thread.
@@ -42,6 +46,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -243,6 +248,19 @@ class _Scored:
     windows: _Windows
 
 
+def _geometry(prepared):
+    """What the ranking needs of a prepared scan, without its voxels: the grid (mapped to the scan), the
+    spacing and where it came from."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from ..data import SuperpatchGrid
+
+    pre = dataclasses.replace(prepared.pre, array=np.zeros((0, 0, 0), np.float32))
+    grid = SuperpatchGrid(prepared.grid.shape, prepared.grid.superpatch, mapping=pre)
+    return SimpleNamespace(grid=grid, pre=pre, spacing_source=prepared.spacing_source)
+
+
 def _psnr(sq: float, n: float) -> float | None:
     if n <= 0:
         return None
@@ -254,7 +272,7 @@ def _as_source(item) -> tuple[CohortScan, Any]:
     """(entry, prepared scan or None) for a path / CohortScan / train.scan.PreparedScan."""
     if all(hasattr(item, a) for a in ("volume", "pre", "grid")):
         src = item.volume.source
-        return CohortScan(src if src is not None else item.name), item
+        return CohortScan(Path(str(src)) if src is not None else Path(item.name)), item
     if isinstance(item, CohortScan):
         return item, None
     raise TypeError(item)
@@ -341,7 +359,8 @@ def triage(
 
         emit(progress, "start", step=0, total=total, scan=entry.name)
         errors = scan_errors(prepared, model, strategy, ratio, seed_list, batch, device, bf16, cancel, step)
-        scored.append(_Scored(entry, prepared, errors, _windows(errors, w)))
+        scored.append(_Scored(entry, _geometry(prepared), errors, _windows(errors, w)))
+        del prepared  # only the geometry is kept: a cohort is scored one scan in memory at a time
     ref = _reference([s.windows for s in scored])
     ranking: list[dict[str, Any]] = []
     unscored: list[dict[str, Any]] = []
