@@ -141,6 +141,15 @@ class SimilarController:
         orient_camera(model)
         model.dims.set_point(0, float(centre[0]))
         model.reset_view()
+        from qtpy.QtCore import Qt, QTimer
+
+        from ..._napari_private import qt_window
+
+        window = qt_window(session.viewer)
+        if window is not None and self.dock is not None:  # a third of the height, as the orthogonal views
+            window.resizeDocks([self.dock], [max(160, int(window.height() / 3))], Qt.Orientation.Vertical)
+        view = self.view
+        QTimer.singleShot(100, lambda: view.model.reset_view() if self.view is view else None)  # once it has its size
         self.view.set_title(f"{Path(str(entry['scan'])).name}, superpatch {entry['superpatch']}: similarity "
                             f"{float(entry['similarity']):.3f}")
         self.shown = entry
