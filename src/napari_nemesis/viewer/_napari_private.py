@@ -111,7 +111,7 @@ def warm_first_layer_costs() -> None:
         from napari.utils._units import get_unit_registry
     except ImportError:  # a napari without it: its layers make their own
         return
-    get_unit_registry()
+    get_unit_registry().Unit("mm")  # pint's registry is lazy: its first unit parses the definitions
 
 
 def skip_thumbnails(layer) -> None:
