@@ -6,8 +6,9 @@ A source is one of:
 * a labelling project folder (``labels.project.PROJECT_FILE`` inside): its scans, by id;
 * a dataset folder (``imagesTr/`` or ``dataset.json``, as ``nemesis prepare`` reads it): its
   images, labelled or not (label maps are never taken as scans);
-* any other folder: the scan files directly inside it (not its sub-folders, no hidden files); a
-  folder with files but no scan file is read as one DICOM series.
+* any other folder: what ``labels.project.scans_in_folder`` finds there (the rule of a project's
+  "add folder": its scan files, not those named like label maps, and its sub-folders of DICOM
+  slices); a folder with files but no scan is read as one DICOM series.
 
 :func:`cohort_scans` expands sources into :class:`CohortScan` entries in order, each file once.
 """
@@ -47,19 +48,17 @@ class CohortScan:
 
 def _folder_scans(folder: Path) -> list[CohortScan]:
     from ..data.datasets import find_cases
-    from ..data.formats import DATASET_SUFFIXES
-    from ..labels.project import PROJECT_FILE, LabelProject
+    from ..labels.project import PROJECT_FILE, LabelProject, scans_in_folder
 
     if (folder / PROJECT_FILE).is_file():
         project = LabelProject.open(folder)
         return [CohortScan(s.image, s.scan_id, folder) for s in project.scans]
     if (folder / "imagesTr").is_dir() or (folder / "dataset.json").is_file():
         return [CohortScan(c.image, c.case_id) for c in find_cases(folder, include_unlabelled=True)]
-    files = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-    scans = [p for p in files if p.is_file() and p.name.lower().endswith(DATASET_SUFFIXES)]
+    scans, _left_out = scans_in_folder(folder)  # the rule a project's "add folder" uses
     if scans:
         return [CohortScan(p) for p in scans]
-    if any(p.is_file() for p in files):
+    if any(p.is_file() and not p.name.startswith(".") for p in folder.iterdir()):
         return [CohortScan(folder)]  # a DICOM series; read_volume says so if it is not one
     raise NemesisInputError(f"{folder}: no scans in this folder (scan files, a labelling project, a dataset "
                             "or a DICOM series)")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -59,35 +58,6 @@ def content_digest(path: str | os.PathLike) -> str:
         except OSError as exc:
             raise NemesisInputError(f"{f}: cannot read ({exc.strerror or exc})") from None
     return h.hexdigest()
-
-
-def expand_sources(sources: Iterable[str | os.PathLike] | str | os.PathLike) -> list[Path]:
-    """Scan files, folders of scans (``labels.project.scans_in_folder``) and labelling projects
-    (their scans' images), each scan once, in order."""
-    from ..data.formats import DICOM_FILE_SUFFIXES
-    from ..labels.project import PROJECT_FILE, LabelProject, scans_in_folder
-
-    if isinstance(sources, (str, os.PathLike)):
-        sources = [sources]
-    out: list[Path] = []
-    for src in sources:
-        p = Path(src).expanduser()
-        if not p.exists():
-            raise NemesisInputError(f"{p}: no such file or folder")
-        if p.is_dir() and (p / PROJECT_FILE).is_file():
-            found = [s.image for s in LabelProject.open(p).scans]
-        elif p.is_dir() and not any(c.is_dir() or not c.name.lower().endswith(DICOM_FILE_SUFFIXES)
-                                    for c in p.iterdir()):
-            found = [p]  # a DICOM series folder: one scan
-        elif p.is_dir():
-            found, _left_out = scans_in_folder(p)
-        else:
-            found = [p]
-        for f in found:
-            f = Path(f)
-            if all(f.resolve() != o.resolve() for o in out):
-                out.append(f)
-    return out
 
 
 def scan_features(path, model, spacing_zyx=None, batch: int = 2, device: str = "auto", cache_dir=None,
@@ -161,7 +131,9 @@ def similar(query_scan, superpatch_index: int, among, model, k: int = 5, spacing
     if not 0 <= int(superpatch_index) < n:
         raise NemesisInputError(f"{query_path}: no superpatch {superpatch_index}; its grid "
                                 f"{'x'.join(str(g) for g in q['grid'])} has superpatches 0..{n - 1}")
-    scans = [p for p in expand_sources(among) if p.resolve() != query_path.resolve()]
+    from .cohort import cohort_scans
+
+    scans = [c.path for c in cohort_scans(among) if c.path.resolve() != query_path.resolve()]
     if not scans:
         raise NemesisInputError(f"no other scan to search in {', '.join(str(a) for a in ([among] if isinstance(among, (str, os.PathLike)) else among))}")
     query_vec = _unit(q["features"][int(superpatch_index)])
