@@ -428,3 +428,12 @@ def selection_outline(grid, index: int, hidden: int | None) -> tuple[np.ndarray,
     stretch[hidden, hidden] = high - low
     stretch[hidden, 3] = (low + high) / 2.0 - cell[hidden] * (high - low)
     return vectors, world @ stretch
+
+
+def box_centre_world(prepared, index: int) -> np.ndarray:
+    """World (LPS z y x mm) centre of the part of superpatch ``index`` of a prepared scan that lies
+    inside the scan (a box may reach into the padding beyond the scan's last slice)."""
+    box = prepared.grid.box(index, clip=True)
+    centre = (np.asarray(box.start, dtype=np.float64) + np.asarray(box.stop)) / 2.0 - 0.5
+    world = preprocessed_world_affine(prepared.pre)
+    return world[:3, :3] @ centre + world[:3, 3]

@@ -99,10 +99,7 @@ class ScanContext:
     def box_centre_world(self, index: int) -> np.ndarray:
         """World (LPS z y x mm) centre of the part of superpatch ``index`` inside the scan (a box
         may reach into the padding beyond the scan's last slice)."""
-        box = self.grid.box(index, clip=True)
-        centre = (np.asarray(box.start, dtype=np.float64) + np.asarray(box.stop)) / 2.0 - 0.5
-        world = L.preprocessed_world_affine(self.prepared.pre)
-        return world[:3, :3] @ centre + world[:3, 3]
+        return L.box_centre_world(self.prepared, index)
 
 
 # viewer -> its session. Keyed weakly and the session holds its viewer weakly, so closing a

@@ -43,10 +43,7 @@ def neighbour_job(path: str, index: int, store: ModelStore, weights: WeightsChoi
     prepared, _geometry = prepare_job(volume, weights, store, cancel=cancel, report=report)
     if not 0 <= index < prepared.grid.n:
         raise NemesisInputError(f"{path}: no superpatch {index} (its grid has {prepared.grid.n})")
-    box = prepared.grid.box(index, clip=True)
-    centre = (np.asarray(box.start, dtype=np.float64) + np.asarray(box.stop)) / 2.0 - 0.5
-    world = L.preprocessed_world_affine(prepared.pre)
-    centre_world = world[:3, :3] @ centre + world[:3, 3]
+    centre_world = L.box_centre_world(prepared, index)
     outline = L.selection_outline(prepared.grid, index, 0)  # axial: z hidden
     return scan_layer_data(volume), centre_world, outline, prepared.grid
 
