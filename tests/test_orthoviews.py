@@ -56,7 +56,8 @@ def test_orthogonal_views_follow_the_cursor_the_selection_and_the_window(make_na
         copies = list(view.copies.values())
         scan_copy = next(c for c in copies if c.name == scan.name)
         assert scan_copy.data is scan.data  # shared, not a second CT in memory
-        assert any(c.name == session.layers["grid_lines"].name for c in copies)
+        assert view.grid.visible and len(view.grid.data) > 0  # the lattice, drawn in the view's plane
+        assert np.allclose(view.grid.data[:, 1, view.plane.hidden], 0.0)
         assert all(c is not session.layers["grid"] for c in copies)  # the picking layer stays on the main canvas
         assert tuple(view.model.dims.displayed) == view.plane.displayed
 
@@ -80,8 +81,10 @@ def test_orthogonal_views_follow_the_cursor_the_selection_and_the_window(make_na
     session.scene.settle()
     centre = session.scan.box_centre_world(0)
     for view in ortho.views:
-        assert view.outline is not None and view.outline in view.model.layers
         h = view.plane.hidden
+        assert view.outline.visible and len(view.outline.data) == 4  # the box's four edges in the plane
+        low, high = view.outline.span
+        assert low <= float(view.model.dims.point[h]) <= high
         assert abs(float(view.model.dims.point[h]) - centre[h]) <= float(np.asarray(scan.scale)[h])
 
     # window/level: a preset on the main canvas reaches the side views
@@ -90,6 +93,14 @@ def test_orthogonal_views_follow_the_cursor_the_selection_and_the_window(make_na
     for view in ortho.views:
         copy = next(c for c in view.copies.values() if c.name == scan.name)
         assert tuple(copy.contrast_limits) == (-100.0, 300.0)
+
+    # the grid hidden on the main canvas: gone from the side views too, and back with it
+    session.layers["grid_lines"].visible = False
+    session.scene.settle()
+    assert not any(view.grid.visible for view in ortho.views)
+    session.layers["grid_lines"].visible = True
+    session.scene.settle()
+    assert all(view.grid.visible for view in ortho.views)
 
     # the main canvas shows coronal: the side views show the two others
     viewer.dims.order = (1, 0, 2)

@@ -55,6 +55,15 @@ def qt_canvas(viewer):
         return getattr(qt_viewer(viewer), "canvas", None)
 
 
+def scene_of(qt_viewer_widget):
+    """The vispy scene node a ``QtViewer``'s canvas draws its layers under (world coordinates, the
+    displayed axes in vispy's reversed order), or None. Visuals of ours go there (a side view's lines)."""
+    with _quiet():
+        canvas = getattr(qt_viewer_widget, "canvas", None)
+        view = getattr(canvas, "view", None)
+        return getattr(view, "scene", None)
+
+
 def canvas_widget(viewer):
     """The Qt widget of the canvas (where key events and overlays of ours go), or None."""
     canvas = qt_canvas(viewer)

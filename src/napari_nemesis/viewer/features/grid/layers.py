@@ -36,6 +36,8 @@ class GridLayers:
         if self.scene.get("grid_lines") is None or self.scene.get("grid") is None:
             self._lines(grid)
             self.scene.turns.step("grid:ids", lambda: self._ids(grid))
+            if self.scene.get("selection") is None:  # made ahead, hidden: a first click only gives it data
+                self.scene.turns.step("grid:selection", lambda: self._selection_layer(grid))
         else:
             self._lines(grid)
             self._ids(grid)
@@ -81,7 +83,9 @@ class GridLayers:
         if grid_layer is not None:
             grid_layer.selected_label = 0 if index is None else int(index) + 1
         if index is None:
-            self.scene.remove(["selection"])
+            layer = self.scene.get("selection")
+            if layer is not None and layer.visible:
+                layer.visible = False  # kept: making a layer again costs a frame or more
             return
         viewer = self.scene.viewer
         ndim = viewer.dims.ndim
@@ -90,9 +94,24 @@ class GridLayers:
             hidden_axes = [a - (ndim - 3) for a in viewer.dims.not_displayed if a >= ndim - 3]
             hidden = hidden_axes[0] if hidden_axes else 0
         vectors, world = L.selection_outline(grid, index, hidden)
+        layer = self._selection_layer(grid, vectors, world)
+        if not layer.visible:
+            layer.visible = True
+        self.scene.raise_overlays()
+
+    def _selection_layer(self, grid, vectors=None, world=None):
+        """The outline's layer given ``vectors`` (made if it is not there; without vectors, made
+        empty and hidden)."""
         cell_mm = _cell_mm(grid)
+        empty = vectors is None
+        if empty:
+            if self.scene.get("selection") is not None or self.scene.viewer is None:
+                return self.scene.get("selection")
+            vectors, world = np.zeros((0, 2, 3), np.float32), L.grid_world_affine(grid)
         layer = self.scene.put("selection", "vectors", vectors, world, name="selected superpatch",
                                edge_width=_SELECTION_WIDTH_MM / cell_mm, length=1.0, edge_color=_SELECTION_COLOR,
-                               vector_style="line", opacity=1.0)
+                               vector_style="line", opacity=1.0, **({"visible": False} if empty else {}))
         layer.edge_width = _SELECTION_WIDTH_MM / cell_mm
-        self.scene.raise_overlays()
+        if empty:
+            self.scene.raise_overlays()
+        return layer

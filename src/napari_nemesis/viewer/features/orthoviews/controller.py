@@ -17,14 +17,13 @@ from psygnal import Signal, SignalGroup
 from ... import _layers as L
 from ..._napari_private import skip_thumbnails, viewer_camera
 from ..._scene import orient_camera
+from .lines import box_outline, plane_lattice
 from .mirror import WATCHED, bring_in_step, make_copy, mirrored_kind, whole_scan_role
 from .planes import crosshair_vectors, dims_order, side_planes
 
 #: The side views follow the cursor at most this often (ms).
 FOLLOW_MS = 60
 DOCK_NAME = "Orthogonal views"
-_CROSSHAIR_COLOR = "#00e5ff"
-_SELECTION_COLOR = "#ff7a00"
 
 
 class OrthoEvents(SignalGroup):
@@ -199,7 +198,9 @@ class OrthoViewsController:
         for view in self.views:
             view.model.layers.clear()
             view.copies.clear()
-            view.crosshair = view.outline = None
+            for lines in (view.grid, view.outline, view.crosshair):
+                lines.key = None
+                lines.visible = False
         self._sync()
         ctx = self.session.scan
         for view in self.views:
@@ -221,7 +222,9 @@ class OrthoViewsController:
         """Copies for the shown layers (in the main canvas's order), none for the others."""
         originals = self._originals()
         wanted = {id(layer): layer for layer in originals if layer.visible}
-        for layer in originals:
+        grid_lines = self.session.layers.get("grid_lines")
+        watched = originals + ([grid_lines] if grid_lines is not None else [])
+        for layer in watched:
             self._watch(layer)
         for view in self.views:
             model = view.model
@@ -242,14 +245,25 @@ class OrthoViewsController:
                     bring_in_step(copy, layer, self._width_factor(view))
                 else:
                     bring_in_step(view.copies[key], layer, self._width_factor(view))
-            order = [view.copies[k] for k in wanted if k in view.copies]
-            self._order(model, order + [lay for lay in (view.outline, view.crosshair) if lay is not None])
-        for key in [k for k in self._watched if k not in {id(x) for x in originals}]:
+            self._order(model, [view.copies[k] for k in wanted if k in view.copies])
+            self._show_lattice(view, grid_lines)
+        for key in [k for k in self._watched if k not in {id(x) for x in watched}]:
             layer, callback = self._watched.pop(key)
             try:
                 layer.events.disconnect(callback)
             except (TypeError, ValueError, RuntimeError):
                 pass
+
+    def _show_lattice(self, view, grid_lines) -> None:
+        """The grid's lines in the view's plane, shown while the main canvas shows its own."""
+        ctx = self.session.scan
+        if ctx is None or grid_lines is None or not grid_lines.visible:
+            view.grid.visible = False
+            return
+        key = (id(ctx.grid), view.plane.name)
+        if view.grid.key != key:
+            view.grid.set(plane_lattice(ctx.grid, view.plane.hidden), view.plane.displayed, key=key)
+        view.grid.visible = len(view.grid.data) > 0
 
     def _width_factor(self, view) -> float:
         """How many times more mm a screen pixel holds in ``view`` than on the main canvas."""
@@ -322,24 +336,12 @@ class OrthoViewsController:
                 model.dims.set_point(plane.hidden, float(point[plane.hidden]))
             on_slice = point.copy()  # the slider snaps to a slice: the crosshair lies in that one
             on_slice[plane.hidden] = float(model.dims.point[plane.hidden])
-            cross = crosshair_vectors(on_slice, lo, hi, plane)
-            if view.crosshair is None or view.crosshair not in model.layers:
-                view.crosshair = model.add_vectors(cross, name="crosshair", edge_color=_CROSSHAIR_COLOR,
-                                                   edge_width=float(np.max(hi - lo)) / 60.0, length=1.0, vector_style="line", opacity=0.8,
-                                                   **self._units(ctx))
-                skip_thumbnails(view.crosshair)
-            else:
-                view.crosshair.data = cross
-            self._outline(view, ctx, selected, point)
+            view.crosshair.set(crosshair_vectors(on_slice, lo, hi, plane), plane.displayed)
+            view.crosshair.visible = True
+            self._outline(view, ctx, selected, float(on_slice[plane.hidden]))
             if centre:
                 camera = viewer_camera(model)
                 camera.center = tuple(float(point[a]) for a in plane.displayed)
-
-    @staticmethod
-    def _units(ctx) -> dict:
-        """The scan's units (mm) for a layer of ours, so napari keeps rendering in mm."""
-        units = getattr(ctx.layer, "units", None)
-        return {"units": tuple(units)} if units is not None else {}
 
     def _fit_views(self) -> None:
         """Each side view zoomed to the scan (once its dock has its size), its lines widened to match."""
@@ -350,40 +352,16 @@ class OrthoViewsController:
         if self.point is not None:
             self._follow_now(centre=False)
 
-    def _outline(self, view, ctx, selected, point) -> None:
-        """The selected superpatch's outline in this view's plane (made again only when the
-        selection, the grid or the plane changed: the cursor does not move it)."""
-        model = view.model
-        if selected is None:  # made now, hidden and empty: a first selection only gives it data
-            if view.outline is None or view.outline not in model.layers:
-                view.outline = model.add_vectors(np.zeros((0, 2, 3), np.float32), name="selected superpatch",
-                                                 edge_color=_SELECTION_COLOR, vector_style="line", visible=False,
-                                                 **self._units(ctx))
-                skip_thumbnails(view.outline)
-            elif view.outline.visible:
-                view.outline.visible = False
-            view.outline.metadata["key"] = None
+    def _outline(self, view, ctx, selected, slice_at: float) -> None:
+        """The selected superpatch's outline in this view's plane, shown in the slices that cut the
+        box (its edges made again only when the selection, the grid or the plane changed)."""
+        if selected is None:
+            view.outline.visible = False
             return
         key = (int(selected), id(ctx.grid), view.plane.name)
-        cell_mm = float(np.mean(np.linalg.norm(L.grid_world_affine(ctx.grid)[:3, :3], axis=0)))
-        width = 3.0 / cell_mm * self._width_factor(view)
-        if (view.outline is not None and view.outline in model.layers and view.outline.visible
-                and view.outline.metadata.get("key") == key):
-            if not np.isclose(float(np.max(view.outline.edge_width)), width):
-                view.outline.edge_width = width
-            return
-        vectors, world = L.selection_outline(ctx.grid, int(selected), view.plane.hidden)
-        kwargs = L.transform_kwargs(world)
-        if view.outline is None or view.outline not in model.layers:
-            view.outline = model.add_vectors(vectors, name="selected superpatch", edge_color=_SELECTION_COLOR,
-                                             edge_width=width, length=1.0, vector_style="line", **kwargs,
-                                             **self._units(ctx))
-            skip_thumbnails(view.outline)
-        else:
-            view.outline.data = vectors
-            for name, value in kwargs.items():
-                setattr(view.outline, name, value)
-            view.outline.edge_width = width
-            if not view.outline.visible:
-                view.outline.visible = True
-        view.outline.metadata["key"] = key
+        if view.outline.key != key:
+            edges, (low, high) = box_outline(ctx.grid, int(selected), view.plane.hidden)
+            view.outline.set(edges, view.plane.displayed, key=key)
+            view.outline.span = (low, high)
+        low, high = view.outline.span
+        view.outline.visible = len(view.outline.data) > 0 and low - 1e-6 <= slice_at <= high + 1e-6

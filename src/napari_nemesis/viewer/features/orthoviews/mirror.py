@@ -16,10 +16,11 @@ WATCHED = frozenset(MIRRORED) | {"data", "set_data", "rotate", "shear", "name", 
 
 _KINDS = ("image", "labels", "vectors")
 
-#: The session's roles whose layers cover the whole scan: the side views show these. The selected
-#: superpatch's reconstruction and attention maps live inside one box (the main canvas shows them);
-#: the grid's picking layer is transparent; the selection outline is drawn per plane.
-_WHOLE_SCAN_ROLES = ("scan", "grid_lines", "error_map")
+#: The session's roles whose layers cover the whole scan: the side views show copies of these. The
+#: selected superpatch's reconstruction and attention maps live inside one box (the main canvas shows
+#: them); the grid's picking layer is transparent; the grid's lines and the selection outline each
+#: side view draws itself, in its plane (:mod:`.lines`).
+_WHOLE_SCAN_ROLES = ("scan", "error_map")
 _WHOLE_SCAN_PREFIXES = ("prob:", "patch:", "map:")  # map: the label states
 
 

@@ -7,7 +7,12 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QSplitter, QVBoxLayout, QWidget
 
 from ..._side_view import SideView
+from .lines import PlaneLines
 from .planes import Plane
+
+GRID_COLOR = "yellow"  # the main canvas's lattice colour
+SELECTION_COLOR = "#ff7a00"
+CROSSHAIR_COLOR = "#00e5ff"
 
 #: A side view's title says which way is up, as the main canvas's markers do.
 _UP = {"axial": "anterior up", "coronal": "head up", "sagittal": "head up"}
@@ -20,8 +25,10 @@ class PlaneView(SideView):
         super().__init__(f"{plane.name} ({_UP[plane.name]})", parent)
         self.plane = plane
         self.copies: dict[int, object] = {}  # id(original layer) -> its copy here
-        self.crosshair = None
-        self.outline = None
+        # drawn over the copies, in this order: the lattice, the selection, the crosshair
+        self.grid = PlaneLines(self.qt_viewer, GRID_COLOR, width=1.0, opacity=0.8, order=0)
+        self.outline = PlaneLines(self.qt_viewer, SELECTION_COLOR, width=3.0, order=1)
+        self.crosshair = PlaneLines(self.qt_viewer, CROSSHAIR_COLOR, width=1.0, opacity=0.9, order=2)
 
     def set_plane(self, plane: Plane) -> None:
         self.plane = plane
@@ -29,7 +36,8 @@ class PlaneView(SideView):
 
     def close_view(self) -> None:
         self.copies.clear()
-        self.crosshair = self.outline = None
+        for lines in (self.grid, self.outline, self.crosshair):
+            lines.close()
         super().close_view()
 
 
