@@ -246,3 +246,110 @@ def test_only_jobs_with_activity_open_a_napari_activity_bar_and_only_once_they_r
     release.set()
     assert job.wait(30000)
     assert len(opened) == 1 and state.status == "done" and state.total == 4
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the libraries are mapped ahead on Linux only")
+def test_torch_libraries_are_mapped_ahead_of_the_import_while_the_main_thread_runs(tmp_path):
+    """A worker maps torch's big library through libc (no GIL held) before any job imports torch:
+    the main thread keeps running meanwhile (an ``import torch`` holds the GIL through the whole
+    mapping), the library is loaded, torch itself is not imported yet, and importing it afterwards
+    works."""
+    import subprocess
+
+    code = (
+        "import sys, threading, time\n"
+        "from napari_nemesis.viewer._torch_preload import preload_torch_libraries\n"
+        "assert 'torch' not in sys.modules\n"
+        "done, result, turns = threading.Event(), [], [0]\n"
+        "def load():\n"
+        "    result.append(preload_torch_libraries()); done.set()\n"
+        "threading.Thread(target=load).start()\n"
+        "while not done.is_set():\n"
+        "    time.sleep(0.001); turns[0] += 1\n"
+        "assert result == [True], result\n"
+        "assert 'torch' not in sys.modules\n"
+        "assert 'libtorch_cpu' in open('/proc/self/maps').read()\n"
+        "assert preload_torch_libraries() is True  # once: the second call maps nothing again\n"
+        "import torch\n"
+        "assert float(torch.ones(3).sum()) == 3.0\n"
+        "assert preload_torch_libraries() is False  # torch imported: nothing to do\n"
+        "print('turns', turns[0])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    turns = int(out.stdout.split("turns")[-1])
+    assert turns >= 5  # the main thread ran while the library was mapped
+
+
+@pytest.mark.gui
+def test_a_canvas_resized_inside_paint_after_paints_once_afterwards(make_napari_viewer, qtbot):
+    """Qt repaints a GL canvas synchronously on every resize; inside ``paint_after`` the canvas is
+    not drawn then, and is asked for one frame when the block ends (and none when nothing resized)."""
+    from napari_nemesis.viewer._napari_private import paint_after, qt_canvas
+
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(np.zeros((8, 8), np.float32))
+    scene_canvas = qt_canvas(viewer)._scene_canvas
+    native = scene_canvas.native
+    qtbot.wait(200)
+    draws = []
+    scene_canvas.events.draw.connect(lambda _event: draws.append(1))
+    with paint_after(viewer):
+        native.resize(native.width() - 40, native.height() - 30)
+        assert draws == []  # no synchronous frame inside the block
+    qtbot.waitUntil(lambda: len(draws) >= 1, timeout=5000)  # the one frame, on the next turn
+    qtbot.wait(200)
+    draws.clear()
+    with paint_after(viewer):
+        pass
+    qtbot.wait(200)
+    assert draws == []  # nothing resized: nothing asked for
+
+
+def test_the_objects_alive_before_the_first_scan_are_kept_out_of_the_collector_once(monkeypatch):
+    """``gc.freeze`` once per process (a full collection would walk napari's and torch's objects
+    on the GUI thread), and not where ``NEMESIS_NO_GC_FREEZE`` is set (the suite's own setting)."""
+    import gc
+
+    from napari_nemesis.viewer import _session
+
+    assert os.environ.get("NEMESIS_NO_GC_FREEZE")
+    monkeypatch.setattr(_session, "_froze", False)
+    _session.keep_out_of_collector()
+    assert gc.get_freeze_count() == 0 and not _session._froze
+    monkeypatch.delenv("NEMESIS_NO_GC_FREEZE")
+    try:
+        _session.keep_out_of_collector()
+        frozen = gc.get_freeze_count()
+        assert frozen > 10_000 and _session._froze
+        [object() for _ in range(10)]
+        _session.keep_out_of_collector()  # once: nothing more is frozen
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()  # the suite's later viewers must be collectable
+
+
+@pytest.mark.gui
+def test_with_the_grid_dock_open_a_scan_is_read_and_prepared_without_an_activity_bar(
+        make_napari_viewer, qtbot, tiny_weights, tmp_path, monkeypatch):
+    """Adding a bar to napari's activity dock re-lays out the whole window: while the grid dock is
+    open, it shows the reading and the preparing of a scan instead."""
+    from napari.utils import progress
+
+    from napari_nemesis.viewer import _workers, session_for
+    from test_viewer_routes import _scan_file
+
+    monkeypatch.setattr(_workers, "ACTIVITY_DELAY_MS", 0)  # any job with a bar shows it at once
+    viewer = make_napari_viewer(show=True)
+    session = session_for(viewer)
+    session.set_weights(*tiny_weights, wait=True)
+    viewer.window.add_plugin_dock_widget("napari-nemesis", "Superpatch grid")
+    grid = session.widgets["Superpatch grid"]
+    opened, shown = [], []
+    progress._all_instances.events.changed.connect(lambda event: opened.extend(event.added))
+    session.events.run.connect(lambda job, _state: shown.append(grid.active.text()))
+    session.open_scan(_scan_file(tmp_path / "scan.nii.gz"), wait=True)
+    assert session.scan is not None
+    scan_bars = [bar for bar in opened if str(bar.desc).startswith(("reading", "preparing"))]
+    assert scan_bars == []
+    assert any("reading" in text for text in shown) and any("preparing" in text for text in shown)
+    assert "scan" in grid.active.text()  # then the active scan's name

@@ -64,6 +64,31 @@ def scene_of(qt_viewer_widget):
         return getattr(view, "scene", None)
 
 
+@contextmanager
+def paint_after(viewer):
+    """Changes inside the block that resize the canvas (a first layer widens the layer controls)
+    do not paint it there and then: Qt's GL widget repaints synchronously on every resize, a whole
+    frame (50-120 ms under software OpenGL) inside the handler, before the frame napari asks for
+    next anyway. The canvas is asked for that one frame when the block ends."""
+    with _quiet():
+        scene_canvas = getattr(qt_canvas(viewer), "_scene_canvas", None) if viewer is not None else None
+    draw = getattr(getattr(scene_canvas, "events", None), "draw", None)
+    if draw is None:
+        yield
+        return
+    native = getattr(scene_canvas, "native", None)
+    size = native.size() if native is not None else None
+    try:
+        with draw.blocker():
+            yield
+    finally:
+        try:  # resized meanwhile: its one frame (otherwise nothing was held back)
+            if native is not None and native.size() != size:
+                scene_canvas.update()
+        except RuntimeError:  # the canvas was closed meanwhile
+            pass
+
+
 def canvas_widget(viewer):
     """The Qt widget of the canvas (where key events and overlays of ours go), or None."""
     canvas = qt_canvas(viewer)
@@ -107,7 +132,7 @@ def warm_first_layer_costs() -> None:
     its unit registry (pint parses its whole definitions file when a layer first has units: 0.5 s)
     and the modules it imports lazily then (scipy.ndimage for an image's thumbnail and contrast
     range, pandas for the grid's features, scikit-image's colours for a label layer's colormap,
-    0.1-0.6 s each). Called from the worker that reads a scan, before its layer is added; a module
+    0.1-0.6 s each), and vispy's line patterns. Called from the worker that reads a scan, before its layer is added; a module
     already imported costs nothing, and the registry is napari's own cached one, made once."""
     import importlib
 
@@ -116,6 +141,12 @@ def warm_first_layer_costs() -> None:
             importlib.import_module(name)
         except ImportError:  # napari made do without it; so do we
             pass
+    try:  # a label layer's polygon overlay: vispy's dashed-line patterns, made once (0.1 s)
+        from vispy.visuals.line.dash_atlas import DashAtlas
+
+        DashAtlas()
+    except ImportError:
+        pass
     try:
         from napari.utils._units import get_unit_registry
     except ImportError:  # a napari without it: its layers make their own

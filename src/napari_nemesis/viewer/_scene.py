@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import _layers as L
-from ._napari_private import layer_type, place_canvas_overlays, qt_canvas, qt_window, text_overlay, viewer_camera
+from ._napari_private import layer_type, paint_after, place_canvas_overlays, qt_canvas, qt_window, text_overlay, viewer_camera
 from ._turns import TurnQueue
 
 #: ``layer.metadata`` key: the layer was made (or cleared) ahead of a result and holds none yet.
@@ -98,7 +98,8 @@ class Scene:
             self.remove([role])
         self.turns.drop(f"make:{role}")
         add = getattr(self.viewer, f"add_{kind}")
-        layer = add(data, axis_labels=L.AXIS_LABELS, units=L.UNITS, **transform, **kwargs)
+        with paint_after(self.viewer):
+            layer = add(data, axis_labels=L.AXIS_LABELS, units=L.UNITS, **transform, **kwargs)
         layer.metadata[ROLE] = role
         self._layers[role] = layer
         self._added = True
@@ -116,7 +117,8 @@ class Scene:
             for layer in overlays:
                 layers.move(layers.index(layer), len(layers))
         if overlays and layers.selection.active is not overlays[-1] and self._can_activate():
-            layers.selection.active = overlays[-1]
+            with paint_after(self.viewer):  # other layer controls beside the canvas can resize it
+                layers.selection.active = overlays[-1]
 
     def _can_activate(self) -> bool:
         """Making a layer active makes napari read its value under the cursor; in 3D, before the mouse

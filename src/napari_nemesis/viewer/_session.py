@@ -18,6 +18,8 @@ proxy and the real viewer share one session.
 
 from __future__ import annotations
 
+import os
+
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +32,31 @@ from ..errors import NemesisInputError
 from . import _layers as L
 from ._jobs import prepare_job, weights_job
 from ._models import Geometry, ModelStore, WeightsChoice
-from ._napari_private import real_viewer
+from ._napari_private import paint_after, real_viewer
 from ._runstate import RUNNING
 from ._scene import Scene
 from ._settings import Settings, forget_missing_weights, load_settings, save_settings
 from ._workers import Job, RunState, start_job
+
+_froze = False
+
+
+def keep_out_of_collector() -> None:
+    """Move every object alive now (napari's, torch's: over a million, nearly all living as long as
+    the viewer) out of the cyclic garbage collector's sight (``gc.freeze``, O(1)). A full
+    collection walks all of them, 0.3-0.4 s on the GUI thread at whatever moment the allocation
+    count happens to trip it (the stalls of a layer's making that came and went). Once per process,
+    before the first scan's layer exists: what is frozen is never collected as a cycle, so no scan
+    is; everything made afterwards is collected as before. ``NEMESIS_NO_GC_FREEZE=1`` leaves the
+    collector alone (the test suite, whose viewers come and go)."""
+    import gc
+
+    global _froze
+    if _froze or os.environ.get("NEMESIS_NO_GC_FREEZE"):
+        return
+    _froze = True
+    gc.freeze()
+
 
 #: Kernel jobs; features add their own names when they first start one.
 KERNEL_JOBS = ("open", "prepare", "weights")
@@ -51,6 +73,8 @@ def read_scan_job(path: Path, *, cancel, report):
     if kind != "image":
         raise NemesisInputError(f"{path}: this is a label map, not a CT scan")
     warm_first_layer_costs()  # here, not on the GUI thread when the layer is added
+    import torch  # noqa: F401  (here, its libraries mapped ahead: the preparing needs it next, and
+    # the objects it makes are then alive when they are kept out of the collector)
     return data, kwargs, kind
 
 
@@ -417,24 +441,34 @@ class NemesisSession:
         if isinstance(scan, Volume):
             return self._add_scan(scan_layer_data(scan), wait=wait)
         path = Path(str(scan))
-        job = self.start("open", read_scan_job, path, wait=False,
-                         on_done=lambda read: self.scene.later("open", lambda: self._add_scan(read, wait=False)),
+        job = self.start("open", read_scan_job, path, wait=False, progress_in_dock=self._grid_dock_open(),
+                         on_done=lambda read: self._before_scan_layer(read),
                          description=f"reading {path.name}")
         if not wait:
             return job
         job.wait()
         job.outcome()
-        self.scene.flush()
+        self.scene.settle()  # the layer is added on a turn of its own, as it is for a user
         if self.running("prepare"):
             self.wait("prepare")
         self.scene.settle()
         return self.scan
 
+    def _before_scan_layer(self, read) -> None:
+        """A scan was read: its layer is added on the next event-loop turn. A viewer with no layer yet
+        gets its 3D sliders now (napari makes them with the first 3D layer: a turn's worth of its own)."""
+        viewer = self._viewer()
+        if viewer is not None and len(viewer.layers) == 0 and viewer.dims.ndim < 3:
+            viewer.dims.ndim = 3
+        keep_out_of_collector()
+        self.scene.later("open", lambda: self._add_scan(read, wait=False))
+
     def _add_scan(self, read, wait: bool):
         data, kwargs, _kind = read
         self._adopting = True
         try:
-            layer = self.viewer.add_image(data, **kwargs)
+            with paint_after(self.viewer):
+                layer = self.viewer.add_image(data, **kwargs)
         finally:
             self._adopting = False
         return self.use_scan_layer(layer, wait=wait)
@@ -459,9 +493,14 @@ class NemesisSession:
         self._preparing = layer
         weights = self.weights
         return self.start("prepare", prepare_job, volume, weights, self.models, wait=wait,
+                          progress_in_dock=self._grid_dock_open(),
                           on_done=lambda result: self._scan_ready(layer, weights, *result),
                           on_end=lambda _state: setattr(self, "_preparing", None),
                           description=f"preparing {layer.name}")
+
+    def _grid_dock_open(self) -> bool:
+        """The grid dock shows the reading and preparing of a scan (then they need no activity bar)."""
+        return any(getattr(widget, "shows_scan_progress", False) for widget in self.widgets.values())
 
     def _show_only(self, layer) -> None:
         """The active scan alone visible, the camera and the slice on it."""

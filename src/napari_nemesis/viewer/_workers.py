@@ -60,12 +60,16 @@ def lower_thread_priority(nice: int = JOB_NICE) -> bool:
 
 
 def _in_background(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` (function or generator function) lowering its thread's priority first."""
+    """``fn`` (function or generator function) lowering its thread's priority first, torch's
+    libraries loaded without the GIL before any job imports torch (:mod:`._torch_preload`)."""
+    from ._torch_preload import preload_torch_libraries
+
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
         def generator(*args: Any, **kwargs: Any):
             lower_thread_priority()
+            preload_torch_libraries()
             return (yield from fn(*args, **kwargs))
 
         return generator
@@ -73,6 +77,7 @@ def _in_background(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def function(*args: Any, **kwargs: Any) -> Any:
         lower_thread_priority()
+        preload_torch_libraries()
         return fn(*args, **kwargs)
 
     return function

@@ -17,6 +17,7 @@ _NO_SCAN = "No scan yet: open a CT (File > Open) or the sample."
 
 class GridWidget(NemesisDock):
     dock_title = "Superpatch grid"
+    shows_scan_progress = True  # the session's scan jobs then need no activity bar
 
     def __init__(self, napari_viewer) -> None:
         super().__init__(napari_viewer)
@@ -69,6 +70,7 @@ class GridWidget(NemesisDock):
         follow(events.selection, self._on_selection, self)
         follow(events.hover, self._on_hover, self)
         follow(events.grid_columns, lambda _c: self._on_selection(self.session.selected), self)
+        follow(events.run, self._on_run, self)
         self._refresh_scans()
         self._on_scan(self.session.scan)
 
@@ -113,6 +115,14 @@ class GridWidget(NemesisDock):
             f"{g.n} superpatches of {g.superpatch}\u00b3 voxels at {sx:g} x {sy:g} x {sz:g} mm "
             f"(x y z), grid {' x '.join(map(str, g.grid_shape))} (z y x); each box is "
             f"{g.superpatch * sx:g} x {g.superpatch * sy:g} x {g.superpatch * sz:g} mm.")
+
+    def _on_run(self, job: str, state) -> None:
+        """Reading and preparing a scan show their progress here (they have no activity bar while
+        this dock is open: adding one re-lays out the whole window)."""
+        if job in ("open", "prepare") and state.running and self.session.scan is None:
+            verb = "reading" if job == "open" else "preparing"
+            detail = f" ({state.message})" if state.message and state.message != "starting" else ""
+            self.active.setText(f"Active scan: {verb}...{detail}")
 
     def _on_selection(self, index) -> None:
         info = self.session.superpatch_info(index)
