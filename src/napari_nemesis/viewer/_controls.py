@@ -42,6 +42,27 @@ def wrapped_label(text: str = "") -> QLabel:
     return label
 
 
+class SteadyLabel(QLabel):
+    """A wrapped label that never gets shorter: text that changes as the cursor moves (a line more,
+    a line less) then re-lays out nothing around it, and a relayout of a dock repaints the whole
+    window (40-60 ms of a software-rendered one) in the cursor's frame."""
+
+    def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)
+        super().setText(text)
+        width = self.width() if self.width() > 0 else self.sizeHint().width()
+        height = self.heightForWidth(width) if text else 0
+        if height > self.minimumHeight():
+            self.setMinimumHeight(height)
+
+
+def steady_label(text: str = "") -> QLabel:
+    label = SteadyLabel()
+    label.setWordWrap(True)
+    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    label.setText(text)
+    return label
+
+
 def set_progress(bar: QProgressBar, maximum: int, value: int, text: str) -> None:
     """Set a progress bar (range 0..``maximum``), painted with the next window update.
     ``QProgressBar.setValue`` repaints at once, and a repaint redraws the whole window (10-25 ms
