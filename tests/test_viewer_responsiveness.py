@@ -305,6 +305,119 @@ def test_a_canvas_resized_inside_paint_after_paints_once_afterwards(make_napari_
     assert draws == []  # nothing resized: nothing asked for
 
 
+@pytest.mark.gui
+def test_changes_inside_no_frame_asked_ask_no_frame_and_an_offscreen_draw_keeps_it_so(make_napari_viewer, qtbot):
+    """A layer shown, drawn off screen and hidden again leaves the canvas as it was: no frame is
+    asked for it, not even by the off-screen draw putting the canvas's transforms back."""
+    from napari_nemesis.viewer._napari_private import draw_offscreen, no_frame_asked, qt_canvas
+
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(np.zeros((8, 8), np.float32))
+    hidden = viewer.add_image(np.ones((8, 8), np.float32), visible=False)
+    scene_canvas = qt_canvas(viewer)._scene_canvas
+    qtbot.wait(300)
+    draws = []
+    scene_canvas.events.draw.connect(lambda _event: draws.append(1))
+    with no_frame_asked(viewer):
+        hidden.visible = True
+        assert draw_offscreen(viewer, (16, 16)) is True
+        hidden.visible = False
+    assert "update" not in vars(scene_canvas)  # given back as it was
+    qtbot.wait(300)
+    assert draws == []
+    hidden.visible = True  # outside the block a change asks for its frame
+    qtbot.waitUntil(lambda: len(draws) >= 1, timeout=5000)
+
+
+@pytest.mark.gui
+def test_a_canvas_never_shown_is_not_drawn_off_screen(make_napari_viewer, qtbot):
+    """Before its first show a canvas has no GL context: an off-screen draw would send its textures
+    to another viewer's context and break the frames of both (GL_INVALID_VALUE ever after)."""
+    from napari_nemesis.viewer._napari_private import draw_offscreen
+
+    shown = make_napari_viewer(show=True)
+    shown.add_image(np.zeros((8, 8), np.float32))
+    hidden = make_napari_viewer(show=False)
+    hidden.add_image(np.ones((8, 8), np.float32))
+    assert draw_offscreen(hidden) is False
+    assert draw_offscreen(shown) is True
+    shown.screenshot(canvas_only=True, flash=False)  # the shown one still draws
+
+
+@pytest.mark.gui
+def test_unseen_work_asks_a_frame_only_when_the_sliders_range_changed(make_napari_viewer, qtbot):
+    from napari_nemesis.viewer import launch
+    from napari_nemesis.viewer._napari_private import qt_canvas
+
+    viewer = make_napari_viewer(show=True)
+    session = launch(viewer=viewer, widgets=False)
+    viewer.add_image(np.zeros((4, 8, 8), np.float32))
+    scene_canvas = qt_canvas(viewer)._scene_canvas
+    qtbot.wait(300)
+    draws = []
+    scene_canvas.events.draw.connect(lambda _event: draws.append(1))
+    with session.scene.unseen():
+        viewer.add_image(np.zeros((4, 8, 8), np.float32), opacity=0.0)  # the same range
+    qtbot.wait(300)
+    assert draws == []
+    with session.scene.unseen():
+        viewer.add_image(np.zeros((9, 8, 8), np.float32), opacity=0.0)  # a longer z slider
+    qtbot.waitUntil(lambda: len(draws) >= 1, timeout=5000)
+
+
+@pytest.mark.gui
+def test_layers_added_inside_added_inactive_leave_the_active_layer_alone(make_napari_viewer):
+    from napari_nemesis.viewer._napari_private import added_inactive
+
+    viewer = make_napari_viewer()
+    first = viewer.add_image(np.zeros((8, 8), np.float32))
+    with added_inactive(viewer):
+        second = viewer.add_image(np.zeros((8, 8), np.float32))
+    assert viewer.layers.selection.active is first and second in viewer.layers
+    third = viewer.add_image(np.zeros((8, 8), np.float32))  # napari's own habit again afterwards
+    assert viewer.layers.selection.active is third
+
+
+@pytest.mark.gui
+def test_a_hidden_layers_colorbar_comes_on_a_turn_of_its_own_and_survives_stale_results(make_napari_viewer, qtbot):
+    from napari_nemesis.viewer import launch
+
+    viewer = make_napari_viewer()
+    scene = launch(viewer=viewer, widgets=False).scene
+    shown = viewer.add_image(np.zeros((8, 8), np.float32))
+    hidden = viewer.add_image(np.zeros((8, 8), np.float32), visible=False)
+    scene.colorbar_for(shown)
+    assert shown.colorbar.visible and str(shown.colorbar.position) == "top_left"  # at once
+    scene.colorbar_for(hidden)
+    assert not hidden.colorbar.visible and scene.turns.waiting("colorbar:")
+    scene.clear_results()  # a new scan or new weights: the colorbar is not a result
+    assert scene.turns.waiting("colorbar:")
+    qtbot.waitUntil(lambda: hidden.colorbar.visible, timeout=5000)
+    assert str(hidden.colorbar.position) == "top_left"
+
+
+@pytest.mark.gui
+def test_warm_up_renders_the_colorbar_glyphs_a_few_a_turn_then_each_blank_layer(make_napari_viewer, tiny_weights,
+                                                                                 qtbot):
+    """The glyphs in chunks first (each chunk a turn), then each hidden blank layer once; the text
+    overlay and the layers are left as they were."""
+    from napari_nemesis.viewer import launch
+    from napari_nemesis.viewer._napari_private import text_overlay
+    from napari_nemesis.viewer._scene import _GLYPH_CHUNKS, _WARM, BLANK
+
+    session = launch(viewer=make_napari_viewer(show=True), widgets=False)
+    session.set_weights(*tiny_weights, wait=True)
+    session.open_scan(_scan_volume(), wait=True)
+    scene = session.scene
+    assert "".join(_GLYPH_CHUNKS) == "0123456789.-+e" and all(len(c) <= 6 for c in _GLYPH_CHUNKS)
+    qtbot.waitUntil(lambda: not scene.turns.waiting("warm"), timeout=60000)
+    assert scene._glyphs_left == []
+    blanks = [lay for lay in scene.layers.values() if lay.metadata.get(BLANK)]
+    assert blanks and all(lay.metadata.get(_WARM) and not lay.visible for lay in blanks)
+    text = text_overlay(session.viewer)
+    assert text is None or not text.visible or text.text not in _GLYPH_CHUNKS
+
+
 def test_the_objects_alive_before_the_first_scan_are_kept_out_of_the_collector_once(monkeypatch):
     """``gc.freeze`` once per process (a full collection would walk napari's and torch's objects
     on the GUI thread), and not where ``NEMESIS_NO_GC_FREEZE`` is set (the suite's own setting)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _layers as L
-from ._napari_private import viewer_camera
+from ._napari_private import paint_after, viewer_camera
 
 WINDOW_SIZE = (1600, 1000)
 
@@ -42,8 +42,14 @@ def open_demo(scan=None, viewer=None, probabilities: bool = True, wait: bool = T
         data, kwargs, _kind = labels_layer_data(volume, read_labels(sample_btcv_labels_path(), volume),
                                                 name="organs (BTCV labels)", scheme="btcv")
         kwargs["visible"] = False
-        viewer.add_labels(data, **kwargs)
-        session.scene.raise_overlays(force=True)
+
+        def add_labels() -> None:  # a layer costs a turn of its own, as the scan's layers do
+            with paint_after(viewer):
+                viewer.add_labels(data, **kwargs)
+                session.scene.raise_overlays(force=True)
+
+        session.scene.turns.step("demo:labels", add_labels)
+        session.scene.settle()
     else:
         session.open_scan(scan, wait=True)
     _settle(viewer)

@@ -70,8 +70,7 @@ def paint_after(viewer):
     do not paint it there and then: Qt's GL widget repaints synchronously on every resize, a whole
     frame (50-120 ms under software OpenGL) inside the handler, before the frame napari asks for
     next anyway. The canvas is asked for that one frame when the block ends."""
-    with _quiet():
-        scene_canvas = getattr(qt_canvas(viewer), "_scene_canvas", None) if viewer is not None else None
+    scene_canvas = _scene_canvas(viewer)
     draw = getattr(getattr(scene_canvas, "events", None), "draw", None)
     if draw is None:
         yield
@@ -87,6 +86,84 @@ def paint_after(viewer):
                 scene_canvas.update()
         except RuntimeError:  # the canvas was closed meanwhile
             pass
+
+
+def _scene_canvas(viewer):
+    with _quiet():
+        return getattr(qt_canvas(viewer), "_scene_canvas", None) if viewer is not None else None
+
+
+def draw_offscreen(viewer, size: tuple[int, int] = (64, 64)) -> bool:
+    """Draw the canvas's scene once into a small off-screen buffer: every shown visual builds and
+    compiles its shaders and uploads its data, as in a frame, but the pixels cost next to nothing
+    (napari's screenshot repaints the whole canvas and reads it back: 100-200 ms under software
+    OpenGL). False without a canvas, or before the canvas was first shown: its GL context does
+    not exist yet, and vispy would send the draw's textures to whichever context is current
+    (another viewer's), which then fails every later frame of both."""
+    canvas = _scene_canvas(viewer)
+    native = getattr(canvas, "native", None)
+    if canvas is None or not hasattr(canvas, "render") or native is None:
+        return False
+    try:
+        if not native.isValid():
+            return False
+    except (AttributeError, RuntimeError):  # not a GL widget, or deleted meanwhile
+        return False
+    canvas.render(size=tuple(int(v) for v in size), alpha=False)
+    return True
+
+
+@contextmanager
+def no_frame_asked(viewer):
+    """Changes inside the block that leave the canvas as it was (a hidden layer shown, drawn off
+    screen, hidden again) ask for no frame: each would repaint the whole canvas on the next turn
+    for nothing. A frame asked for before the block is still drawn."""
+    canvas = _scene_canvas(viewer)
+    if canvas is None or not callable(getattr(canvas, "update", None)):
+        yield
+        return
+    # vispy's own "drawing now" flag would not do: its draw clears it, and an off-screen draw asks
+    # for a frame after that, when it puts the canvas's transforms back.
+    own = canvas.__dict__.get("update")
+    canvas.update = _no_update
+    try:
+        yield
+    finally:
+        if own is None:
+            canvas.__dict__.pop("update", None)
+        else:
+            canvas.update = own
+
+
+def _no_update(*_args, **_kwargs) -> None:
+    return None
+
+
+def ask_frame(viewer) -> None:
+    """Ask the canvas for one frame (drawn on a later turn)."""
+    canvas = _scene_canvas(viewer)
+    if canvas is not None:
+        try:
+            canvas.update()
+        except RuntimeError:  # closed meanwhile
+            pass
+
+
+@contextmanager
+def added_inactive(viewer):
+    """Layers added inside the block do not become the active layer (napari makes each new layer
+    active: its controls are laid out beside the canvas and its value read under the cursor, then
+    the scene makes its own topmost overlay active again, a second relayout in the same turn)."""
+    layers = getattr(viewer, "layers", None) if viewer is not None else None
+    if layers is None or not hasattr(layers, "_activate_on_insert"):
+        yield
+        return
+    was = layers._activate_on_insert
+    layers._activate_on_insert = False
+    try:
+        yield
+    finally:
+        layers._activate_on_insert = was
 
 
 def canvas_widget(viewer):

@@ -21,12 +21,13 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Callable
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from . import _layers as L
-from ._napari_private import layer_type, paint_after, place_canvas_overlays, qt_canvas, qt_window, text_overlay, viewer_camera
+from ._napari_private import added_inactive, ask_frame, draw_offscreen, layer_type, no_frame_asked, paint_after, place_canvas_overlays, qt_canvas, qt_window, text_overlay, viewer_camera
 from ._turns import TurnQueue
 
 #: ``layer.metadata`` key: the layer was made (or cleared) ahead of a result and holds none yet.
@@ -34,6 +35,9 @@ BLANK = "nemesis_blank"
 _WARM = "nemesis_drawn_once"  # its visual was drawn once (shaders built)
 ROLE = "nemesis_role"
 _AHEAD = ("make:", "warm")  # queue keys of work done ahead of any result
+_COLORBAR = "colorbar:"  # queue key of a layer's colorbar: it outlives the layer's results
+#: The characters colorbar ticks use, a few per turn (each new one costs 8-15 ms to render).
+_GLYPH_CHUNKS = ("0123", "4567", "89.-+e")
 
 
 class Scene:
@@ -50,7 +54,7 @@ class Scene:
         self.result_clearers: list[Callable[[], None]] = []  # features' "results are stale" hooks
         self._makers: dict[str, Callable[[], Any]] = {}
         self._canvas = None
-        self._warmed_text = False
+        self._glyphs_left = list(_GLYPH_CHUNKS)  # the colorbars' characters still to render
 
     # ---- bookkeeping ---------------------------------------------------------------------------
     @property
@@ -98,7 +102,7 @@ class Scene:
             self.remove([role])
         self.turns.drop(f"make:{role}")
         add = getattr(self.viewer, f"add_{kind}")
-        with paint_after(self.viewer):
+        with paint_after(self.viewer), added_inactive(self.viewer):  # the active layer is raise_overlays' business
             layer = add(data, axis_labels=L.AXIS_LABELS, units=L.UNITS, **transform, **kwargs)
         layer.metadata[ROLE] = role
         self._layers[role] = layer
@@ -194,7 +198,7 @@ class Scene:
         """The results are out of date (new weights, a new scan): waiting updates are dropped and
         every feature blanks and hides its result layers in place (no run pays for making them
         again)."""
-        for key in [k for k in self.turns.waiting("") if not k.startswith(_AHEAD)]:
+        for key in [k for k in self.turns.waiting("") if not k.startswith((*_AHEAD, _COLORBAR))]:
             self.turns.drop(key)
         for clear in list(self.result_clearers):
             clear()
@@ -206,13 +210,30 @@ class Scene:
         self._makers[role] = make
 
         def made() -> None:
-            make()
-            self.link_contrast()
-            self.raise_overlays()
+            with self.unseen():
+                make()
+                self.link_contrast()
+                self.raise_overlays()
             if not self.turns.waiting("make:"):
                 self.warm_later()
 
         self.turns.step(f"make:{role}", made)
+
+    @contextmanager
+    def unseen(self):
+        """For work that changes nothing on the canvas (a layer made hidden or transparent, the
+        overlays put back on top of it): no frame is asked for, where napari would repaint the whole
+        canvas for it on the next turn (60-100 ms under software OpenGL). Should the sliders' range
+        change meanwhile, the canvas gets its frame."""
+        viewer = self.viewer
+        if viewer is None:
+            yield
+            return
+        before = tuple(viewer.dims.range)
+        with no_frame_asked(viewer):
+            yield
+        if self._alive() and tuple(viewer.dims.range) != before:
+            ask_frame(viewer)
 
     def make_now(self, roles) -> None:
         for role in roles:
@@ -233,15 +254,25 @@ class Scene:
         if world is not None:
             set_transform(layer, L.transform_kwargs(world))
 
+    def colorbar_for(self, layer) -> None:
+        """The layer's colorbar (:func:`show_colorbar`): at once for a shown layer; for a layer made
+        ahead, hidden, on a turn of its own (napari builds a colorbar's visual and its text there
+        and then: 60-100 ms, which the turn that added the layer already spent once)."""
+        if layer.visible:
+            show_colorbar(layer)
+        else:
+            self.turns.step(f"{_COLORBAR}{id(layer)}", lambda: show_colorbar(layer) if self._alive() else None)
+
     def warm_later(self) -> None:
         """Draw the hidden blank layers once, off screen, on later turns (see :meth:`_warm_up`)."""
         self.turns.step("warm", self._warm_up)
 
     def _warm_up(self) -> None:
-        """Draw one hidden blank layer once, off screen, per event-loop turn, the first with the
-        characters colorbar ticks use: a visual's first frame builds and compiles its shaders, and
-        each new character of text is rendered into the shared glyph atlas (0.1-0.3 s in all under
-        software OpenGL), which the frame showing a run's first result should not pay."""
+        """Draw one hidden blank layer once, off screen (a small buffer), per event-loop turn, after
+        the characters colorbar ticks use, a few a turn: a visual's first frame builds and compiles
+        its shaders, and each new character of text is rendered into the shared glyph atlas
+        (0.1-0.3 s in all under software OpenGL), which the frame showing a run's first result
+        should not pay."""
         if not self._alive():
             return
         layers = [lay for lay in self.layers.values()
@@ -249,25 +280,28 @@ class Scene:
         if not layers:
             return
         layer, text = layers[0], text_overlay(self.viewer)  # shares the colorbars' font
-        saved = (text.visible, text.text) if text is not None and not self._warmed_text else None
-        try:
-            if saved is not None:  # the glyphs on a turn of their own, then one layer a turn
-                text.text, text.visible = "0123456789.-+e", True
-            else:
-                layer.visible = True
-            self.viewer.screenshot(canvas_only=True, flash=False)
-        except Exception:  # no canvas (a headless viewer): nothing to warm
-            return
-        finally:
-            layer.visible = False
-            if saved is not None:
-                text.visible, text.text = saved
-            self.place_overlays()
-        if saved is not None or text is None:
-            self._warmed_text = True
-        if saved is None:
+        glyphs = self._glyphs_left[0] if text is not None and self._glyphs_left else None
+        saved = (text.visible, text.text) if glyphs is not None else None
+        with no_frame_asked(self.viewer):  # shown, drawn, hidden: the canvas is as it was
+            try:
+                if glyphs is not None:  # the glyphs first, a few a turn, then one layer a turn
+                    text.text, text.visible = glyphs, True
+                else:
+                    layer.visible = True
+                if not draw_offscreen(self.viewer):
+                    return  # no canvas (a headless viewer): nothing to warm
+            except Exception:  # a canvas that cannot draw off screen: nothing to warm
+                return
+            finally:
+                layer.visible = False
+                if saved is not None:
+                    text.visible, text.text = saved
+        self.place_overlays()
+        if glyphs is not None:
+            self._glyphs_left.pop(0)
+        else:
             layer.metadata[_WARM] = True
-        if saved is not None or len(layers) > 1:
+        if glyphs is not None or len(layers) > 1:
             self.warm_later()
 
     # ---- shared display helpers -----------------------------------------------------------------

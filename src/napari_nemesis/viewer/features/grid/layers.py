@@ -35,12 +35,18 @@ class GridLayers:
         new layer costs the GUI thread a frame or more), updated in place afterwards."""
         if self.scene.get("grid_lines") is None or self.scene.get("grid") is None:
             self._lines(grid)
-            self.scene.turns.step("grid:ids", lambda: self._ids(grid))
+            self.scene.turns.step("grid:ids", lambda: self._unseen(self._ids, grid))
             if self.scene.get("selection") is None:  # made ahead, hidden: a first click only gives it data
-                self.scene.turns.step("grid:selection", lambda: self._selection_layer(grid))
+                self.scene.turns.step("grid:selection", lambda: self._unseen(self._selection_layer, grid))
         else:
             self._lines(grid)
             self._ids(grid)
+
+    def _unseen(self, make, grid) -> None:
+        """The picking layer (transparent) and the empty selection layer change nothing on the
+        canvas: made without asking it for a frame."""
+        with self.scene.unseen():
+            make(grid)
 
     def _lines(self, grid) -> None:
         cell_mm = _cell_mm(grid)

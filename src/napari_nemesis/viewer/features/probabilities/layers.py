@@ -10,7 +10,7 @@ import numpy as np
 
 from ....model.levels import DEFAULT_LEVEL
 from ... import _layers as L
-from ..._scene import BLANK, heatmap, show, show_colorbar
+from ..._scene import BLANK, heatmap, show
 
 
 def prob_role(organ: str, level: str = DEFAULT_LEVEL) -> str:
@@ -74,7 +74,7 @@ class ProbabilityLayers:
             layer = self.scene.image_map(role, image, world, colormap, f"P({organ}) per {self.level}", (0.0, 1.0),
                                          visible)
         if not existed:
-            show_colorbar(layer)  # shown while the heatmap is
+            self.scene.colorbar_for(layer)  # shown while the heatmap is
         layer.metadata[BLANK] = blank
 
     def set_visible(self, organ: str, visible: bool) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ....data import HU_WINDOW
 from ... import _layers as L
-from ..._scene import BLANK, fix_range, set_transform, show, show_colorbar
+from ..._scene import BLANK, fix_range, set_transform, show
 
 ROLES = ("noisy", "masked", "reconstruction", "abs_error")
 ERROR_MAP = "error_map"
@@ -236,7 +236,7 @@ class ReconstructionLayers:
         if tuple(layer.contrast_limits) != limits:
             layer.contrast_limits = limits
         if not existed:
-            show_colorbar(layer)
+            self.scene.colorbar_for(layer)
         layer.metadata[BLANK] = not has_values
 
     def set_error_map_visible(self, visible: bool) -> None:
