@@ -419,24 +419,27 @@ def test_warm_up_renders_the_colorbar_glyphs_a_few_a_turn_then_each_blank_layer(
 
 
 def test_the_objects_alive_before_the_first_scan_are_kept_out_of_the_collector_once(monkeypatch):
-    """``gc.freeze`` once per process (a full collection would walk napari's and torch's objects
-    on the GUI thread), and not where ``NEMESIS_NO_GC_FREEZE`` is set (the suite's own setting)."""
+    """``gc.freeze`` once per process and moment (a full collection would walk napari's and torch's
+    objects holding the GIL), and not where ``NEMESIS_NO_GC_FREEZE`` is set (the suite's own
+    setting)."""
     import gc
 
     from napari_nemesis.viewer import _session
 
     assert os.environ.get("NEMESIS_NO_GC_FREEZE")
-    monkeypatch.setattr(_session, "_froze", False)
+    monkeypatch.setattr(_session, "_frozen", set())
     _session.keep_out_of_collector()
-    assert gc.get_freeze_count() == 0 and not _session._froze
+    assert gc.get_freeze_count() == 0 and not _session._frozen
     monkeypatch.delenv("NEMESIS_NO_GC_FREEZE")
     try:
-        _session.keep_out_of_collector()
+        _session.keep_out_of_collector("reading")
         frozen = gc.get_freeze_count()
-        assert frozen > 10_000 and _session._froze
-        [object() for _ in range(10)]
-        _session.keep_out_of_collector()  # once: nothing more is frozen
+        assert frozen > 10_000 and _session._frozen == {"reading"}
+        kept = [[object()] for _ in range(100)]
+        _session.keep_out_of_collector("reading")  # once: nothing more is frozen
         assert gc.get_freeze_count() == frozen
+        _session.keep_out_of_collector("first scan")  # what the reading made
+        assert gc.get_freeze_count() >= frozen + len(kept)
     finally:
         gc.unfreeze()  # the suite's later viewers must be collectable
 

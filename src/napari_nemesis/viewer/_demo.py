@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from . import _layers as L
-from ._napari_private import paint_after, viewer_camera
+from ._napari_private import viewer_camera
+from ._scene import new_layer
 
 WINDOW_SIZE = (1600, 1000)
 
@@ -44,9 +45,7 @@ def open_demo(scan=None, viewer=None, probabilities: bool = True, wait: bool = T
         kwargs["visible"] = False
 
         def add_labels() -> None:  # a layer costs a turn of its own, as the scan's layers do
-            with paint_after(viewer):
-                viewer.add_labels(data, **kwargs)
-                session.scene.raise_overlays(force=True)
+            session.scene.insert(new_layer("labels", data, **kwargs))  # under the grid's overlays
 
         session.scene.turns.step("demo:labels", add_labels)
         session.scene.settle()

@@ -237,3 +237,34 @@ def skip_thumbnails(layer) -> None:
     with _quiet():
         if hasattr(layer, "_update_thumbnail"):
             layer._update_thumbnail = lambda *args, **kwargs: None
+
+
+#: A label layer's drawing-tool overlays and the modes that use them.
+_TOOL_OVERLAYS = {"polygon": ("polygon",), "brush_stroke": ("paint", "erase")}
+
+
+def tool_overlays_when_used(layer) -> None:
+    """A label layer's drawing-tool overlays (the polygon being drawn, the brush's stroke) are made
+    when its mode first needs them, not with the layer: napari makes each overlay's visual when the
+    layer is added (50 ms here for a label layer's two), for every label layer, though most of ours
+    (the grid, the label states, an organ map) are never painted on."""
+    with _quiet():
+        overlays = getattr(layer, "_overlays", None)
+    events = getattr(getattr(layer, "events", None), "mode", None)
+    if not hasattr(overlays, "get") or events is None:
+        return
+    waiting = {key: overlays.get(key) for key in _TOOL_OVERLAYS}
+    waiting = {key: overlay for key, overlay in waiting.items() if getattr(overlay, "visible", False)}
+    if not waiting:
+        return
+    for overlay in waiting.values():
+        overlay.visible = False
+
+    def on_mode(event=None) -> None:
+        mode = str(getattr(layer, "mode", "")).lower()
+        for key in [k for k in waiting if mode in _TOOL_OVERLAYS[k]]:
+            waiting.pop(key).visible = True  # napari makes its visual now, as it would have
+        if not waiting:
+            events.disconnect(on_mode)
+
+    events.connect(on_mode)

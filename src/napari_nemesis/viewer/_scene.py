@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from . import _layers as L
-from ._napari_private import added_inactive, ask_frame, draw_offscreen, layer_type, no_frame_asked, paint_after, place_canvas_overlays, qt_canvas, qt_window, text_overlay, viewer_camera
+from ._napari_private import added_inactive, ask_frame, draw_offscreen, layer_type, no_frame_asked, paint_after, place_canvas_overlays, qt_canvas, qt_window, text_overlay, tool_overlays_when_used, viewer_camera
 from ._turns import TurnQueue
 
 #: ``layer.metadata`` key: the layer was made (or cleared) ahead of a result and holds none yet.
@@ -36,8 +36,27 @@ _WARM = "nemesis_drawn_once"  # its visual was drawn once (shaders built)
 ROLE = "nemesis_role"
 _AHEAD = ("make:", "warm")  # queue keys of work done ahead of any result
 _COLORBAR = "colorbar:"  # queue key of a layer's colorbar: it outlives the layer's results
+_OPENING = "open"  # queue keys of a scan's opening (its layer added, then shown): not a result either
+_ACTIVATE = "activate"  # queue key of making the topmost overlay the active layer
 #: The characters colorbar ticks use, a few per turn (each new one costs 8-15 ms to render).
 _GLYPH_CHUNKS = ("0123", "4567", "89.-+e")
+
+
+#: napari's ``add_image`` defaults that its ``Image`` layer does not share.
+_IMAGE_DEFAULTS = {"colormap": "gray", "blending": "translucent_no_depth"}
+
+
+def new_layer(kind: str, data, **kwargs):
+    """A napari layer of ``kind`` ("image", "labels", "vectors", ...) made as ``viewer.add_<kind>``
+    makes it, not yet in any viewer (:meth:`Scene.insert` puts it where it belongs)."""
+    import napari.layers
+
+    if kind == "image":
+        kwargs = {**kwargs, **{k: v for k, v in _IMAGE_DEFAULTS.items() if kwargs.get(k) is None}}
+    layer = getattr(napari.layers, kind.capitalize())(data, **kwargs)
+    if kind == "labels":
+        tool_overlays_when_used(layer)  # their visuals when the user first paints, not now
+    return layer
 
 
 class Scene:
@@ -101,13 +120,25 @@ class Scene:
         if layer is not None:
             self.remove([role])
         self.turns.drop(f"make:{role}")
-        add = getattr(self.viewer, f"add_{kind}")
-        with paint_after(self.viewer), added_inactive(self.viewer):  # the active layer is raise_overlays' business
-            layer = add(data, axis_labels=L.AXIS_LABELS, units=L.UNITS, **transform, **kwargs)
+        layer = new_layer(kind, data, axis_labels=L.AXIS_LABELS, units=L.UNITS, **transform, **kwargs)
         layer.metadata[ROLE] = role
+        self.insert(layer, role)
         self._layers[role] = layer
         self._added = True
         return layer
+
+    def insert(self, layer, role: str | None = None) -> None:
+        """Add a new layer where it belongs: an overlay at its place among the overlays, any other
+        layer just under them. napari rebuilds the canvas's scene graph and every layer's overlays
+        for each insert and each move (30-50 ms apiece here): appended on top, then the overlays
+        moved back above it, a layer cost four. It does not become the active layer (that is
+        :meth:`raise_overlays`' business)."""
+        layers = self.viewer.layers
+        roles = self.overlay_roles
+        above = roles[roles.index(role) + 1:] if role in roles else roles
+        slots = [layers.index(lay) for lay in (self.get(r) for r in above) if lay is not None and lay in layers]
+        with paint_after(self.viewer), added_inactive(self.viewer):
+            layers.insert(min(slots) if slots else len(layers), layer)
 
     def raise_overlays(self, force: bool = False) -> None:
         """After a layer was added: the overlays back on top, the topmost active (hovering shows
@@ -120,9 +151,27 @@ class Scene:
         if overlays and list(layers)[-len(overlays):] != overlays:
             for layer in overlays:
                 layers.move(layers.index(layer), len(layers))
-        if overlays and layers.selection.active is not overlays[-1] and self._can_activate():
+        if self._topmost_to_activate() is not None:
+            self.turns.step(_ACTIVATE, self._activate_topmost)
+
+    def _topmost_to_activate(self):
+        """The topmost overlay's layer when it exists and is not the active layer yet. Only that one:
+        making the others active first (the grid's lines before its picking layer) swapped napari's
+        layer controls once more, a relayout and a repaint of the window each (60-100 ms here)."""
+        topmost = self.get(self.overlay_roles[-1]) if self.overlay_roles else None
+        if topmost is None or self.viewer.layers.selection.active is topmost or not self._can_activate():
+            return None
+        return topmost
+
+    def _activate_topmost(self) -> None:
+        """On a turn of its own: napari lays out the new active layer's controls beside the canvas,
+        and the window is laid out and repainted for it, a stall as long as the layer's making."""
+        if not self._alive():
+            return
+        topmost = self._topmost_to_activate()
+        if topmost is not None:
             with paint_after(self.viewer):  # other layer controls beside the canvas can resize it
-                layers.selection.active = overlays[-1]
+                self.viewer.layers.selection.active = topmost
 
     def _can_activate(self) -> bool:
         """Making a layer active makes napari read its value under the cursor; in 3D, before the mouse
@@ -198,7 +247,7 @@ class Scene:
         """The results are out of date (new weights, a new scan): waiting updates are dropped and
         every feature blanks and hides its result layers in place (no run pays for making them
         again)."""
-        for key in [k for k in self.turns.waiting("") if not k.startswith((*_AHEAD, _COLORBAR))]:
+        for key in [k for k in self.turns.waiting("") if not k.startswith((*_AHEAD, _COLORBAR, _OPENING, _ACTIVATE))]:
             self.turns.drop(key)
         for clear in list(self.result_clearers):
             clear()

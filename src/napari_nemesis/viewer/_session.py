@@ -32,29 +32,31 @@ from ..errors import NemesisInputError
 from . import _layers as L
 from ._jobs import prepare_job, weights_job
 from ._models import Geometry, ModelStore, WeightsChoice
-from ._napari_private import paint_after, real_viewer
+from ._napari_private import added_inactive, paint_after, real_viewer
 from ._runstate import RUNNING
-from ._scene import Scene
+from ._scene import Scene, new_layer
 from ._settings import Settings, forget_missing_weights, load_settings, save_settings
 from ._workers import Job, RunState, start_job
 
-_froze = False
+_frozen: set[str] = set()  # the moments keep_out_of_collector has frozen at
 
 
-def keep_out_of_collector() -> None:
+def keep_out_of_collector(moment: str = "first scan") -> None:
     """Move every object alive now (napari's, torch's: over a million, nearly all living as long as
     the viewer) out of the cyclic garbage collector's sight (``gc.freeze``, O(1)). A full
-    collection walks all of them, 0.3-0.4 s on the GUI thread at whatever moment the allocation
-    count happens to trip it (the stalls of a layer's making that came and went). Once per process,
-    before the first scan's layer exists: what is frozen is never collected as a cycle, so no scan
-    is; everything made afterwards is collected as before. ``NEMESIS_NO_GC_FREEZE=1`` leaves the
-    collector alone (the test suite, whose viewers come and go)."""
+    collection walks all of them, 0.2-0.4 s with the GIL held, on the GUI thread or on a worker
+    (then the GUI thread waits for the GIL), at whatever moment the allocation count happens to
+    trip it. Once per process and ``moment``: when the first scan starts to be read (its worker
+    then imports pandas and scipy, and the collections those imports tripped stalled the viewer
+    0.3 s with no event to show for it) and again before its layer exists (what those imports
+    made). What is frozen is never collected as a cycle, so no scan is; everything made afterwards
+    is collected as before. ``NEMESIS_NO_GC_FREEZE=1`` leaves the collector alone (the test
+    suite, whose viewers come and go)."""
     import gc
 
-    global _froze
-    if _froze or os.environ.get("NEMESIS_NO_GC_FREEZE"):
+    if moment in _frozen or os.environ.get("NEMESIS_NO_GC_FREEZE"):
         return
-    _froze = True
+    _frozen.add(moment)
     gc.freeze()
 
 
@@ -441,6 +443,7 @@ class NemesisSession:
         if isinstance(scan, Volume):
             return self._add_scan(scan_layer_data(scan), wait=wait)
         path = Path(str(scan))
+        keep_out_of_collector("reading")
         job = self.start("open", read_scan_job, path, wait=False, progress_in_dock=self._grid_dock_open(),
                          on_done=lambda read: self._before_scan_layer(read),
                          description=f"reading {path.name}")
@@ -464,14 +467,30 @@ class NemesisSession:
         self.scene.later("open", lambda: self._add_scan(read, wait=False))
 
     def _add_scan(self, read, wait: bool):
+        """The scan's layer, under every other layer (a move later would rebuild the canvas's scene
+        graph once more). Not waited for (an event-loop turn of the viewer's): added hidden, and
+        shown, fitted and prepared on the next turn, so that making the layer (its visual, its
+        controls) and its first frame are two short stalls, not one long one."""
         data, kwargs, _kind = read
+        if not wait:
+            kwargs = {**kwargs, "visible": False}
+        layer = new_layer("image", data, **kwargs)
         self._adopting = True
         try:
-            with paint_after(self.viewer):
-                layer = self.viewer.add_image(data, **kwargs)
+            with paint_after(self.viewer), added_inactive(self.viewer):
+                self.viewer.layers.insert(0, layer)
         finally:
             self._adopting = False
-        return self.use_scan_layer(layer, wait=wait)
+        if wait:
+            return self.use_scan_layer(layer, wait=True)
+        viewer = self.viewer
+
+        def use() -> None:
+            if layer in viewer.layers and (self.scan is None or self.scan.layer is not layer):
+                self.use_scan_layer(layer, wait=False)
+
+        self.scene.later(f"open:use:{id(layer)}", use)
+        return None
 
     def use_scan_layer(self, layer, wait: bool = True):
         """Make ``layer`` (a 3D Image layer) the active scan: shown alone, prepared, its grid drawn."""
