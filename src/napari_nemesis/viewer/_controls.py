@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
+from qtpy.QtGui import QPainter, QPalette
+from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QWidget
 
 from ._runstate import CANCELLED, DONE, FAILED, RUNNING
 from ._settings import DEVICES
@@ -55,12 +56,50 @@ class SteadyLabel(QLabel):
             self.setMinimumHeight(height)
 
 
-def steady_label(text: str = "") -> QLabel:
+def steady_label(text: str = "", lines: int = 0) -> QLabel:
+    """A :class:`SteadyLabel` with room for ``lines`` lines from the start: its first long text (the
+    first superpatch under the cursor) then re-lays out nothing either."""
     label = SteadyLabel()
     label.setWordWrap(True)
     label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    if lines > 0:
+        metrics = label.fontMetrics()
+        label.setMinimumHeight(lines * metrics.lineSpacing() + 2 * metrics.descent())
     label.setText(text)
     return label
+
+
+class PaintedText(QWidget):
+    """Word-wrapped text painted into a box of ``lines`` lines, for text that changes as the cursor
+    moves. A QLabel's new text asks its dock for a relayout (it might need other room), and a dock's
+    relayout repaints the whole window (60-100 ms of a software-rendered one) in the cursor's
+    frame; this box's size never depends on its text, so new text repaints the box alone. Text
+    longer than the box is cut at its last line."""
+
+    def __init__(self, lines: int, text: str = "") -> None:
+        super().__init__()
+        self._text = text
+        metrics = self.fontMetrics()
+        self.setFixedHeight(lines * metrics.lineSpacing() + 2 * metrics.descent())
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+
+    def text(self) -> str:
+        return self._text
+
+    def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)
+        if text != self._text:
+            self._text = text
+            self.setToolTip(text)
+            self.update()
+
+    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt's name)
+        painter = QPainter(self)
+        try:
+            painter.setPen(self.palette().color(QPalette.ColorRole.WindowText))
+            flags = Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop | Qt.TextFlag.TextWordWrap
+            painter.drawText(self.rect(), int(flags.value if hasattr(flags, "value") else flags), self._text)
+        finally:
+            painter.end()
 
 
 def set_progress(bar: QProgressBar, maximum: int, value: int, text: str) -> None:

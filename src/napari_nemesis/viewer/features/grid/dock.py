@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from qtpy.QtWidgets import QCheckBox, QComboBox, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
-from ..._controls import call_safely, follow, steady_label, wrapped_label
+from ..._controls import PaintedText, call_safely, follow, steady_label, wrapped_label
 from ..._dock import NemesisDock
 
 _HELP = ("Click a superpatch to select it (2D or 3D). Shift + arrow keys move the selection in the "
@@ -35,8 +35,8 @@ class GridWidget(NemesisDock):
         self.grid_info = wrapped_label(_NO_SCAN)
         self.show_grid = QCheckBox("show the grid")
         self.show_grid.setChecked(self.controller.visible)
-        self.selection_info = steady_label("Nothing selected.")
-        self.hover_info = steady_label("")  # follows the cursor: its height must not
+        self.selection_info = steady_label("Nothing selected.", lines=3)
+        self.hover_info = PaintedText(lines=6)  # follows the cursor: never re-lays out the dock
 
         scan_box = QGroupBox("Scan")
         scan_layout = QVBoxLayout(scan_box)
