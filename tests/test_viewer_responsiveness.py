@@ -345,6 +345,73 @@ def test_a_canvas_never_shown_is_not_drawn_off_screen(make_napari_viewer, qtbot)
 
 
 @pytest.mark.gui
+def test_the_cursors_line_never_asks_its_dock_for_a_relayout(qtbot):
+    """The grid dock's "Under the cursor" line: new text repaints its box alone, where a QLabel's
+    new text asks the dock for a relayout (and a relayout repaints the whole window)."""
+    from qtpy.QtCore import QEvent, QObject
+    from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
+
+    from napari_nemesis.viewer._controls import PaintedText
+
+    box = QWidget()
+    layout = QVBoxLayout(box)
+    painted, label = PaintedText(lines=3), QLabel()
+    label.setWordWrap(True)
+    layout.addWidget(painted)
+    layout.addWidget(label)
+    qtbot.addWidget(box)
+    box.show()
+    qtbot.wait(50)
+    requests = []
+
+    class Log(QObject):
+        def eventFilter(self, receiver, event):  # noqa: N802
+            if receiver is box and event.type() == QEvent.Type.LayoutRequest:
+                requests.append(1)
+            return False
+
+    log = Log()
+    box.installEventFilter(log)
+    height = painted.height()
+    for text in ("one line", "a much longer line of text " * 8, ""):
+        painted.setText(text)
+        qtbot.wait(30)
+    assert requests == [] and painted.height() == height > 0 and painted.text() == ""
+    label.setText("a much longer line of text " * 8)
+    qtbot.wait(50)
+    assert requests  # what the painted box avoids
+
+
+@pytest.mark.gui
+def test_the_scene_inserts_each_layer_where_it_belongs_and_moves_none(make_napari_viewer, qtbot):
+    """A result layer goes just under the grid's overlays, an overlay to its own place among them:
+    napari rebuilds its scene graph for every move, as for every insert. Image layers keep
+    ``add_image``'s defaults; a label layer's drawing-tool overlays wait for their mode."""
+    from napari_nemesis.viewer import launch
+
+    viewer = make_napari_viewer()
+    scene = launch(viewer=viewer, widgets=False).scene
+    assert scene.overlay_roles == ["grid_lines", "selection", "grid"]
+    world = np.eye(4)
+    segment = np.zeros((1, 2, 3), np.float32)
+    scene.put("grid_lines", "vectors", segment, world, name="lines")
+    ids = scene.put("grid", "labels", np.zeros((4, 4, 4), np.int32), world, name="ids")
+    moves = []
+    viewer.layers.events.moved.connect(moves.append)
+    heat = scene.put("heat", "image", np.zeros((4, 4, 4), np.float32), world, name="heat")
+    scene.put("selection", "vectors", segment, world, name="selection")
+    scene.raise_overlays()
+    assert moves == []
+    assert [layer.name for layer in viewer.layers] == ["heat", "lines", "selection", "ids"]
+    assert heat.colormap.name == "gray" and str(heat.blending) == "translucent_no_depth"
+    assert not ids._overlays["polygon"].visible and not ids._overlays["brush_stroke"].visible
+    ids.mode = "paint"
+    assert ids._overlays["brush_stroke"].visible and not ids._overlays["polygon"].visible
+    # the picking layer becomes active on a turn of its own, not in the turn that made it
+    qtbot.waitUntil(lambda: viewer.layers.selection.active is ids, timeout=5000)
+
+
+@pytest.mark.gui
 def test_unseen_work_asks_a_frame_only_when_the_sliders_range_changed(make_napari_viewer, qtbot):
     from napari_nemesis.viewer import launch
     from napari_nemesis.viewer._napari_private import qt_canvas
