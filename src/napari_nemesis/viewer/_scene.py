@@ -127,18 +127,20 @@ class Scene:
         self._added = True
         return layer
 
-    def insert(self, layer, role: str | None = None) -> None:
-        """Add a new layer where it belongs: an overlay at its place among the overlays, any other
-        layer just under them. napari rebuilds the canvas's scene graph and every layer's overlays
-        for each insert and each move (30-50 ms apiece here): appended on top, then the overlays
-        moved back above it, a layer cost four. It does not become the active layer (that is
-        :meth:`raise_overlays`' business)."""
+    def insert(self, layer, role: str | None = None, index: int | None = None) -> None:
+        """Add a new layer where it belongs: at ``index`` if given (a scan: 0, under everything), an
+        overlay at its place among the overlays, any other layer just under them. napari rebuilds
+        the canvas's scene graph and every layer's overlays for each insert and each move (30-50 ms
+        apiece here): appended on top, then the overlays moved back above it, a layer cost four. It
+        does not become the active layer (that is :meth:`raise_overlays`' business)."""
         layers = self.viewer.layers
-        roles = self.overlay_roles
-        above = roles[roles.index(role) + 1:] if role in roles else roles
-        slots = [layers.index(lay) for lay in (self.get(r) for r in above) if lay is not None and lay in layers]
+        if index is None:
+            roles = self.overlay_roles
+            above = roles[roles.index(role) + 1:] if role in roles else roles
+            slots = [layers.index(lay) for lay in (self.get(r) for r in above) if lay is not None]
+            index = min(slots) if slots else len(layers)
         with paint_after(self.viewer), added_inactive(self.viewer):
-            layers.insert(min(slots) if slots else len(layers), layer)
+            layers.insert(index, layer)
 
     def raise_overlays(self, force: bool = False) -> None:
         """After a layer was added: the overlays back on top, the topmost active (hovering shows

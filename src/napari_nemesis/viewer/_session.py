@@ -32,7 +32,7 @@ from ..errors import NemesisInputError
 from . import _layers as L
 from ._jobs import prepare_job, weights_job
 from ._models import Geometry, ModelStore, WeightsChoice
-from ._napari_private import added_inactive, paint_after, real_viewer
+from ._napari_private import real_viewer
 from ._runstate import RUNNING
 from ._scene import Scene, new_layer
 from ._settings import Settings, forget_missing_weights, load_settings, save_settings
@@ -477,8 +477,7 @@ class NemesisSession:
         layer = new_layer("image", data, **kwargs)
         self._adopting = True
         try:
-            with paint_after(self.viewer), added_inactive(self.viewer):
-                self.viewer.layers.insert(0, layer)
+            self.scene.insert(layer, index=0)
         finally:
             self._adopting = False
         if wait:
