@@ -411,19 +411,26 @@ def heatmap_colors(rgb, steps: int = 5, max_alpha: float = 0.9) -> np.ndarray:
     return np.column_stack([np.outer(np.ones(steps), rgb), max_alpha * t]).astype(np.float32)
 
 
+def box_plane_edges(grid, index: int, hidden: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """Superpatch ``index``'s four edges in a plane across axis ``hidden`` (grid-cell vectors, cut at
+    the scan's edge), its cell, and the cell range along ``hidden`` that lies inside the scan."""
+    upper = scan_extent_cells(grid)
+    cell = np.asarray(grid.grid_index(index), dtype=np.float64)
+    edges = clip_vectors(box_outline_vectors(cell, hidden), np.where(np.arange(3) == hidden, np.inf, upper))
+    return edges, cell, (cell[hidden] - 0.5, min(cell[hidden] + 0.5, upper[hidden]))
+
+
 def selection_outline(grid, index: int, hidden: int | None) -> tuple[np.ndarray, np.ndarray]:
     """The outline of superpatch ``index`` for a view, as napari vectors and their world affine:
     in 3D (``hidden`` None) its twelve edges; in a 2D view whose hidden axis is ``hidden`` the four
     edges in the displayed plane, shown in exactly the slices that cut the box. Cut at the scan's edge."""
-    upper = scan_extent_cells(grid)
-    cell = np.asarray(grid.grid_index(index), dtype=np.float64)
     world = grid_world_affine(grid)
     if hidden is None:
-        return clip_vectors(box_outline_vectors(cell, None), upper), world
+        cell = np.asarray(grid.grid_index(index), dtype=np.float64)
+        return clip_vectors(box_outline_vectors(cell, None), scan_extent_cells(grid)), world
     # napari shows a vector within half a data unit of its start along the hidden axis; that axis is
     # stretched so half a unit either side is the part of the box inside the scan
-    vectors = clip_vectors(box_outline_vectors(cell, hidden), np.where(np.arange(3) == hidden, np.inf, upper))
-    low, high = cell[hidden] - 0.5, min(cell[hidden] + 0.5, upper[hidden])
+    vectors, cell, (low, high) = box_plane_edges(grid, index, hidden)
     stretch = np.eye(4)
     stretch[hidden, hidden] = high - low
     stretch[hidden, 3] = (low + high) / 2.0 - cell[hidden] * (high - low)

@@ -88,12 +88,10 @@ def plane_lattice(grid, hidden: int) -> np.ndarray:
 def box_outline(grid, index: int, hidden: int) -> tuple[np.ndarray, tuple[float, float]]:
     """Superpatch ``index``'s four edges in a plane across ``hidden`` (world vectors, cut at the
     scan's edge) and the world range along ``hidden`` of the slices that cut it."""
-    upper = L.scan_extent_cells(grid)
-    cell = np.asarray(grid.grid_index(index), dtype=np.float64)
-    edges = L.clip_vectors(L.box_outline_vectors(cell, hidden), np.where(np.arange(3) == hidden, np.inf, upper))
+    edges, cell, span = L.box_plane_edges(grid, index, hidden)
     world = L.grid_world_affine(grid)
     ends = []
-    for along in (cell[hidden] - 0.5, min(cell[hidden] + 0.5, upper[hidden])):
+    for along in span:
         point = cell.copy()
         point[hidden] = along
         ends.append(float((world[:3, :3] @ point + world[:3, 3])[hidden]))
