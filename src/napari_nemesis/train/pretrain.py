@@ -233,9 +233,12 @@ def pretrain(
     bf16 = default_bf16(device) if opts.bf16 is None else bool(opts.bf16)
     dist = init_distributed(device)
     try:
-        return _pretrain(data, out_dir, opts, resume, progress if dist.is_main else None, cancel, device, bf16, dist)
-    finally:
+        summary = _pretrain(data, out_dir, opts, resume, progress if dist.is_main else None, cancel, device, bf16, dist)
+    except BaseException:
         dist.close()
+        raise
+    dist.close(finished=True)
+    return summary
 
 
 def _pretrain(data, out_dir, opts, resume, progress, cancel, device, bf16, dist) -> dict[str, Any]:

@@ -141,8 +141,14 @@ class DistInfo:
         if self.world > 1:
             torch.distributed.barrier()
 
-    def close(self) -> None:
+    def close(self, finished: bool = False) -> None:
+        """Leave the process group. A run that ``finished`` on every rank waits for the others first:
+        a rank that tore gloo down while rank 0 still wrote its last checkpoint could abort in gloo's
+        threads ("terminate called without an active exception"). A failed rank leaves at once (the
+        others may never reach a barrier)."""
         if self.initialised_here and torch.distributed.is_initialized():
+            if finished and self.world > 1:
+                torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
 
