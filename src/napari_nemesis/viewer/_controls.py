@@ -43,6 +43,21 @@ def wrapped_label(text: str = "") -> QLabel:
     return label
 
 
+def lines_height(widget: QWidget, lines: int) -> int:
+    """The height of ``lines`` lines of ``widget``'s font, with a descent above and below."""
+    metrics = widget.fontMetrics()
+    return lines * metrics.lineSpacing() + 2 * metrics.descent()
+
+
+def fixed_lines_label(text: str, lines: int) -> QLabel:
+    """A wrapped label of ``lines`` lines that never widens its dock (longer text is cut) nor
+    re-lays it out when its text changes."""
+    label = wrapped_label(text)
+    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+    label.setFixedHeight(lines_height(label, lines) + 4)
+    return label
+
+
 class SteadyLabel(QLabel):
     """A wrapped label that never gets shorter: text that changes as the cursor moves (a line more,
     a line less) then re-lays out nothing around it, and a relayout of a dock repaints the whole
@@ -63,8 +78,7 @@ def steady_label(text: str = "", lines: int = 0) -> QLabel:
     label.setWordWrap(True)
     label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
     if lines > 0:
-        metrics = label.fontMetrics()
-        label.setMinimumHeight(lines * metrics.lineSpacing() + 2 * metrics.descent())
+        label.setMinimumHeight(lines_height(label, lines))
     label.setText(text)
     return label
 
@@ -79,8 +93,7 @@ class PaintedText(QWidget):
     def __init__(self, lines: int, text: str = "") -> None:
         super().__init__()
         self._text = text
-        metrics = self.fontMetrics()
-        self.setFixedHeight(lines * metrics.lineSpacing() + 2 * metrics.descent())
+        self.setFixedHeight(lines_height(self, lines))
         self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
 
     def text(self) -> str:

@@ -38,6 +38,7 @@ _AHEAD = ("make:", "warm")  # queue keys of work done ahead of any result
 _COLORBAR = "colorbar:"  # queue key of a layer's colorbar: it outlives the layer's results
 _OPENING = "open"  # queue keys of a scan's opening (its layer added, then shown): not a result either
 _ACTIVATE = "activate"  # queue key of making the topmost overlay the active layer
+_NOT_RESULTS = (*_AHEAD, _COLORBAR, _OPENING, _ACTIVATE)  # waiting work that stale results leave in place
 #: The characters colorbar ticks use, a few per turn (each new one costs 8-15 ms to render).
 _GLYPH_CHUNKS = ("0123", "4567", "89.-+e")
 
@@ -249,7 +250,7 @@ class Scene:
         """The results are out of date (new weights, a new scan): waiting updates are dropped and
         every feature blanks and hides its result layers in place (no run pays for making them
         again)."""
-        for key in [k for k in self.turns.waiting("") if not k.startswith((*_AHEAD, _COLORBAR, _OPENING, _ACTIVATE))]:
+        for key in [k for k in self.turns.waiting("") if not k.startswith(_NOT_RESULTS)]:
             self.turns.drop(key)
         for clear in list(self.result_clearers):
             clear()

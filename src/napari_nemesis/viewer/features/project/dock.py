@@ -8,7 +8,7 @@ from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QGridLayout, QGroupBo
     QTableWidget, QTableWidgetItem, QVBoxLayout
 
 from ....data import ORGAN_NAMES
-from ..._controls import call_safely, follow, wrapped_label
+from ..._controls import call_safely, fixed_lines_label, follow, wrapped_label
 from ..._dock import NemesisDock
 
 #: Where a scans-table row keeps its scan id.
@@ -30,7 +30,7 @@ class ProjectWidget(NemesisDock):
         super().__init__(napari_viewer)
         self.controller = self.session.feature("project")
 
-        self.where = _line_label(1)
+        self.where = fixed_lines_label("", 1)
         self.summary = wrapped_label("")
         self.scans = QTableWidget(0, len(SCAN_COLUMNS))
         self.scans.setHorizontalHeaderLabels([c[0] for c in SCAN_COLUMNS])
@@ -68,7 +68,7 @@ class ProjectWidget(NemesisDock):
         for table, rows in ((self.positives, len(ORGAN_NAMES)), (self.scans, 6)):
             table.setFixedHeight(table.horizontalHeader().sizeHint().height() + 2 * table.frameWidth() + 6
                                  + rows * table.verticalHeader().defaultSectionSize())
-        self.message = _line_label(3)
+        self.message = fixed_lines_label("", 3)
         self.message.setText(self.controller.message)
 
         buttons = QGridLayout()
@@ -209,13 +209,3 @@ class ProjectWidget(NemesisDock):
 
 
 
-def _line_label(lines: int):
-    """A wrapped label of ``lines`` lines that never widens the dock (a long path is cut, its
-    tooltip has it whole) nor re-lays it out when its text changes."""
-    from qtpy.QtWidgets import QSizePolicy
-
-    label = wrapped_label("")
-    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
-    metrics = label.fontMetrics()
-    label.setFixedHeight(lines * metrics.lineSpacing() + 2 * metrics.descent() + 4)
-    return label

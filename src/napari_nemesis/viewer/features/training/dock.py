@@ -7,10 +7,10 @@ import time
 
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QGridLayout, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, \
-    QLabel, QLineEdit, QProgressBar, QPushButton, QSizePolicy, QSpinBox, QVBoxLayout, QWidget
+    QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
 from ..._settings import DEVICES
-from ..._controls import call_safely, follow, set_progress, wrapped_label
+from ..._controls import call_safely, fixed_lines_label, follow, set_progress
 from ..._dock import NemesisDock
 from .controller import MODE_TITLES, MODES, TrainingConfig
 
@@ -78,8 +78,8 @@ class TrainingWidget(NemesisDock):
         self.bar.setRange(0, 1)
         self.bar.setValue(0)
         self.bar.setFormat("idle")
-        self.eta = _steady_label("", lines=2)
-        self.status = _steady_label("Runs in a separate process: napari stays responsive, and its memory "
+        self.eta = fixed_lines_label("", lines=2)
+        self.status = fixed_lines_label("Runs in a separate process: napari stays responsive, and its memory "
                                     "(GPU included) is freed when it ends.", lines=4)
         self._shown_at = 0.0
         self.plot = LivePlot()
@@ -109,7 +109,7 @@ class TrainingWidget(NemesisDock):
         self.curve_bar.setValue(0)
         self.curve_bar.setFormat("idle")
         self.curve_plot = CurvePlot()
-        self.curve_status = _steady_label("How the held-out AUROC grows with the number of labelled superpatches, "
+        self.curve_status = fixed_lines_label("How the held-out AUROC grows with the number of labelled superpatches, "
                                           "on this project's own labels.", lines=9)
 
         what = QGroupBox("What to train")
@@ -511,14 +511,6 @@ def _set(setter, value, current) -> None:
     """Call a Qt setter only when the value changes (each call repaints, a text may re-lay out)."""
     if value != current:
         setter(*value) if isinstance(value, tuple) else setter(value)
-
-
-def _steady_label(text: str, lines: int) -> QLabel:
-    """A wrapped label of a fixed number of lines: new text never re-lays out the dock."""
-    label = wrapped_label(text)
-    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
-    label.setFixedHeight(lines * label.fontMetrics().lineSpacing() + 2 * label.fontMetrics().descent() + 4)
-    return label
 
 
 def _path_row(placeholder: str, text: str, pick) -> _PathRow:
