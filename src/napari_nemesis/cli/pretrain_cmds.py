@@ -53,10 +53,30 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "only --steps may grow, --checkpoint-every, --log-every, --workers may change)")
     p.add_argument("--init", default=None, metavar="CKPT", type=path_arg,
                    help="start from these weights with a fresh optimizer and schedule (the model config comes from CKPT)")
+    p.add_argument("--case-weight", dest="case_weight", action="append", default=[], metavar="PATTERN=W",
+                   type=_case_weight, help="draw the cases whose id matches PATTERN (fnmatch, e.g. 'real*') with "
+                   "weight W; other cases weigh 1; repeatable, the first matching pattern counts")
+    p.add_argument("--intensity-jitter", type=finite_float(0, 1), default=0.0, metavar="A",
+                   help="random contrast in [1-A, 1+A] and offset in [-A/2, A/2] (window units) per crop (default 0)")
+    p.add_argument("--scale-jitter", type=finite_float(0, 0.5), default=0.0, metavar="S",
+                   help="random zoom in [1-S, 1+S] per axis and crop, i.e. spacing varied by up to S (default 0)")
     p.add_argument("--events", action="store_true",
                    help="print every progress event as one JSON line on standard output (for the Training widget)")
     add_json_flag(p)
     p.set_defaults(func=cmd_pretrain)
+
+
+def _case_weight(text: str) -> tuple[str, float]:
+    import math
+
+    pattern, sep, weight = text.rpartition("=")
+    try:
+        value = float(weight)
+    except ValueError:
+        value = float("nan")
+    if not sep or not pattern or not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected PATTERN=WEIGHT with a weight >= 0, e.g. 'real*=30'")
+    return pattern, value
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -68,7 +88,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, clip=args.clip, mask_strategy=args.mask, mask_ratio=args.mask_ratio,
         noise=not args.no_noise, checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed,
         device=args.device, bf16=args.bf16, num_workers=args.workers, model_overrides=overrides,
-        init_checkpoint=args.init,
+        init_checkpoint=args.init, case_weights=dict(args.case_weight),
+        intensity_jitter=args.intensity_jitter, scale_jitter=args.scale_jitter,
     )
     out = Path(args.out)
     main_rank = int(os.environ.get("RANK", "0")) == 0

@@ -799,10 +799,12 @@ class SuperpatchCache:
         min_mean: float = MIN_MEAN,
         max_tries: int = 20,
         return_info: bool = False,
+        weights: Sequence[float] | None = None,
     ):
         """A random (S, S, S) float32 superpatch for pretraining.
 
-        A case is drawn uniformly (from ``case_ids`` if given), then an origin with
+        A case is drawn uniformly (from ``case_ids`` if given; with ``weights``, one probability per
+        case, in proportion to them), then an origin with
         :func:`~.grid.sample_superpatch_origin` (the crop stays inside the scan along every axis
         at least one superpatch long); crops with mean < ``min_mean`` are redrawn (new case and origin), at
         most ``max_tries`` times, after which the crop with the highest mean is returned.
@@ -813,8 +815,13 @@ class SuperpatchCache:
             raise NemesisInputError(f"{self.path}: no cases to sample from")
         s = self.superpatch
         best = None
+        if weights is not None and len(weights) != len(ids):
+            raise NemesisInputError(f"{self.path}: {len(weights)} case weights for {len(ids)} cases")
         for _ in range(max(1, int(max_tries))):
-            cid = ids[int(rng.integers(len(ids)))]
+            if weights is None:
+                cid = ids[int(rng.integers(len(ids)))]
+            else:
+                cid = ids[int(rng.choice(len(ids), p=weights))]
             vol = self.image(cid)
             origin = sample_superpatch_origin(vol.shape, s, rng)
             patch = crop_superpatch(vol, origin, s)

@@ -21,6 +21,7 @@ import torch
 from ..data import Spacing, inside_fraction
 from ..errors import NemesisCancelled, NemesisInputError
 from ..model import NemesisMAE, build_model, load_checkpoint
+from .augment import Augment, case_weights
 from .events import CancelFn, ProgressFn, check_cancel, emit
 from .probe import dataset_for
 from .runtime import (
@@ -59,6 +60,9 @@ class PretrainOptions:
     num_workers: int = 0
     model_overrides: dict[str, Any] = field(default_factory=dict)
     init_checkpoint: str | None = None  # start from these weights (fresh optimizer); config from the file
+    case_weights: dict[str, float] = field(default_factory=dict)  # case-id pattern -> sampling weight (others 1)
+    intensity_jitter: float = 0.0  # see .augment
+    scale_jitter: float = 0.0
 
     def warmup_steps(self) -> int:
         return self.warmup if self.warmup is not None else max(1, int(0.05 * self.steps))
@@ -69,7 +73,10 @@ RESUME_MUST_MATCH = {
     "preset": "--preset", "model_overrides": "--superpatch", "batch": "--batch", "lr": "--lr", "min_lr": "min_lr",
     "weight_decay": "--weight-decay", "betas": "betas", "clip": "--clip", "mask_strategy": "--mask",
     "mask_ratio": "--mask-ratio", "noise": "--no-noise", "seed": "--seed",
+    "case_weights": "--case-weight", "intensity_jitter": "--intensity-jitter", "scale_jitter": "--scale-jitter",
 }
+#: Options added after runs were first saved: a run saved without them had their defaults.
+_LATER_OPTIONS = {"case_weights": {}, "intensity_jitter": 0.0, "scale_jitter": 0.0}
 #: Options a resumed run may change: they do not touch the numbers (``steps`` may only grow).
 RESUME_MAY_CHANGE = ("steps", "checkpoint_every", "log_every", "num_workers")
 
@@ -93,6 +100,8 @@ def check_resume(doc: dict[str, Any], opts: PretrainOptions, world: int, device:
         norm = (lambda v: list(v) if isinstance(v, (list, tuple)) else v)
         return norm(a) == norm(b)
 
+    if old:
+        old = {**_LATER_OPTIONS, **old}
     for key, flag in RESUME_MUST_MATCH.items():
         if key in old and not same(old[key], getattr(opts, key)):
             refuse(flag, getattr(opts, key), old[key])
@@ -172,17 +181,23 @@ def make_optimizer(model: NemesisMAE, opts: PretrainOptions) -> torch.optim.Adam
 
 
 class CropDataset(torch.utils.data.Dataset):
-    """Item i is a random superpatch drawn with ``numpy.random.default_rng([seed, i])``, with the
+    """Item i is a random superpatch drawn with ``numpy.random.default_rng([seed, i])`` (cases in
+    proportion to ``weights`` if given), augmented with ``default_rng([seed, i, 1])``, with the
     fraction of it that lies inside its scan (the rest is padding), which the log reports."""
 
-    def __init__(self, cache, seed: int, length: int) -> None:
+    def __init__(self, cache, seed: int, length: int, weights=None, augment: Augment | None = None) -> None:
         self.cache, self.seed, self.length = cache, seed, length
+        self.weights, self.augment = weights, augment
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, float]:
-        patch, cid, origin = self.cache.sample(np.random.default_rng([self.seed, int(i)]), return_info=True)
+        patch, cid, origin = self.cache.sample(np.random.default_rng([self.seed, int(i)]), return_info=True,
+                                               weights=self.weights)
+        if self.augment is not None and self.augment.active:
+            patch = self.augment.crop(self.cache.image(cid), origin, self.cache.superpatch,
+                                      np.random.default_rng([self.seed, int(i), 1]))
         inside = inside_fraction(self.cache.image(cid).shape, origin, self.cache.superpatch)
         return torch.from_numpy(np.ascontiguousarray(patch, dtype=np.float32))[None], inside
 
@@ -200,6 +215,21 @@ class StepSampler(torch.utils.data.Sampler):
         for s in range(self.start, self.steps):
             base = (s * self.world + self.rank) * self.batch
             yield from range(base, base + self.batch)
+
+
+def _case_share(case_ids, weights, patterns) -> dict[str, float]:
+    """The expected share of the crops each weight pattern draws (first match, as in sampling)."""
+    import fnmatch
+
+    if weights is None:
+        return {}
+    share = {p: 0.0 for p in patterns}
+    for cid, w in zip(case_ids, weights):
+        for p in patterns:
+            if fnmatch.fnmatchcase(cid, p):
+                share[p] += float(w)
+                break
+    return {p: round(v, 4) for p, v in share.items()}
 
 
 def _step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
@@ -282,8 +312,10 @@ def _pretrain(data, out_dir, opts, resume, progress, cancel, device, bf16, dist)
     # the spacing the model sees, recorded with every checkpoint (inference uses it by default)
     spacing = Spacing.parse(cache.spacing_zyx).to_json()
     total_items = opts.steps * opts.batch * dist.world
+    weights = case_weights(cache.case_ids, opts.case_weights, str(getattr(cache, "path", data)))
+    augment = Augment(opts.intensity_jitter, opts.scale_jitter)
     loader = torch.utils.data.DataLoader(
-        CropDataset(cache, opts.seed, total_items),
+        CropDataset(cache, opts.seed, total_items, weights, augment),
         batch_size=opts.batch,
         sampler=StepSampler(start, opts.steps, opts.batch, dist.rank, dist.world),
         num_workers=opts.num_workers,
@@ -303,6 +335,8 @@ def _pretrain(data, out_dir, opts, resume, progress, cancel, device, bf16, dist)
         "world_size": dist.world,
         "device": str(device),
         "bf16": bf16,
+        # each weighted pattern's share of the crops (the rest: the other cases)
+        "case_share": _case_share(cache.case_ids, weights, opts.case_weights),
     }
     emit(progress, "start", step=start, total=opts.steps, preset=cfg.name, device=str(device), world_size=dist.world,
          bf16=bf16, cases=len(cache.case_ids))
@@ -395,6 +429,8 @@ def _pretrain(data, out_dir, opts, resume, progress, cancel, device, bf16, dist)
         "device": str(device),
         "bf16": bf16,
         "preset": cfg.name,
+        "case_share": info["case_share"],
+        "augment": {"intensity_jitter": opts.intensity_jitter, "scale_jitter": opts.scale_jitter},
     }
     emit(progress, "end", **result)
     return result
