@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "only --steps may grow, --checkpoint-every, --log-every, --workers may change)")
     p.add_argument("--init", default=None, metavar="CKPT", type=path_arg,
                    help="start from these weights with a fresh optimizer and schedule (the model config comes from CKPT)")
-    p.add_argument("--case-weight", dest="case_weight", action="append", default=[], metavar="PATTERN=W",
+    p.add_argument("--case-weight", dest="case_weight", action="append", default=None, metavar="PATTERN=W",
                    type=_case_weight, help="draw the cases whose id matches PATTERN (fnmatch, e.g. 'real*') with "
                    "weight W; other cases weigh 1; repeatable, the first matching pattern counts")
     p.add_argument("--intensity-jitter", type=finite_float(0, 1), default=0.0, metavar="A",
@@ -88,7 +88,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, clip=args.clip, mask_strategy=args.mask, mask_ratio=args.mask_ratio,
         noise=not args.no_noise, checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed,
         device=args.device, bf16=args.bf16, num_workers=args.workers, model_overrides=overrides,
-        init_checkpoint=args.init, case_weights=dict(args.case_weight),
+        init_checkpoint=args.init, case_weights=dict(args.case_weight or []),
         intensity_jitter=args.intensity_jitter, scale_jitter=args.scale_jitter,
     )
     out = Path(args.out)
