@@ -8,7 +8,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QGridLayout, QGrou
 
 from ....data.formats import file_dialog_filter
 from ... import _layers as L
-from ..._controls import call_safely, follow, wrapped_label
+from ..._controls import PaintedText, call_safely, follow, set_progress, wrapped_label
 from ..._dock import NemesisDock
 from .controller import LabellingKeys
 
@@ -32,7 +32,9 @@ class LabellingWidget(NemesisDock):
         self.project_use = QPushButton("Use project")
         self.organ_list = QLineEdit(", ".join(self.controller.new_project_organs))
         self.organ_list.setToolTip("The organs of a new project (a project keeps its own list)")
-        self.title = QLabel("No superpatch selected.")
+        # painted in a box of fixed size: a QLabel's new text on every selection asked the dock for a
+        # relayout, and a dock's relayout repaints the whole window in the click's frame
+        self.title = PaintedText(lines=2, text="No superpatch selected.")
         self.organ_box = QGroupBox("Organs present")
         self.organ_grid = QGridLayout(self.organ_box)
         self.organ_checks: dict[str, QCheckBox] = {}
@@ -182,20 +184,16 @@ class LabellingWidget(NemesisDock):
                 box.setChecked(False)
                 box.blockSignals(False)
                 box.setEnabled(c.pending is not None and index is not None)
-            self.counter.setRange(0, max(1, n))
-            self.counter.setValue(0)
             if c.pending is None:
                 self.title.setText("No labels open: open a scan.")
-                self.counter.setFormat("no labels open")
+                set_progress(self.counter, max(1, n), 0, "no labels open")
             else:
-                self.counter.setFormat(f"0 of {n} labelled")
+                set_progress(self.counter, max(1, n), 0, f"0 of {n} labelled")
                 self.title.setText(f"superpatch {index}: unlabelled" if index is not None else
                                    "No superpatch selected: click one (or press n).")
             return
         counts = store.counts()
-        self.counter.setRange(0, store.n)
-        self.counter.setValue(counts["labelled"])
-        self.counter.setFormat(f"{c.counter()}, {counts['skipped']} skipped")
+        set_progress(self.counter, store.n, counts["labelled"], f"{c.counter()}, {counts['skipped']} skipped")
         label = store.get(index) if index is not None and 0 <= index < store.n else None
         for organ, box in self.organ_checks.items():
             box.blockSignals(True)
