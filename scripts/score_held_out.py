@@ -1,6 +1,6 @@
 """Scores NEMESIS weights on real CT that no training step saw, beside two learning-free fills.
 
-  python scripts/score_held_out.py [--cache DIR] [--checkpoint CKPT --probe HEAD] [--seeds 2] [--out FILE]
+  python scripts/score_held_out.py [--cache DIR] [--checkpoint CKPT --probe HEAD | --reconstruction-only] [--seeds 2] [--out FILE]
 
 The scans come from ``scripts/fetch_registry_ct.py`` (run first; its cache is reused offline). Which scans
 are held out is fixed here, not chosen by score: ``HELD_OUT`` below. The pretraining scan
@@ -139,7 +139,7 @@ def score_scan(model, head, meta, name, image, labels, strategies, seeds) -> dic
     grid = SuperpatchGrid.for_preprocessed(pre, model.cfg.superpatch)
     out = {"scan": name, "file": str(image), "shape_zyx": list(vol.shape), "spacing_zyx": list(map(float, vol.spacing)),
            "superpatches": int(grid.n), "reconstruction": score_reconstruction(model, pre, grid, strategies, seeds)}
-    if labels is not None and Path(labels).is_file():
+    if head is not None and labels is not None and Path(labels).is_file():
         out["probe"] = score_probe(model, head, meta, vol, labels, grid)
     rec = out["reconstruction"]
     out["mean_gain_over_mean_fill"] = float(np.mean([r["gain_over_mean_fill"] for r in rec]))
@@ -152,6 +152,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=None, help="the fetch script's cache (default: its default)")
     ap.add_argument("--checkpoint", default=None, help="NEMESIS checkpoint (default: the bundled one)")
     ap.add_argument("--probe", default=None, help="probe head trained on that checkpoint (default: the bundled one)")
+    ap.add_argument("--reconstruction-only", action="store_true",
+                    help="skip the probe (e.g. for an intermediate checkpoint that has no head trained on it yet)")
     ap.add_argument("--seeds", type=int, default=2, help="mask seeds per strategy (default 2)")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
@@ -169,6 +171,8 @@ def main(argv=None) -> int:
     probe = Path(args.probe or default_probe_path())
     model = load_checkpoint(ckpt).eval()
     head, meta = load_probe(probe)
+    if args.reconstruction_only:
+        head = None
     strategies = mask_strategies()
     seeds = tuple(range(args.seeds))
     out = {"checkpoint": str(ckpt), "probe": str(probe), "data_range": "1.0 = the [-175, 250] HU window",

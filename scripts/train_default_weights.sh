@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Reproduces the bundled default weights (docs/model-card.md): a `small` NEMESIS model pretrained,
-# self-supervised (no labels), on 60 phantom scans plus the real CT, and an organ-presence probe
-# head trained on the labels of a separate 30-case phantom set (its 18 training scans only).
+# self-supervised (no labels), on 60 phantom scans plus the real CT in two stages (1: every scan drawn
+# alike; 2: from stage 1's weights, the real CT drawn for 60 % of the crops, with intensity and scale
+# jitter), and an organ-presence probe head trained on the labels of a separate 30-case phantom set
+# (its 18 training scans only).
 #
 #   scripts/train_default_weights.sh WORK_DIR            (defaults below; override with env vars)
 #   STEPS=6000 BATCH=32 DEVICE=cuda WORKERS=12 scripts/train_default_weights.sh runs/defaults
+#   INIT=src/napari_nemesis/weights/nemesis_small.safetensors scripts/train_default_weights.sh runs/w3
+#       (stage 2 alone, from given weights: how the bundled weights were made from the ones before)
 #
 # Writes WORK_DIR/{pretrain,probe,eval}/ and WORK_DIR/bundle/{nemesis_small,probe_small}.safetensors; the
 # probe head is trained on the float16 bundled model itself, so its recorded encoder digest is that model's.
@@ -17,6 +21,9 @@ DEVICE=${DEVICE:-auto}
 WORKERS=${WORKERS:-2}
 LR=${LR:-3e-4}
 SEED=${SEED:-0}
+ADAPT_STEPS=${ADAPT_STEPS:-2400}   # stage 2 (0: none)
+ADAPT_LR=${ADAPT_LR:-1.5e-4}
+REAL_WEIGHT=${REAL_WEIGHT:-90}
 BF16=${BF16:---bf16}   # bf16 autocast: 1.65x faster on this CPU with the same loss curve (docs/performance.md)
 NEMESIS=${NEMESIS:-nemesis}
 PY=${PY:-python3}
@@ -49,37 +56,65 @@ if [ -n "${BUDGET_S:-}" ]; then
     echo "   -> STEPS=$STEPS"
 fi
 
-echo "== pretrain"
-# A stopped recipe continues its run exactly where it was saved (every 250 steps and on Ctrl-C);
-# a finished run is not repeated.
-DONE_STEPS=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['step'])" "$W/pretrain/last.state.json" 2>/dev/null || echo 0)
-if [ "$DONE_STEPS" -lt "$STEPS" ]; then
-    RESUME=""
-    [ -f "$W/pretrain/last.state.json" ] && RESUME="--resume"
-    $NEMESIS pretrain "$W/cache_pretrain" --out "$W/pretrain" --preset small --steps "$STEPS" --batch "$BATCH" \
-        --lr "$LR" --workers "$WORKERS" --device "$DEVICE" --seed "$SEED" --checkpoint-every 250 --log-every 50 $BF16 --json \
-        $RESUME | tail -n 1 > "$W/pretrain_result.json"
-else
-    echo "   already trained ($DONE_STEPS steps)"
-fi
-[ -n "${STOP_AFTER_PRETRAIN:-}" ] && { echo "stopped after pretraining (STOP_AFTER_PRETRAIN)"; exit 0; }
-
-echo "== bundle the model (float16); the probe below is trained on exactly these weights"
-mkdir -p "$W/bundle"
-$PY - "$W" <<'PYEOF'
+bundle() {  # bundle RUN_DIR OUT_FILE TRAINED_ON: the run's last weights in float16, with what they saw
+$PY - "$W" "$1" "$2" "$3" <<'PYEOF'
 import sys, torch
 from pathlib import Path
 from napari_nemesis.data import open_cache
 from napari_nemesis.model import load_checkpoint, save_checkpoint
 from napari_nemesis.model.checkpoint import checkpoint_extra
-w = Path(sys.argv[1])
-model = load_checkpoint(w / "pretrain" / "last.safetensors")
-extra = checkpoint_extra(w / "pretrain" / "last.safetensors")
+w, run, out, trained_on = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+model = load_checkpoint(run / "last.safetensors")
+extra = checkpoint_extra(run / "last.safetensors")
 extra.setdefault("spacing_zyx", list(open_cache(w / "cache_pretrain").spacing_zyx))  # runs from before it was recorded
-extra.update({"trained_on": "60 phantom scans (seed 1, size small) + TotalSegmentator example CT (CC BY 4.0)",
-              "recipe": "scripts/train_default_weights.sh"})
-save_checkpoint(model, w / "bundle" / "nemesis_small.safetensors", extra=extra, dtype=torch.float16)
+extra.update({"trained_on": trained_on, "recipe": "scripts/train_default_weights.sh"})
+out.parent.mkdir(parents=True, exist_ok=True)
+save_checkpoint(model, out, extra=extra, dtype=torch.float16)
 PYEOF
+}
+
+run_pretrain() {  # run_pretrain OUT_DIR STEPS ARGS...: a stopped run continues where it saved; a finished one is kept
+    local out=$1 steps=$2; shift 2
+    local done_steps
+    done_steps=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['step'])" "$out/last.state.json" 2>/dev/null || echo 0)
+    if [ "$done_steps" -lt "$steps" ]; then
+        local resume=""
+        [ -f "$out/last.state.json" ] && resume="--resume"
+        $NEMESIS pretrain "$W/cache_pretrain" --out "$out" --preset small --steps "$steps" --batch "$BATCH" \
+            --workers "$WORKERS" --device "$DEVICE" $BF16 --json $resume "$@" | tail -n 1 > "$out.result.json"
+    else
+        echo "   already trained ($done_steps steps)"
+    fi
+}
+
+PHANTOMS_AND_CT="60 phantom scans (seed 1, size small) + TotalSegmentator example CT (CC BY 4.0)"
+if [ -n "${INIT:-}" ]; then
+    echo "== stage 1 skipped: starting stage 2 from $INIT"
+    STAGE1=$INIT
+else
+    echo "== stage 1: pretrain from scratch, every scan drawn alike"
+    run_pretrain "$W/pretrain" "$STEPS" --lr "$LR" --seed "$SEED" --checkpoint-every 250 --log-every 50
+    [ -f "$W/pretrain.result.json" ] && cp "$W/pretrain.result.json" "$W/pretrain_result.json"
+    STAGE1=$W/stage1.safetensors
+    bundle "$W/pretrain" "$STAGE1" "$PHANTOMS_AND_CT"
+fi
+[ -n "${STOP_AFTER_PRETRAIN:-}" ] && { echo "stopped after pretraining (STOP_AFTER_PRETRAIN)"; exit 0; }
+
+# Stage 2: more of the budget on the real CT (60 % of the crops: 90 / (90 + 60 phantoms)), each crop's
+# calibration and spacing varied (docs/training.md), from the stage-1 weights (float16, as bundled).
+if [ "$ADAPT_STEPS" -gt 0 ]; then
+    echo "== stage 2: $ADAPT_STEPS steps, the real CT at weight $REAL_WEIGHT, intensity/scale jitter"
+    run_pretrain "$W/adapt" "$ADAPT_STEPS" --init "$STAGE1" --lr "$ADAPT_LR" --warmup 100 --seed 3 \
+        --checkpoint-every 200 --log-every 25 --case-weight "realct=$REAL_WEIGHT" \
+        --intensity-jitter 0.1 --scale-jitter 0.15
+    FINAL=$W/adapt
+else
+    FINAL=$W/pretrain
+fi
+
+echo "== bundle the model (float16); the probe below is trained on exactly these weights"
+mkdir -p "$W/bundle"
+bundle "$FINAL" "$W/bundle/nemesis_small.safetensors" "$PHANTOMS_AND_CT; stage 2: the real CT at 60 % of the crops"
 
 echo "== probe head (phantom labels, training split only) on the bundled model"
 $NEMESIS prepare "$W/probe_phantoms" --out "$W/cache_probe"
