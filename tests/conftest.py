@@ -74,6 +74,20 @@ def phantom_data(tmp_path_factory) -> Path:
     return data
 
 
+#: PretrainOptions of a tiny model on 32^3 superpatches that trains a step in a fraction of a second.
+TINY_PRETRAIN = dict(preset="tiny", batch=2, model_overrides={"superpatch": 32, "patch": 8, "depth": 1}, log_every=1)
+
+
+@pytest.fixture(scope="session")
+def pretrain_phantoms(tmp_path_factory):
+    """Four small phantom scans as a cache of 32^3 superpatches, for pretraining runs of TINY_PRETRAIN."""
+    from napari_nemesis.data import open_dataset, write_phantom_dataset
+
+    root = tmp_path_factory.mktemp("ph")
+    write_phantom_dataset(root / "data", cases=4, seed=3, size="small")
+    return open_dataset(root / "data", superpatch=32, cache_dir=root / "cache")
+
+
 def save_tiny_checkpoint(path: Path, seed: int = 0, extra: dict | None = None) -> Path:
     """A seeded tiny model (8^3 superpatches of 4^3 patches, one block) saved at ``path``; ``extra``
     goes into its metadata as pretraining writes it (e.g. the spacing it was pretrained at)."""

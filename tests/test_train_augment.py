@@ -5,22 +5,19 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import TINY_PRETRAIN
 
 from napari_nemesis.errors import NemesisInputError
 from napari_nemesis.train.augment import Augment, case_weights, crop_box
 from napari_nemesis.train.pretrain import PretrainOptions, pretrain
 from napari_nemesis.train.state import read_train_state
 
-TINY = dict(preset="tiny", batch=2, model_overrides={"superpatch": 32, "patch": 8, "depth": 1}, log_every=1)
+TINY = TINY_PRETRAIN
 
 
-@pytest.fixture(scope="module")
-def phantoms(tmp_path_factory):
-    from napari_nemesis.data import open_dataset, write_phantom_dataset
-
-    root = tmp_path_factory.mktemp("ph")
-    write_phantom_dataset(root / "data", cases=4, seed=3, size="small")
-    return open_dataset(root / "data", superpatch=32, cache_dir=root / "cache")
+@pytest.fixture
+def phantoms(pretrain_phantoms):
+    return pretrain_phantoms
 
 
 def test_case_weights_first_matching_pattern_and_clear_refusals():

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TINY_PRETRAIN
 import torch
 
 from napari_nemesis.errors import NemesisCancelled, NemesisCheckpointError, NemesisInputError
@@ -13,16 +14,12 @@ from napari_nemesis.train.pretrain import PretrainOptions, learning_rate, pretra
 from napari_nemesis.train.runtime import weights_digest
 from napari_nemesis.train.state import read_train_state
 
-TINY = dict(preset="tiny", batch=2, model_overrides={"superpatch": 32, "patch": 8, "depth": 1}, log_every=1)
+TINY = TINY_PRETRAIN
 
 
-@pytest.fixture(scope="module")
-def phantoms(tmp_path_factory):
-    from napari_nemesis.data import open_dataset, write_phantom_dataset
-
-    root = tmp_path_factory.mktemp("ph")
-    write_phantom_dataset(root / "data", cases=4, seed=3, size="small")
-    return open_dataset(root / "data", superpatch=32, cache_dir=root / "cache")
+@pytest.fixture
+def phantoms(pretrain_phantoms):
+    return pretrain_phantoms
 
 
 def _opts(**kw):
