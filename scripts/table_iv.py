@@ -91,7 +91,7 @@ def main(argv=None) -> int:
                                   for k in ("psnr_model", "gain_over_mean_fill", "gain_over_local_fill")}
         out["models"].append({"pretrained_with": strategy, "loss_last": res.get("loss_last"),
                               "seconds": res.get("seconds"), "scans": scans, "mean_over_scans": by_mask})
-        print(f"{strategy}: " + ", ".join(f"test {m} {v['psnr_model']:.2f} dB ({v["gain_over_local_fill"]:+.2f} "
+        print(f"{strategy}: " + ", ".join(f"test {m} {v['psnr_model']:.2f} dB ({v['gain_over_local_fill']:+.2f} "
                                           f"over local fill)" for m, v in by_mask.items()), flush=True)
     out["seconds"] = time.time() - t0
     text = json.dumps(out, indent=1, default=float)
