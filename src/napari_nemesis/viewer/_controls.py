@@ -58,31 +58,6 @@ def fixed_lines_label(text: str, lines: int) -> QLabel:
     return label
 
 
-class SteadyLabel(QLabel):
-    """A wrapped label that never gets shorter: text that changes as the cursor moves (a line more,
-    a line less) then re-lays out nothing around it, and a relayout of a dock repaints the whole
-    window (40-60 ms of a software-rendered one) in the cursor's frame."""
-
-    def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)
-        super().setText(text)
-        width = self.width() if self.width() > 0 else self.sizeHint().width()
-        height = self.heightForWidth(width) if text else 0
-        if height > self.minimumHeight():
-            self.setMinimumHeight(height)
-
-
-def steady_label(text: str = "", lines: int = 0) -> QLabel:
-    """A :class:`SteadyLabel` with room for ``lines`` lines from the start: its first long text (the
-    first superpatch under the cursor) then re-lays out nothing either."""
-    label = SteadyLabel()
-    label.setWordWrap(True)
-    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-    if lines > 0:
-        label.setMinimumHeight(lines_height(label, lines))
-    label.setText(text)
-    return label
-
-
 class PaintedText(QWidget):
     """Word-wrapped text painted into a box of ``lines`` lines, for text that changes as the cursor
     moves. A QLabel's new text asks its dock for a relayout (it might need other room), and a dock's

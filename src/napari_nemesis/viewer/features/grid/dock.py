@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from qtpy.QtWidgets import QCheckBox, QComboBox, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
-from ..._controls import PaintedText, call_safely, follow, steady_label, wrapped_label
+from ..._controls import PaintedText, call_safely, fixed_lines_label, follow, wrapped_label
 from ..._dock import NemesisDock
 
 _HELP = ("Click a superpatch to select it (2D or 3D). Shift + arrow keys move the selection in the "
@@ -23,8 +23,9 @@ class GridWidget(NemesisDock):
         super().__init__(napari_viewer)
         self.controller = self.session.feature("grid")
 
-        self.active = QLabel("Active scan: none")
-        self.active.setWordWrap(True)
+        # text that changes while a scan opens or a superpatch is selected sits in boxes of fixed size:
+        # a label's new size re-lays out the dock, and that repaints the whole window in the same frame
+        self.active = fixed_lines_label("Active scan: none", lines=2)
         self.scan_combo = QComboBox()
         self.scan_combo.setToolTip("The open scans: the one picked here is shown, with its grid and results")
         self.series_row = QHBoxLayout()
@@ -32,10 +33,10 @@ class GridWidget(NemesisDock):
         self.series_combo.setToolTip("This DICOM folder holds several series: pick the one to open")
         self.series_label = QLabel("series")
         self.sample_button = QPushButton("Open the sample CT")
-        self.grid_info = wrapped_label(_NO_SCAN)
+        self.grid_info = fixed_lines_label(_NO_SCAN, lines=3)
         self.show_grid = QCheckBox("show the grid")
         self.show_grid.setChecked(self.controller.visible)
-        self.selection_info = steady_label("Nothing selected.", lines=3)
+        self.selection_info = PaintedText(lines=5, text="Nothing selected.")
         self.hover_info = PaintedText(lines=6)  # follows the cursor: never re-lays out the dock
 
         scan_box = QGroupBox("Scan")
