@@ -1,6 +1,6 @@
 """Scores NEMESIS weights on real CT that no training step saw, beside two learning-free fills.
 
-  python scripts/score_held_out.py [--cache DIR] [--checkpoint CKPT --probe HEAD | --reconstruction-only] [--seeds 2] [--out FILE]
+  python scripts/score_held_out.py [--cache DIR] [--checkpoint CKPT --probe HEAD | --reconstruction-only] [--seeds 2] [--out FILE] [--record]
 
 The scans come from ``scripts/fetch_registry_ct.py`` (run first; its cache is reused offline). Which scans
 are held out is fixed here, not chosen by score: ``HELD_OUT`` below. The pretraining scan
@@ -156,6 +156,9 @@ def main(argv=None) -> int:
                     help="skip the probe (e.g. for an intermediate checkpoint that has no head trained on it yet)")
     ap.add_argument("--seeds", type=int, default=2, help="mask seeds per strategy (default 2)")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument("--record", action="store_true",
+                    help="write the labelled held-out scan's pooled AUROC into the probe head's metadata "
+                         "(held_out_auroc, held_out_on: what nemesis infer and the viewer show beside results)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
 
@@ -187,6 +190,15 @@ def main(argv=None) -> int:
     out["held_out_mean_gain_over_mean_fill"] = float(np.mean([s["mean_gain_over_mean_fill"] for s in held]))
     out["held_out_mean_gain_over_local_fill"] = float(np.mean([s["mean_gain_over_local_fill"] for s in held]))
     out["seconds"] = time.time() - t0
+    if args.record and head is not None:
+        from napari_nemesis.train.probe import save_probe
+
+        scored = next(s for s in held if "probe" in s)
+        meta = {**meta, "held_out_auroc": round(float(scored["probe"]["pooled_auroc"]), 4),
+                "held_out_on": f"real CT no training step saw: LIDC-IDRI-0001 ({scored['probe']['superpatches']} "
+                               "superpatches, TotalSegmentator labels; scripts/score_held_out.py)"}
+        save_probe(head, probe, meta)
+        out["recorded_in"] = str(probe)
     text = json.dumps(out, indent=1, default=float)
     if args.out:
         args.out.write_text(text + "\n")
