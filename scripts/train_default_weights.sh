@@ -123,6 +123,7 @@ $NEMESIS probe "$W/cache_probe" --checkpoint "$W/bundle/nemesis_small.safetensor
 cp "$W/probe/probe.safetensors" "$W/bundle/probe_small.safetensors"
 ls -l "$W/bundle"
 
+[ "${EVALUATE:-1}" = 0 ] && { echo "done (EVALUATE=0: no evaluation): $W/bundle"; exit 0; }
 echo "== evaluate (Tables II-III on the 30-case probe phantom set)"
 $NEMESIS evaluate "$W/cache_probe" --checkpoint "$W/bundle/nemesis_small.safetensors" --device "$DEVICE" --batch 16 \
     --out "$W/eval" --json | tail -n 1 > "$W/evaluate_result.json" || echo "evaluate failed (weights are still bundled)"
