@@ -1,6 +1,6 @@
 """The paper's Table IV as the paper does it: one model pretrained per masking strategy, equal budgets.
 
-  python scripts/table_iv.py CACHE [--strategies plane axis dual] [--steps 400] [--batch 4] [--work DIR]
+  python scripts/table_iv.py CACHE [--strategies S ...] [--steps 400] [--batch 4] [--work DIR]
                              [--rct-cache DIR] [--out FILE]
 
 CACHE is a pretraining cache (``nemesis prepare ... --include-unlabelled``; the weights recipe makes
@@ -51,7 +51,8 @@ def pretrain_one(cache: Path, out: Path, strategy: str, steps: int, batch: int, 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("cache", type=Path, help="a pretraining cache (nemesis prepare --include-unlabelled)")
-    ap.add_argument("--strategies", nargs="+", default=["plane", "axis", "dual"])
+    ap.add_argument("--strategies", nargs="+", default=None, help="masking strategies to pretrain with "
+                    "(default: every one the model knows)")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=3e-4)
@@ -66,6 +67,10 @@ def main(argv=None) -> int:
     from napari_nemesis.model import load_checkpoint
     from napari_nemesis.model.masking import mask_strategies
 
+    strategies = args.strategies or list(mask_strategies())
+    unknown = sorted(set(strategies) - set(mask_strategies()))
+    if unknown:
+        raise SystemExit(f"--strategies: unknown {', '.join(unknown)} (known: {', '.join(mask_strategies())})")
     t0 = time.time()
     fetch_all(args.rct_cache)
     rct = Path(args.rct_cache or default_cache())
@@ -74,7 +79,7 @@ def main(argv=None) -> int:
            "budget": {"steps": args.steps, "batch": args.batch, "superpatches": args.steps * args.batch,
                       "lr": args.lr, "seed": args.seed, "device": "cpu", "bf16": True},
            "data": str(args.cache), "data_range": "1.0 = the [-175, 250] HU window", "models": []}
-    for strategy in args.strategies:
+    for strategy in strategies:
         run = args.work / f"pretrain_{strategy}"
         res = pretrain_one(args.cache, run, strategy, args.steps, args.batch, args.lr, args.seed)
         model = load_checkpoint(run / "last.safetensors").eval()
