@@ -230,9 +230,10 @@ def test_the_bundled_patch_head_loads_and_matches_the_bundled_encoder():
     assert head.norm.normalized_shape[0] == model.cfg.embed_dim and head.fc.out_features == len(meta["organs"])
     assert 0.5 < meta["held_out_auroc"] <= 1 and "LIDC" in meta["held_out_on"]
     assert default_probe_path("patch").stat().st_size < 64_000  # a few kB
-    # the superpatch head, saved before levels existed, is a superpatch head
+    # the superpatch head is one; a head saved before levels existed (no "level" key) reads as one too
     sp_head, sp_meta = load_default_probe()
-    assert "level" not in sp_meta and head_level(sp_meta) == "superpatch"
+    assert head_level(sp_meta) == "superpatch" and sp_meta.get("level", "superpatch") == "superpatch"
+    assert head_level({k: v for k, v in sp_meta.items() if k != "level"}) == "superpatch"
     assert type(sp_head) is ProbeHead
     with pytest.raises(NemesisCheckpointError, match="superpatch-level head"):
         check_probe_matches(model, sp_meta, level="patch")

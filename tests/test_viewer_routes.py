@@ -117,6 +117,16 @@ def test_plugins_menu_one_dock_at_a_time_tabs_them_and_the_window_fits(make_napa
     from napari_nemesis.viewer._napari_private import canvas_widget
 
     assert canvas_widget(viewer).width() >= window.width() / 2
+    from napari_nemesis.viewer._dock import DOCK_MIN_WIDTH_PX
+    from napari_nemesis.viewer._window import dock_of
+
+    for title, widget in widgets.items():  # each dock in front in turn: nothing of it cut off at its right edge
+        dock_of(widget).raise_()
+        qtbot.wait(30)
+        assert widget.body.width() <= widget.viewport().width(), title
+        # and it fits the narrowest a dock gets, beside its scroll bar
+        narrowest = DOCK_MIN_WIDTH_PX - widget.verticalScrollBar().sizeHint().width()
+        assert widget.body.minimumSizeHint().width() <= narrowest, title
     # every dock shares the one session of the viewer behind napari's proxy
     session = session_for(viewer)
     assert all(w.session is session for w in widgets.values())
@@ -285,6 +295,31 @@ print("closed cleanly")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "closed cleanly" in proc.stdout
     assert "Fatal Python error" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_script_exiting_while_a_job_runs_exits_cleanly(tmp_path):
+    """The interpreter exits with a whole-scan reconstruction still running (no close, no wait): the job
+    is cancelled and waited for at exit. Before, the job's thread emitted through Qt objects Python
+    had already torn down, and the process died of SIGSEGV or SIGABRT."""
+    code = f"""
+import time
+import napari
+from qtpy.QtWidgets import QApplication
+from napari_nemesis.sample_data import sample_ct_path
+from napari_nemesis.viewer import launch
+viewer = napari.Viewer(show=True)
+session = launch(str(sample_ct_path()), viewer=viewer, widgets=False)
+session.run_reconstruction("dual", 0.75, 0.0, 0, "scan", wait=False)
+end = time.time() + 0.3
+while time.time() < end:
+    QApplication.processEvents(); time.sleep(0.02)
+print("running at exit:", session.running("reconstruction"), flush=True)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "NEMESIS_CONFIG_DIR": str(tmp_path / "config")})
+    assert "running at exit: True" in proc.stdout  # else the test proves nothing
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "has been deleted" not in proc.stderr and "Fatal Python error" not in proc.stderr
 
 
 @pytest.mark.slow

@@ -9,10 +9,29 @@ forcing its height; the view is then fitted again to the active scan (the canvas
 from __future__ import annotations
 
 from qtpy.QtCore import QSize, Qt, QTimer
-from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QAbstractSpinBox, QComboBox, QFrame, QProgressBar, QScrollArea, QSizePolicy, QVBoxLayout, \
+    QWidget
 
 from ._napari_private import real_viewer
 from ._window import DOCK_WIDTH_PX, arrange_docks, dock_of
+
+
+#: The narrowest a dock gets (1280 x 800 leaves it about 270 px); its body must fit beside the scroll bar.
+DOCK_MIN_WIDTH_PX = 260
+SHRINK_ABOVE_PX = 120  # a combo or spin box narrower than this keeps its natural width
+BOX_MIN_PX = 100
+
+
+def let_shrink(body: QWidget) -> None:
+    """Widgets whose natural width is their longest text shrink with the dock instead of widening the
+    body past it (a body wider than the dock is cut off at its right edge, with no way to scroll):
+    combo and spin boxes keep 100 px (a combo box elides its item), progress bars their middle."""
+    for box in [*body.findChildren(QComboBox), *body.findChildren(QAbstractSpinBox)]:
+        # a combo box elides its text; a seed's range (2^31) asks for 11 digits and the arrows
+        if box.minimumSizeHint().width() > SHRINK_ABOVE_PX:
+            box.setMinimumWidth(BOX_MIN_PX)
+    for bar in body.findChildren(QProgressBar):
+        bar.setMinimumWidth(48)
 
 
 class NemesisDock(QScrollArea):
@@ -30,6 +49,7 @@ class NemesisDock(QScrollArea):
         self.session = session_for(self.viewer)
         self.body = QWidget()
         self.layout_ = QVBoxLayout(self.body)
+        self.layout_.setContentsMargins(4, 6, 4, 6)  # Qt's 9-11 px a side: room a narrow dock needs
         self.panels: dict[str, QWidget] = {}  # feature name -> its panel hosted here
         self.setWidget(self.body)
         self.setWidgetResizable(True)
@@ -38,7 +58,7 @@ class NemesisDock(QScrollArea):
         # Ignored: the dock area never grows to the body's height (napari adds no stretch either)
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Ignored)
         self.setMinimumHeight(120)
-        self.setMinimumWidth(260)
+        self.setMinimumWidth(DOCK_MIN_WIDTH_PX)
         self.session.widgets.setdefault(self.dock_title, self)
         QTimer.singleShot(0, self._docked)
 
@@ -54,6 +74,14 @@ class NemesisDock(QScrollArea):
     def finish(self) -> None:
         """Call at the end of a subclass's ``__init__``: the body's stretch at the bottom."""
         self.layout_.addStretch(1)
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        """The first time the dock shows (napari's style sheet has been applied: it sets minimum widths
+        of its own), its widgets are allowed to shrink to the dock's narrowest width."""
+        if not getattr(self, "_shrunk", False):
+            self._shrunk = True
+            let_shrink(self.body)
+        super().showEvent(event)
 
     def _docked(self) -> None:
         try:

@@ -16,6 +16,7 @@ competition for the cores, and on a machine without a GPU the canvas is drawn by
 
 from __future__ import annotations
 
+import atexit
 import functools
 import inspect
 import logging
@@ -38,6 +39,26 @@ from ._runstate import CANCELLED, DONE, FAILED, IDLE, RUNNING, RunStatus  # noqa
 #: The niceness of a job's thread. 10 gives the GUI thread (nice 0) about 90% of a contended core,
 #: and leaves the job every cycle the GUI does not use.
 JOB_NICE = 10
+#: At interpreter exit, how long running jobs get to see their cancel flag and end (ms).
+EXIT_WAIT_MS = 10_000
+#: The cancel flags of the jobs started and not yet ended, for the exit below.
+_LIVE_FLAGS: set[threading.Event] = set()
+
+
+def _end_jobs_at_exit() -> None:
+    """A script or napari exiting while jobs run: each is cancelled, and the exit waits (bounded) for
+    their threads. Left running, a job that ends while Python tears its objects down emits through a
+    deleted Qt object, and Qt aborts the process (SIGABRT) instead of exiting."""
+    if not _LIVE_FLAGS:
+        return
+    for flag in list(_LIVE_FLAGS):
+        flag.set()
+    from qtpy.QtCore import QThreadPool
+
+    QThreadPool.globalInstance().waitForDone(EXIT_WAIT_MS)
+
+
+atexit.register(_end_jobs_at_exit)  # registered after Qt's own exit handlers: it runs before them
 
 
 def lower_thread_priority(nice: int = JOB_NICE) -> bool:
@@ -256,6 +277,7 @@ def start_job(
     from napari.qt.threading import create_worker
 
     flag = threading.Event()
+    _LIVE_FLAGS.add(flag)
     relay = _Relay()
     bar = _LateBar(description or name) if activity else _NoBar()
 
@@ -326,6 +348,7 @@ def start_job(
         _fail(exc)
 
     def handle_finished() -> None:
+        _LIVE_FLAGS.discard(flag)
         if state.status == RUNNING:  # a generator quit at a yield returns nothing
             state.status = CANCELLED if flag.is_set() else DONE
         state.message = state.status if state.status != FAILED else state.error

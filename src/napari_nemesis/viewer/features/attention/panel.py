@@ -13,7 +13,8 @@ HELP = ("Tick, select a superpatch and move the cursor over it: the heatmaps sho
 
 class AttentionPanel(QGroupBox):
     def __init__(self, session, parent=None) -> None:
-        super().__init__("MATB attention (last encoder block)", parent)
+        super().__init__("MATB attention", parent)
+        self.setToolTip("The attention of the last encoder block (MATB)")
         self.controller = session.feature("attention")
         self.attention = QCheckBox("attention under the cursor")
         self.attention.setChecked(self.controller.enabled)

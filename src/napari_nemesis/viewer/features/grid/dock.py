@@ -23,7 +23,7 @@ class GridWidget(NemesisDock):
         super().__init__(napari_viewer)
         self.controller = self.session.feature("grid")
 
-        # text that changes while a scan opens or a superpatch is selected sits in boxes of fixed size:
+        # text that changes while a scan opens or on every selection sits in boxes of fixed size:
         # a label's new size re-lays out the dock, and that repaints the whole window in the same frame
         self.active = fixed_lines_label("Active scan: none", lines=2)
         self.scan_combo = QComboBox()
@@ -33,7 +33,7 @@ class GridWidget(NemesisDock):
         self.series_combo.setToolTip("This DICOM folder holds several series: pick the one to open")
         self.series_label = QLabel("series")
         self.sample_button = QPushButton("Open the sample CT")
-        self.grid_info = fixed_lines_label(_NO_SCAN, lines=3)
+        self.grid_info = wrapped_label(_NO_SCAN)  # new text once per scan: its relayout is the opening's, not a frame's
         self.show_grid = QCheckBox("show the grid")
         self.show_grid.setChecked(self.controller.visible)
         self.selection_info = PaintedText(lines=5, text="Nothing selected.")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QGridLayout, QGroupBox, QHBoxLayout, QLabel, \
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QGridLayout, QGroupBox, QLabel, \
     QLineEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
 from ....data.formats import file_dialog_filter
@@ -38,19 +38,25 @@ class LabellingWidget(NemesisDock):
         self.organ_box = QGroupBox("Organs present")
         self.organ_grid = QGridLayout(self.organ_box)
         self.organ_checks: dict[str, QCheckBox] = {}
-        self.accept_button = QPushButton("Labelled, next (Enter)")
+        self.accept_button = QPushButton("Labelled (Enter)")
+        self.accept_button.setToolTip("Mark this superpatch labelled (the ticked organs present, the others "
+                                      "absent) and move to the next unlabelled one")
         self.skip_button = QPushButton("Skip (s)")
         self.undo_button = QPushButton("Undo (Ctrl+Z)")
-        self.previous_button = QPushButton("< Previous unlabelled (p)")
-        self.next_button = QPushButton("Next unlabelled (n) >")
+        self.previous_button = QPushButton("< Previous (p)")
+        self.previous_button.setToolTip("The previous unlabelled superpatch")
+        self.next_button = QPushButton("Next (n) >")
+        self.next_button.setToolTip("The next unlabelled superpatch")
         self.label_next_button = QPushButton("Label next: most uncertain")
         self.label_next_button.setToolTip("The unlabelled superpatch the current probe is least sure about "
                                           "(highest mean binary entropy of its organ probabilities)")
         self.counter = QProgressBar()
         self.counter.setTextVisible(True)
-        self.show_states = QCheckBox("colour the grid by label state (green: labelled, faint: skipped)")
+        self.show_states = QCheckBox("colour by label state")
+        self.show_states.setToolTip("Green: labelled; faint: skipped")
         self.show_states.setChecked(self.controller.show_states)
-        self.canvas_keys = QCheckBox("labelling mode: the keys also work on the canvas")
+        self.canvas_keys = QCheckBox("labelling mode")
+        self.canvas_keys.setToolTip("The labelling keys also work on the canvas")
         self.canvas_keys.setChecked(self.controller.keys_on_canvas)
         self.fill_layer = QComboBox()
         self.fill_button = QPushButton("Fill from layer")
@@ -78,28 +84,26 @@ class LabellingWidget(NemesisDock):
         label_layout = QVBoxLayout(label_box)
         label_layout.addWidget(self.title)
         label_layout.addWidget(self.organ_box)
-        row = QHBoxLayout()
-        for button in (self.accept_button, self.skip_button, self.undo_button):
-            row.addWidget(button)
-        label_layout.addLayout(row)
-        row = QHBoxLayout()
-        row.addWidget(self.previous_button)
-        row.addWidget(self.next_button)
-        label_layout.addLayout(row)
+        buttons = QGridLayout()  # two to a row: three did not fit a dock at 1280 x 800
+        for k, button in enumerate((self.accept_button, self.skip_button, self.previous_button, self.next_button)):
+            buttons.addWidget(button, k // 2, k % 2)
+        buttons.addWidget(self.undo_button, 2, 0, 1, 2)
+        label_layout.addLayout(buttons)
         label_layout.addWidget(self.label_next_button)
         label_layout.addWidget(self.counter)
         label_layout.addWidget(self.show_states)
         label_layout.addWidget(self.canvas_keys)
         label_layout.addWidget(wrapped_label(KEYS_HELP))
 
-        fill_box = QGroupBox("Fill from a segmentation (review, then correct by hand)")
+        fill_box = QGroupBox("Fill from a segmentation")
+        fill_box.setToolTip("Organ presence from a label map: review it, then correct by hand")
         fill_layout = QGridLayout(fill_box)
         fill_layout.addWidget(self.fill_layer, 0, 0, 1, 2)
-        fill_layout.addWidget(self.fill_button, 0, 2)
-        fill_layout.addWidget(QLabel("present from"), 1, 0)
-        fill_layout.addWidget(self.fill_threshold, 1, 1)
-        fill_layout.addWidget(self.fill_file_button, 1, 2)
-        fill_layout.addWidget(self.fill_overwrite, 2, 0, 1, 3)
+        fill_layout.addWidget(self.fill_button, 1, 0)
+        fill_layout.addWidget(self.fill_file_button, 1, 1)
+        fill_layout.addWidget(QLabel("present from"), 2, 0)
+        fill_layout.addWidget(self.fill_threshold, 2, 1)
+        fill_layout.addWidget(self.fill_overwrite, 3, 0, 1, 2)
 
         layout = self.layout_
         layout.addWidget(project_box)

@@ -15,7 +15,8 @@ class OrthoPanel(QGroupBox):
     def __init__(self, session, parent=None) -> None:
         super().__init__("Orthogonal views", parent)
         self.controller = session.feature("orthoviews")
-        self.toggle = QCheckBox("show the linked orthogonal views")
+        self.toggle = QCheckBox("show the orthogonal views")
+        self.toggle.setToolTip("Coronal and sagittal views linked to the canvas: one crosshair, one window/level")
         self.toggle.setChecked(self.controller.enabled)
         layout = QVBoxLayout(self)
         layout.addWidget(self.toggle)

@@ -45,8 +45,9 @@ class ReconstructionWidget(NemesisDock):
         # room for the lines a run writes (its first wraps in a narrow dock): new text then does
         # not resize the label and move what is below it (a repaint sharing the canvas's stall)
         self.metrics.setMinimumHeight(4 * self.metrics.fontMetrics().lineSpacing() + 4)
-        self.error_map = QCheckBox("show the error map (masked-patch RMSE per superpatch)")
-        self.error_map.setToolTip("Over the reconstruction it hides the anatomy: tick to compare superpatches")
+        self.error_map = QCheckBox("show the error map")
+        self.error_map.setToolTip("The masked-patch RMSE of each superpatch. Over the reconstruction it hides the "
+                                  "anatomy: tick to compare superpatches")
 
         form_box = QGroupBox("Masking")
         form = QFormLayout(form_box)
