@@ -137,6 +137,10 @@ def test_plugins_menu_one_dock_at_a_time_tabs_them_and_the_window_fits(make_napa
     widgets["Organ probabilities"].controls.run_button.click()
     _wait(qtbot, session, "probabilities")
     assert session.probabilities is not None
+    for title, widget in widgets.items():  # with a scan, its labels and results: still nothing cut off
+        dock_of(widget).raise_()
+        qtbot.wait(30)
+        assert widget.body.minimumSizeHint().width() <= DOCK_MIN_WIDTH_PX - widget.verticalScrollBar().sizeHint().width(), title
     QApplication.processEvents()
     assert watch.errors == [] and watch.ours() == []
 

@@ -163,7 +163,8 @@ class LabellingWidget(NemesisDock):
                 r, g, b = L.ORGAN_COLORS.get(organ, (1, 1, 1))
                 box.setStyleSheet(f"QCheckBox {{ color: rgb({int(255 * r)}, {int(255 * g)}, {int(255 * b)}); }}")
                 box.clicked.connect(lambda _on=False, i=k: call_safely(self.controller.act, "toggle", i))
-                self.organ_grid.addWidget(box, k // 2, k % 2)
+                # one column: two of "2  gallbladder" / "5  right kidney" do not fit a dock at 1280 x 800
+                self.organ_grid.addWidget(box, k, 0)
                 self.organ_checks[organ] = box
             try:
                 from ....labels import LabelProject
