@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QGridLayout, QGroupBox, QLabel, QPushButton, QVBoxLayout
+from qtpy.QtWidgets import QGridLayout, QGroupBox, QPushButton, QVBoxLayout
 
 from ... import _layers as L
-from ..._controls import call_safely, follow
+from ..._controls import PaintedText, call_safely, follow
 
 
 class WindowPanel(QGroupBox):
@@ -13,8 +13,9 @@ class WindowPanel(QGroupBox):
         super().__init__("CT window", parent)
         self.controller = session.feature("radiology")
         self.buttons = {name: QPushButton(name) for name in L.WINDOW_PRESETS}
-        self.readout = QLabel("right-drag on the canvas: horizontal = width, vertical = level")
-        self.readout.setWordWrap(True)
+        # painted in a box of fixed size: it changes at every step of a right-drag, and a label's new
+        # text would re-lay out the dock (a full-window repaint) in each of those frames
+        self.readout = PaintedText(lines=4, text="right-drag on the canvas: horizontal = width, vertical = level")
         grid = QGridLayout()
         for k, (name, button) in enumerate(self.buttons.items()):
             level, width = L.WINDOW_PRESETS[name]
