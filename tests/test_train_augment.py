@@ -8,7 +8,8 @@ import pytest
 from conftest import TINY_PRETRAIN
 
 from napari_nemesis.errors import NemesisInputError
-from napari_nemesis.train.augment import Augment, case_weights, crop_box
+from napari_nemesis.data import crop_box, crop_superpatch
+from napari_nemesis.train.augment import Augment, case_weights, pattern_shares
 from napari_nemesis.train.pretrain import PretrainOptions, pretrain
 from napari_nemesis.train.state import read_train_state
 
@@ -25,6 +26,8 @@ def test_case_weights_first_matching_pattern_and_clear_refusals():
     assert case_weights(ids, {}) is None
     w = case_weights(ids, {"realct": 10, "real*": 4})
     assert w == pytest.approx(np.array([1, 1, 10, 4]) / 16)
+    assert pattern_shares(ids, w, {"realct": 10, "real*": 4}) == {"realct": 0.625, "real*": 0.25}
+    assert pattern_shares(ids, None, {}) == {}
     with pytest.raises(NemesisInputError, match="lidc.*matches no case") as err:
         case_weights(ids, {"lidc*": 3}, "cache")
     assert "\n" not in str(err.value) and str(err.value).startswith("cache:")
@@ -52,6 +55,8 @@ def test_crop_box_pads_outside_the_volume():
     assert box[0].max() == 0  # the slice before the volume is padding
     assert box[1, 0, 0] == vol[0, 1, 2] and box[1, 0, 1] == 0  # beyond the last column: padding
     assert crop_box(vol, (5, 5, 5), (2, 2, 2)).max() == 0
+    # a superpatch crop is the cubic case of it
+    assert np.array_equal(crop_superpatch(vol, (1, 0, 2), 3), crop_box(vol, (1, 0, 2), (3, 3, 3)))
 
 
 def test_intensity_jitter_is_reproducible_bounded_and_varies_contrast():

@@ -28,6 +28,7 @@ from .grid import (
     MIN_MEAN,
     Box,
     SuperpatchGrid,
+    crop_box,
     crop_superpatch,
     inside_fraction,
     sample_superpatch,

@@ -255,15 +255,26 @@ def inside_fraction(shape_zyx, origin_zyx, superpatch: int) -> float:
     return float(frac)
 
 
+def crop_box(volume: np.ndarray, start_zyx, size_zyx, value: float = 0, dtype=np.float32) -> np.ndarray:
+    """The box of ``size_zyx`` voxels at ``start_zyx``, which may lie partly (or wholly) outside the
+    volume: voxels beyond it get ``value``."""
+    out = np.full(tuple(int(n) for n in size_zyx), value, dtype=dtype)
+    src, dst = [], []
+    for a, n, d in zip(start_zyx, size_zyx, volume.shape):
+        lo, hi = max(0, int(a)), min(int(d), int(a) + int(n))
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - int(a), hi - int(a)))
+    out[tuple(dst)] = volume[tuple(src)]
+    return out
+
+
 def crop_superpatch(volume: np.ndarray, origin_zyx, superpatch: int, value: float = 0,
                     dtype=np.float32) -> np.ndarray:
     """The (S, S, S) crop at ``origin_zyx``; voxels beyond the volume get ``value``."""
     s = int(superpatch)
-    out = np.full((s, s, s), value, dtype=dtype)
-    src = tuple(slice(o, min(o + s, d)) for o, d in zip(origin_zyx, volume.shape))
-    region = volume[src]
-    out[tuple(slice(0, r) for r in region.shape)] = region
-    return out
+    return crop_box(volume, origin_zyx, (s, s, s), value, dtype)
 
 
 def sample_superpatch(

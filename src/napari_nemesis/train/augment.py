@@ -22,9 +22,10 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from ..data import crop_box
 from ..errors import NemesisInputError
 
-__all__ = ["Augment", "case_weights", "crop_box"]
+__all__ = ["Augment", "case_weights", "pattern_shares"]
 
 
 @dataclass(frozen=True)
@@ -60,20 +61,6 @@ class Augment:
         return np.ascontiguousarray(patch, dtype=np.float32)
 
 
-def crop_box(volume: np.ndarray, start_zyx: Sequence[int], size_zyx: Sequence[int], value: float = 0.0) -> np.ndarray:
-    """The float32 box of ``size_zyx`` at ``start_zyx`` (which may lie partly outside); outside = ``value``."""
-    out = np.full(tuple(int(n) for n in size_zyx), value, dtype=np.float32)
-    src, dst = [], []
-    for a, n, d in zip(start_zyx, size_zyx, volume.shape):
-        lo, hi = max(0, int(a)), min(int(d), int(a) + int(n))
-        if hi <= lo:
-            return out
-        src.append(slice(lo, hi))
-        dst.append(slice(lo - int(a), hi - int(a)))
-    out[tuple(dst)] = volume[tuple(src)]
-    return out
-
-
 def case_weights(case_ids: Sequence[str], patterns: Mapping[str, float] | None, where: str = "") -> np.ndarray | None:
     """Sampling probabilities of ``case_ids``: a case gets the weight of the first pattern
     (``fnmatch``, e.g. ``"real*"``) its id matches, else 1. ``None`` when no pattern is given
@@ -90,10 +77,25 @@ def case_weights(case_ids: Sequence[str], patterns: Mapping[str, float] | None, 
             shown = ", ".join(ids[:6]) + (", ..." if len(ids) > 6 else "")
             raise NemesisInputError(f"{where}: case weight {pattern}={weight} matches no case (ids: {shown})")
     for i, cid in enumerate(ids):
-        for pattern, weight in patterns.items():
-            if fnmatch.fnmatchcase(cid, pattern):
-                w[i] = float(weight)
-                break
+        pattern = _first_match(cid, patterns)
+        if pattern is not None:
+            w[i] = float(patterns[pattern])
     if w.sum() <= 0:
         raise NemesisInputError(f"{where}: every case has weight 0: nothing to sample")
     return w / w.sum()
+
+
+def pattern_shares(case_ids: Sequence[str], probabilities, patterns: Mapping[str, float] | None) -> dict[str, float]:
+    """The expected share of the crops each pattern's cases draw (``{}`` when cases are drawn alike)."""
+    if probabilities is None or not patterns:
+        return {}
+    share = {p: 0.0 for p in patterns}
+    for cid, p in zip(case_ids, probabilities):
+        pattern = _first_match(cid, patterns)
+        if pattern is not None:
+            share[pattern] += float(p)
+    return {p: round(v, 4) for p, v in share.items()}
+
+
+def _first_match(case_id: str, patterns: Mapping[str, float]) -> str | None:
+    return next((p for p in patterns if fnmatch.fnmatchcase(case_id, p)), None)

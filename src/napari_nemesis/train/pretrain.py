@@ -21,7 +21,7 @@ import torch
 from ..data import Spacing, inside_fraction
 from ..errors import NemesisCancelled, NemesisInputError
 from ..model import NemesisMAE, build_model, load_checkpoint
-from .augment import Augment, case_weights
+from .augment import Augment, case_weights, pattern_shares
 from .events import CancelFn, ProgressFn, check_cancel, emit
 from .probe import dataset_for
 from .runtime import (
@@ -217,21 +217,6 @@ class StepSampler(torch.utils.data.Sampler):
             yield from range(base, base + self.batch)
 
 
-def _case_share(case_ids, weights, patterns) -> dict[str, float]:
-    """The expected share of the crops each weight pattern draws (first match, as in sampling)."""
-    import fnmatch
-
-    if weights is None:
-        return {}
-    share = {p: 0.0 for p in patterns}
-    for cid, w in zip(case_ids, weights):
-        for p in patterns:
-            if fnmatch.fnmatchcase(cid, p):
-                share[p] += float(w)
-                break
-    return {p: round(v, 4) for p, v in share.items()}
-
-
 def _step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
     g = torch.Generator(device=device if device.type in ("cuda", "cpu") else "cpu")
     g.manual_seed(int(np.random.SeedSequence([seed, step, rank, 7]).generate_state(1)[0]))
@@ -336,7 +321,7 @@ def _pretrain(data, out_dir, opts, resume, progress, cancel, device, bf16, dist)
         "device": str(device),
         "bf16": bf16,
         # each weighted pattern's share of the crops (the rest: the other cases)
-        "case_share": _case_share(cache.case_ids, weights, opts.case_weights),
+        "case_share": pattern_shares(cache.case_ids, weights, opts.case_weights),
     }
     emit(progress, "start", step=start, total=opts.steps, preset=cfg.name, device=str(device), world_size=dist.world,
          bf16=bf16, cases=len(cache.case_ids))
