@@ -55,6 +55,14 @@ def btcv_from_structures(labels: np.ndarray, csv_path: Path) -> np.ndarray:
     return lut[labels]
 
 
+def print_json(out: dict, path: Path | None) -> None:
+    """The result on standard output, and into ``path`` when given."""
+    text = json.dumps(out, indent=1, default=float)
+    if path:
+        path.write_text(text + "\n")
+    print(text)
+
+
 def psnr(sq_sum: float, n: int) -> float | None:
     return float(10 * np.log10(n / sq_sum)) if n and sq_sum > 0 else None
 
@@ -199,10 +207,7 @@ def main(argv=None) -> int:
                                "superpatches, TotalSegmentator labels; scripts/score_held_out.py)"}
         save_probe(head, probe, meta)
         out["recorded_in"] = str(probe)
-    text = json.dumps(out, indent=1, default=float)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+    print_json(out, args.out)
     return 0
 
 

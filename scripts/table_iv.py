@@ -29,7 +29,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from fetch_registry_ct import default_cache, fetch_all  # noqa: E402
-from score_held_out import HELD_OUT, score_reconstruction  # noqa: E402
+from score_held_out import HELD_OUT, print_json, score_reconstruction  # noqa: E402
 
 
 def pretrain_one(cache: Path, out: Path, strategy: str, steps: int, batch: int, lr: float, seed: int) -> dict:
@@ -99,10 +99,7 @@ def main(argv=None) -> int:
         print(f"{strategy}: " + ", ".join(f"test {m} {v['psnr_model']:.2f} dB ({v['gain_over_local_fill']:+.2f} "
                                           f"over local fill)" for m, v in by_mask.items()), flush=True)
     out["seconds"] = time.time() - t0
-    text = json.dumps(out, indent=1, default=float)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+    print_json(out, args.out)
     return 0
 
 
