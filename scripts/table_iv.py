@@ -29,7 +29,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from fetch_registry_ct import default_cache, fetch_all  # noqa: E402
-from score_held_out import HELD_OUT, print_json, score_reconstruction  # noqa: E402
+from score_held_out import HELD_OUT, print_json, score_scan  # noqa: E402
 
 
 def pretrain_one(cache: Path, out: Path, strategy: str, steps: int, batch: int, lr: float, seed: int) -> dict:
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
 
-    from napari_nemesis.data import SuperpatchGrid, preprocess, read_volume
+    from napari_nemesis.data.spacing import DEFAULT_SPACING_ZYX
     from napari_nemesis.model import load_checkpoint
     from napari_nemesis.model.masking import mask_strategies
 
@@ -83,12 +83,9 @@ def main(argv=None) -> int:
         run = args.work / f"pretrain_{strategy}"
         res = pretrain_one(args.cache, run, strategy, args.steps, args.batch, args.lr, args.seed)
         model = load_checkpoint(run / "last.safetensors").eval()
-        spacing = tuple(model.checkpoint_extra.get("spacing_zyx") or (2.0, 1.5, 1.5))
-        scans = []
-        for name, image, _labels in HELD_OUT:
-            pre = preprocess(read_volume(rct / image), spacing)
-            grid = SuperpatchGrid.for_preprocessed(pre, model.cfg.superpatch)
-            scans.append({"scan": name, "reconstruction": score_reconstruction(model, pre, grid, mask_strategies(), (0,))})
+        meta = {"spacing_zyx": tuple(model.checkpoint_extra.get("spacing_zyx") or DEFAULT_SPACING_ZYX)}
+        scans = [score_scan(model, None, meta, name, rct / image, None, mask_strategies(), (0,))  # no probe
+                 for name, image, _labels in HELD_OUT]
         by_mask = {}
         for test_mask in mask_strategies():
             rows = [r for s in scans for r in s["reconstruction"] if r["strategy"] == test_mask]

@@ -89,6 +89,7 @@ run_pretrain() {  # run_pretrain OUT_DIR STEPS ARGS...: a stopped run continues 
 
 PHANTOMS_AND_CT="60 phantom scans (seed 1, size small) + TotalSegmentator example CT (CC BY 4.0)"
 if [ -n "${INIT:-}" ]; then
+    [ "$ADAPT_STEPS" -gt 0 ] || { echo "INIT=$INIT starts stage 2, but ADAPT_STEPS=0 leaves nothing to train" >&2; exit 2; }
     echo "== stage 1 skipped: starting stage 2 from $INIT"
     STAGE1=$INIT
 else

@@ -43,10 +43,13 @@ class Augment:
         return self.intensity > 0 or self.scale > 0
 
     def crop(self, volume: np.ndarray, origin_zyx: Sequence[int], superpatch: int,
-             rng: np.random.Generator) -> np.ndarray:
-        """The (S, S, S) float32 crop at ``origin_zyx`` with this augmentation applied."""
+             rng: np.random.Generator, plain: np.ndarray | None = None) -> np.ndarray:
+        """The (S, S, S) float32 crop at ``origin_zyx`` with this augmentation applied (``plain``: that
+        crop already cut, used as it is when there is no scale jitter)."""
         s = int(superpatch)
-        if self.scale > 0:
+        if self.scale == 0 and plain is not None:
+            patch = plain
+        elif self.scale > 0:
             sizes = [max(2, int(round(s * f))) for f in rng.uniform(1 - self.scale, 1 + self.scale, 3)]
             start = [int(o) + (s - n) // 2 for o, n in zip(origin_zyx, sizes)]
             region = torch.from_numpy(crop_box(volume, start, sizes))[None, None]

@@ -197,7 +197,7 @@ class CropDataset(torch.utils.data.Dataset):
                                                weights=self.weights)
         if self.augment is not None and self.augment.active:
             patch = self.augment.crop(self.cache.image(cid), origin, self.cache.superpatch,
-                                      np.random.default_rng([self.seed, int(i), 1]))
+                                      np.random.default_rng([self.seed, int(i), 1]), plain=patch)
         inside = inside_fraction(self.cache.image(cid).shape, origin, self.cache.superpatch)
         return torch.from_numpy(np.ascontiguousarray(patch, dtype=np.float32))[None], inside
 

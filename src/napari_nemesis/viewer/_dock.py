@@ -51,6 +51,7 @@ class NemesisDock(QScrollArea):
         self.layout_ = QVBoxLayout(self.body)
         self.layout_.setContentsMargins(4, 6, 4, 6)  # Qt's 9-11 px a side: room a narrow dock needs
         self.panels: dict[str, QWidget] = {}  # feature name -> its panel hosted here
+        self._shrunk = False  # let_shrink has run (at the first show)
         self.setWidget(self.body)
         self.setWidgetResizable(True)
         self.setFrameShape(QFrame.Shape.NoFrame)
@@ -78,7 +79,7 @@ class NemesisDock(QScrollArea):
     def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         """The first time the dock shows (napari's style sheet has been applied: it sets minimum widths
         of its own), its widgets are allowed to shrink to the dock's narrowest width."""
-        if not getattr(self, "_shrunk", False):
+        if not self._shrunk:
             self._shrunk = True
             let_shrink(self.body)
         super().showEvent(event)

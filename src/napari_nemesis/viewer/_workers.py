@@ -41,18 +41,18 @@ from ._runstate import CANCELLED, DONE, FAILED, IDLE, RUNNING, RunStatus  # noqa
 JOB_NICE = 10
 #: At interpreter exit, how long running jobs get to see their cancel flag and end (ms).
 EXIT_WAIT_MS = 10_000
-#: The cancel flags of the jobs started and not yet ended, for the exit below.
-_LIVE_FLAGS: set[threading.Event] = set()
+#: The jobs started and not yet ended, for the exit below.
+_LIVE_JOBS: set[Job] = set()
 
 
 def _end_jobs_at_exit() -> None:
     """A script or napari exiting while jobs run: each is cancelled, and the exit waits (bounded) for
     their threads. Left running, a job that ends while Python tears its objects down emits through a
     deleted Qt object, and Qt aborts the process (SIGABRT) instead of exiting."""
-    if not _LIVE_FLAGS:
+    if not _LIVE_JOBS:
         return
-    for flag in list(_LIVE_FLAGS):
-        flag.set()
+    for job in list(_LIVE_JOBS):
+        job.cancel()
     from qtpy.QtCore import QThreadPool
 
     QThreadPool.globalInstance().waitForDone(EXIT_WAIT_MS)
@@ -277,7 +277,6 @@ def start_job(
     from napari.qt.threading import create_worker
 
     flag = threading.Event()
-    _LIVE_FLAGS.add(flag)
     relay = _Relay()
     bar = _LateBar(description or name) if activity else _NoBar()
 
@@ -292,6 +291,7 @@ def start_job(
     worker = create_worker(_in_background(fn), *args, cancel=cancel, report=report, _start_thread=False,
                            _ignore_errors=True)
     job = Job(name, state, worker, flag, relay)
+    _LIVE_JOBS.add(job)
 
     def handle_event(event: dict) -> None:
         kind = event.get("event")
@@ -348,7 +348,7 @@ def start_job(
         _fail(exc)
 
     def handle_finished() -> None:
-        _LIVE_FLAGS.discard(flag)
+        _LIVE_JOBS.discard(job)
         if state.status == RUNNING:  # a generator quit at a yield returns nothing
             state.status = CANCELLED if flag.is_set() else DONE
         state.message = state.status if state.status != FAILED else state.error
