@@ -27,6 +27,9 @@ REAL_WEIGHT=${REAL_WEIGHT:-90}
 BF16=${BF16:---bf16}   # bf16 autocast: 1.65x faster on this CPU with the same loss curve (docs/performance.md)
 NEMESIS=${NEMESIS:-nemesis}
 PY=${PY:-python3}
+if [ -n "${INIT:-}" ] && [ "$ADAPT_STEPS" -le 0 ]; then
+    echo "INIT=$INIT starts stage 2, but ADAPT_STEPS=0 leaves nothing to train" >&2; exit 2
+fi
 mkdir -p "$W"
 
 echo "== phantoms"
@@ -89,7 +92,6 @@ run_pretrain() {  # run_pretrain OUT_DIR STEPS ARGS...: a stopped run continues 
 
 PHANTOMS_AND_CT="60 phantom scans (seed 1, size small) + TotalSegmentator example CT (CC BY 4.0)"
 if [ -n "${INIT:-}" ]; then
-    [ "$ADAPT_STEPS" -gt 0 ] || { echo "INIT=$INIT starts stage 2, but ADAPT_STEPS=0 leaves nothing to train" >&2; exit 2; }
     echo "== stage 1 skipped: starting stage 2 from $INIT"
     STAGE1=$INIT
 else
