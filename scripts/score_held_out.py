@@ -1,6 +1,6 @@
 """Scores NEMESIS weights on real CT that no training step saw, beside two learning-free fills.
 
-  python scripts/score_held_out.py [--cache DIR] [--checkpoint CKPT --probe HEAD | --reconstruction-only] [--seeds 2] [--out FILE] [--record]
+  python scripts/score_held_out.py [--cache DIR] [--checkpoint CKPT] [--probe HEAD] [--reconstruction-only | --probe-only] [--seeds 2] [--out FILE] [--record]
 
 The scans come from ``scripts/fetch_registry_ct.py`` (run first; its cache is reused offline). Which scans
 are held out is fixed here, not chosen by score: ``HELD_OUT`` below. The pretraining scan
@@ -150,6 +150,8 @@ def score_scan(model, head, meta, name, image, labels, strategies, seeds) -> dic
     if head is not None and labels is not None and Path(labels).is_file():
         out["probe"] = score_probe(model, head, meta, vol, labels, grid)
     rec = out["reconstruction"]
+    if not rec:  # --probe-only
+        return out
     out["mean_gain_over_mean_fill"] = float(np.mean([r["gain_over_mean_fill"] for r in rec]))
     out["mean_gain_over_local_fill"] = float(np.mean([r["gain_over_local_fill"] for r in rec]))
     return out
@@ -162,12 +164,16 @@ def main(argv=None) -> int:
     ap.add_argument("--probe", default=None, help="probe head trained on that checkpoint (default: the bundled one)")
     ap.add_argument("--reconstruction-only", action="store_true",
                     help="skip the probe (e.g. for an intermediate checkpoint that has no head trained on it yet)")
+    ap.add_argument("--probe-only", action="store_true",
+                    help="skip the reconstruction (e.g. for a probe head retrained on the same encoder)")
     ap.add_argument("--seeds", type=int, default=2, help="mask seeds per strategy (default 2)")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ap.add_argument("--record", action="store_true",
                     help="write the labelled held-out scan's pooled AUROC into the probe head's metadata "
                          "(held_out_auroc, held_out_on: what nemesis infer and the viewer show beside results)")
     args = ap.parse_args(argv)
+    if args.reconstruction_only and args.probe_only:
+        ap.error("--reconstruction-only and --probe-only leave nothing to score")
     torch.set_num_threads(2)
 
     from napari_nemesis.model import load_checkpoint
@@ -184,7 +190,7 @@ def main(argv=None) -> int:
     head, meta = load_probe(probe)
     if args.reconstruction_only:
         head = None
-    strategies = mask_strategies()
+    strategies = [] if args.probe_only else mask_strategies()
     seeds = tuple(range(args.seeds))
     out = {"checkpoint": str(ckpt), "probe": str(probe), "data_range": "1.0 = the [-175, 250] HU window",
            "fetched": {k: str(v) for k, v in folders.items()}, "held_out": [], "seen_in_training": []}
@@ -195,8 +201,9 @@ def main(argv=None) -> int:
     if image.is_file():
         out["seen_in_training"].append(score_scan(model, head, meta, name, image, labels, strategies, seeds))
     held = out["held_out"]
-    out["held_out_mean_gain_over_mean_fill"] = float(np.mean([s["mean_gain_over_mean_fill"] for s in held]))
-    out["held_out_mean_gain_over_local_fill"] = float(np.mean([s["mean_gain_over_local_fill"] for s in held]))
+    if strategies:
+        out["held_out_mean_gain_over_mean_fill"] = float(np.mean([s["mean_gain_over_mean_fill"] for s in held]))
+        out["held_out_mean_gain_over_local_fill"] = float(np.mean([s["mean_gain_over_local_fill"] for s in held]))
     out["seconds"] = time.time() - t0
     if args.record and head is not None:
         from napari_nemesis.train.probe import save_probe

@@ -2,8 +2,8 @@
 # Reproduces the bundled default weights (docs/model-card.md): a `small` NEMESIS model pretrained,
 # self-supervised (no labels), on 60 phantom scans plus the real CT in two stages (1: every scan drawn
 # alike; 2: from stage 1's weights, the real CT drawn for 60 % of the crops, with intensity and scale
-# jitter), and an organ-presence probe head trained on the labels of a separate 30-case phantom set
-# (its 18 training scans only).
+# jitter), and an organ-presence probe head trained on real and phantom labels: the real CT's BTCV labels
+# plus a separate 30-case phantom set's 18 training scans (its 12 standard test scans are only scored).
 #
 #   scripts/train_default_weights.sh WORK_DIR            (defaults below; override with env vars)
 #   STEPS=6000 BATCH=32 DEVICE=cuda WORKERS=12 scripts/train_default_weights.sh runs/defaults
@@ -15,6 +15,7 @@
 set -euo pipefail
 W=${1:-runs/default-weights}
 CT=${CT:-../shared/data/ct/abdomen_ct.nii.gz}
+CT_LABELS=${CT_LABELS:-../shared/data/ct/abdomen_label_btcv.nii.gz}   # its BTCV organ labels: the probe trains on them
 STEPS=${STEPS:-3000}
 BATCH=${BATCH:-8}
 DEVICE=${DEVICE:-auto}
@@ -119,15 +120,29 @@ echo "== bundle the model (float16); the probe below is trained on exactly these
 mkdir -p "$W/bundle"
 bundle "$FINAL" "$W/bundle/nemesis_small.safetensors" "$PHANTOMS_AND_CT; stage 2: the real CT at 60 % of the crops"
 
-echo "== probe head (phantom labels, training split only) on the bundled model"
-$NEMESIS prepare "$W/probe_phantoms" --out "$W/cache_probe"
+echo "== probe set: the 30 labelled phantoms (standard BTCV split) + the real CT's labels, pinned to training"
+$PY - "$W" "$CT" "$CT_LABELS" <<'PYEOF'
+import json, sys
+from pathlib import Path
+w, ct, labels = Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve(), Path(sys.argv[3]).resolve()
+phantoms = w / "probe_phantoms"
+entries = [{"image": str(p), "label": str(phantoms / "labelsTr" / p.name.replace("img", "label")), "id": p.name[3:7]}
+           for p in sorted((phantoms / "imagesTr").glob("img*.nii.gz"))]
+if ct.is_file() and labels.is_file():
+    entries.append({"image": str(ct), "label": str(labels), "id": "realct", "split": "train"})
+(w / "probe.json").write_text(json.dumps(entries, indent=1))
+print(f"{len(entries)} labelled scans ({'with' if len(entries) > 30 else 'WITHOUT'} the real CT)")
+PYEOF
+$NEMESIS prepare "$W/probe.json" --out "$W/cache_probe"
+
+echo "== probe head (training split: 18 phantoms + the real CT) on the bundled model"
 $NEMESIS probe "$W/cache_probe" --checkpoint "$W/bundle/nemesis_small.safetensors" --out "$W/probe" --device "$DEVICE" \
     --batch 16 --json | tail -n 1 > "$W/probe_result.json"
 cp "$W/probe/probe.safetensors" "$W/bundle/probe_small.safetensors"
 ls -l "$W/bundle"
 
 [ "${EVALUATE:-1}" = 0 ] && { echo "done (EVALUATE=0: no evaluation): $W/bundle"; exit 0; }
-echo "== evaluate (Tables II-III on the 30-case probe phantom set)"
+echo "== evaluate (Tables II-III: the 12 phantom test scans; training from the 18 phantoms + the real CT)"
 $NEMESIS evaluate "$W/cache_probe" --checkpoint "$W/bundle/nemesis_small.safetensors" --device "$DEVICE" --batch 16 \
     --out "$W/eval" --json | tail -n 1 > "$W/evaluate_result.json" || echo "evaluate failed (weights are still bundled)"
 echo "done: $W/bundle (copy both files into src/napari_nemesis/weights/)"

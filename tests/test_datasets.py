@@ -23,6 +23,7 @@ from napari_nemesis.data import (
     prepare_cache,
     presence_labels,
     split_cases,
+    split_description,
     split_rule,
     SPLIT_RULES,
     write_phantom_dataset,
@@ -76,6 +77,51 @@ def test_btcv_split_only_for_btcv_itself():
     assert [c.case_id for c in split_cases(with_ts)[1]] == list(BTCV_TEST_IDS)
     assert split_rule(_fake(btcv + ["0041"])) == "fallback"
     assert "TransUNet" in SPLIT_RULES["btcv"]
+
+
+def test_a_pinned_case_keeps_its_split_and_the_rule_splits_the_rest():
+    """Issue 16: a real labelled scan added to BTCV's 30 cases for training used to drop the whole
+    set to the fallback split; pinned to "train" it joins training and BTCV keeps its 12 test cases."""
+    btcv = _fake([f"{i:04d}" for i in list(range(1, 11)) + list(range(21, 41))])
+    real = Case("realct", Path("/x/realct.nii.gz"), Path("/x/realct_label.nii.gz"), "train")
+    assert split_rule(btcv + [real]) == "btcv"
+    train, test = split_cases(btcv + [real])
+    assert [c.case_id for c in test] == list(BTCV_TEST_IDS)
+    assert "realct" in [c.case_id for c in train] and len(train) == 19
+    # unpinned, the same scan drops the set to the fallback (the rule itself is unchanged)
+    assert split_rule(btcv + [Case("realct", real.image, real.label)]) == "fallback"
+    # a case pinned to test is test whatever the rule says, and the fallback splits the others alone
+    five = _fake(["0001", "0002", "0003", "0004", "0005"])
+    free_train, free_test = split_cases(five[:4])
+    pinned = five[:4] + [Case("0005", five[4].image, five[4].label, "test")]
+    train, test = split_cases(pinned)
+    assert [c.case_id for c in test] == sorted([c.case_id for c in free_test] + ["0005"])
+    assert [c.case_id for c in train] == [c.case_id for c in free_train]
+    text = split_description("btcv", {"realct": "train"})
+    assert text.startswith(SPLIT_RULES["btcv"]) and "realct -> train" in text
+    assert split_description("btcv", {}) == SPLIT_RULES["btcv"]
+
+
+def test_prepare_honours_splits_pinned_in_the_case_list(phantoms, tmp_path):
+    entries = [{"image": str(p), "label": str(phantoms / "labelsTr" / p.name.replace("img", "label"))}
+               for p in sorted((phantoms / "imagesTr").glob("img*.nii.gz"))]
+    assert [c.case_id for c in split_cases(find_cases(phantoms))[1]] == ["0002", "0004"]  # test under the fallback rule
+    entries[1]["split"] = "train"
+    (tmp_path / "list.json").write_text(json.dumps(entries))
+    index = prepare_cache(tmp_path / "list.json", tmp_path / "c", spacing_zyx=(14, 14, 16), superpatch=8)
+    assert index.cases["0002"]["split"] == "train" and index.pinned == {"0002": "train"}
+    summary = index.summary()
+    assert summary["pinned"] == {"0002": "train"} and "0002 -> train" in summary["split_description"]
+    cache = open_cache(tmp_path / "c")
+    # the rule splits the 4 unpinned cases as a 4-case set: 0003 and 0005 are its test cases
+    assert cache.train_ids == ["0001", "0002", "0004"] and cache.test_ids == ["0003", "0005"]
+    assert cache.pinned == {"0002": "train"}
+    assert "pinned by the case list: 0002 -> train" in cache.split_description
+    assert [c.split for c in cache.cases()] == [None, "train", None, None, None]
+    entries[1]["split"] = "validation"
+    (tmp_path / "bad.json").write_text(json.dumps(entries))
+    with pytest.raises(NemesisInputError, match=r"bad\.json: entry 1 has split 'validation'"):
+        find_cases(tmp_path / "bad.json")
 
 
 def test_prepare_reports_the_split(phantoms, tmp_path, capsys, monkeypatch):

@@ -66,6 +66,8 @@ def test_linear_probe_reports_scikit_learn_metrics_and_saves_a_head(setup, tmp_p
     head, meta = load_probe(res["probe"])
     assert meta["organs"] == list(ORGAN_NAMES) and meta["threshold"] == 0.5
     assert head.fc.out_features == 8
+    # the head says which scans trained it and how the set was split (issue 16: provenance of a bundled head)
+    assert meta["train_cases"] == res["train_cases"] and meta["split"] == res["split_description"]
 
 
 def test_probe_cli_json_contract(setup, tmp_path, capsys):

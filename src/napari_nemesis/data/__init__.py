@@ -20,7 +20,9 @@ from .datasets import (
     open_dataset,
     prepare_cache,
     split_cases,
+    split_description,
     split_rule,
+    SPLITS,
     SPLIT_RULES,
 )
 from .grid import (
@@ -94,7 +96,7 @@ __all__ = [
     "LABEL_SCHEMES", "detect_label_scheme", "to_btcv_labels", "label_names", "btcv_id_map",
     "check_label_scheme",
     "BTCV_TEST_IDS", "BTCV_CASE_IDS", "Case", "CacheIndex", "SuperpatchCache", "default_cache_dir", "find_cases",
-    "split_cases", "split_rule", "SPLIT_RULES", "label_ratio_subset", "prepare_cache", "open_cache", "open_dataset", "is_cache",
+    "split_cases", "split_description", "split_rule", "SPLITS", "SPLIT_RULES", "label_ratio_subset", "prepare_cache", "open_cache", "open_dataset", "is_cache",
     "PHANTOM_SIZES", "make_phantom", "phantom_case_id", "write_phantom_dataset",
     "measure_sampling_rate",
 ]

@@ -52,7 +52,9 @@ __all__ = [
     "default_cache_dir",
     "find_cases",
     "split_cases",
+    "split_description",
     "split_rule",
+    "SPLITS",
     "SPLIT_RULES",
     "label_ratio_subset",
     "prepare_cache",
@@ -79,11 +81,16 @@ Cancel = Callable[[], bool]
 
 @dataclass(frozen=True)
 class Case:
-    """One scan of a dataset: ``case_id`` (e.g. ``"0001"``), its image and optional label map."""
+    """One scan of a dataset: ``case_id`` (e.g. ``"0001"``), its image and optional label map.
+
+    ``split`` pins the case to ``"train"`` or ``"test"`` (a JSON case list's ``"split"`` field);
+    ``None`` leaves it to the split rule, which then applies to the unpinned cases only.
+    """
 
     case_id: str
     image: Path
     label: Path | None = None
+    split: str | None = None
 
 
 # ------------------------------------------------------------------------------------------
@@ -134,6 +141,7 @@ def _cases_from_json(path: Path, include_unlabelled: bool) -> list[Case]:
     root = path.parent
     cases: list[Case] = []
     for k, entry in enumerate(list(entries) + list(unlabelled)):
+        pinned = None
         if isinstance(entry, str):
             image, label, cid = entry, None, None
         elif isinstance(entry, (list, tuple)) and 1 <= len(entry) <= 2:
@@ -141,6 +149,10 @@ def _cases_from_json(path: Path, include_unlabelled: bool) -> list[Case]:
         elif isinstance(entry, dict) and "image" in entry:
             image, label = entry["image"], entry.get("label")
             cid = entry.get("id", entry.get("case_id"))
+            pinned = entry.get("split")
+            if pinned is not None and pinned not in SPLITS:
+                raise NemesisInputError(f"{path}: entry {k} has split {pinned!r}; a pinned split is "
+                                        f"{' or '.join(repr(x) for x in SPLITS)}")
         else:
             raise NemesisInputError(f"{path}: entry {k} is not an image/label pair")
         if isinstance(image, list):  # MONAI multi-channel lists: take the first
@@ -150,7 +162,7 @@ def _cases_from_json(path: Path, include_unlabelled: bool) -> list[Case]:
         if lab is None and not include_unlabelled:
             continue
         cid = str(cid) if cid is not None else (_digits_id(img.name) or img.name.split(".")[0])
-        cases.append(Case(cid, img, lab))
+        cases.append(Case(cid, img, lab, pinned))
     return cases
 
 
@@ -272,6 +284,8 @@ def find_cases(data_dir: str | os.PathLike, include_unlabelled: bool = False) ->
 # ------------------------------------------------------------------------------------------
 
 
+#: The two splits a case can be in (and be pinned to: ``Case.split``).
+SPLITS = ("train", "test")
 #: What each split rule does (``split_rule``), for logs and summaries.
 SPLIT_RULES = {
     "btcv": "standard BTCV split: TransUNet's 12 test cases, the other 18 train",
@@ -286,7 +300,9 @@ def split_rule(cases: Sequence[Case], test_ids: Iterable[str] = BTCV_TEST_IDS) -
     The BTCV list applies only when the dataset *is* BTCV: its 30 labelled case ids are all there
     and every other case is unlabelled (``imagesTs``). A 4-case set holding ids 0001-0004, or a
     100-case set, gets the fallback. Other ``test_ids`` apply when any of them is present.
+    Cases pinned to a split (``Case.split``) are left out: the rule is about the others.
     """
+    cases = [c for c in cases if c.split is None]
     ids = {c.case_id for c in cases}
     test_ids = tuple(test_ids)
     if test_ids == BTCV_TEST_IDS:
@@ -305,21 +321,42 @@ def split_cases(cases: Sequence[Case], test_ids: Iterable[str] = BTCV_TEST_IDS
     dataset gets the fallback rule, which keeps the BTCV proportion 12/30: with ``n`` cases sorted
     by id, ``k = round(0.4 * n)`` (0 when ``n < 2``) test cases at sorted positions
     ``floor((j + 0.5) * n / k)`` for ``j = 0..k-1``, spread evenly.
+
+    A case pinned to a split (``Case.split``, the JSON list's ``"split"``) goes there, and the rule
+    splits the rest as if the pinned cases were not in the dataset: BTCV's 30 cases plus a real
+    scan pinned to ``"train"`` keep the standard 12 test cases.
     """
     ordered = sorted(cases, key=lambda c: c.case_id)
+    pinned_train = [c for c in ordered if c.split == "train"]
+    pinned_test = [c for c in ordered if c.split == "test"]
+    free = [c for c in ordered if c.split is None]
     test_ids = tuple(test_ids)
     wanted = set(test_ids)
-    if split_rule(ordered, test_ids) != "fallback":
-        test = [c for c in ordered if c.case_id in wanted]
-        train = [c for c in ordered if c.case_id not in wanted]
-        return train, test
-    n = len(ordered)
-    k = 0 if n < 2 else int(round(0.4 * n))
-    k = min(k, n - 1) if n else 0
-    pos = {int(math.floor((j + 0.5) * n / k)) for j in range(k)} if k else set()
-    test = [c for i, c in enumerate(ordered) if i in pos]
-    train = [c for i, c in enumerate(ordered) if i not in pos]
-    return train, test
+    if split_rule(free, test_ids) != "fallback":
+        test = [c for c in free if c.case_id in wanted]
+        train = [c for c in free if c.case_id not in wanted]
+    else:
+        n = len(free)
+        k = 0 if n < 2 else int(round(0.4 * n))
+        k = min(k, n - 1) if n else 0
+        pos = {int(math.floor((j + 0.5) * n / k)) for j in range(k)} if k else set()
+        test = [c for i, c in enumerate(free) if i in pos]
+        train = [c for i, c in enumerate(free) if i not in pos]
+
+    def by_id(group: list[Case]) -> list[Case]:
+        return sorted(group, key=lambda c: c.case_id)
+    return by_id(train + pinned_train), by_id(test + pinned_test)
+
+
+def split_description(rule: str, pinned: dict[str, str] | None = None) -> str:
+    """One line saying how a dataset was split: the rule's :data:`SPLIT_RULES` text, then the cases
+    pinned by the case list (``{case_id: split}``), if any."""
+    text = SPLIT_RULES[rule]
+    if pinned:
+        by_split = {s: sorted(c for c, v in pinned.items() if v == s) for s in SPLITS}
+        parts = [f"{', '.join(ids)} -> {s}" for s, ids in by_split.items() if ids]
+        text += f" (among the unpinned cases); pinned by the case list: {'; '.join(parts)}"
+    return text
 
 
 def label_ratio_subset(train_cases: Sequence[Case], ratio: float, seed: int = 0) -> list[Case]:
@@ -424,6 +461,7 @@ class CacheIndex:
     skipped: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     split_rule: str = "fallback"
+    pinned: dict[str, str] = field(default_factory=dict)  # case id -> the split the case list pinned it to
 
     @property
     def case_ids(self) -> list[str]:
@@ -438,7 +476,8 @@ class CacheIndex:
             "train": sum(1 for c in self.cases.values() if c["split"] == "train"),
             "test": sum(1 for c in self.cases.values() if c["split"] == "test"),
             "split": self.split_rule,
-            "split_description": SPLIT_RULES[self.split_rule],
+            "split_description": split_description(self.split_rule, self.pinned),
+            "pinned": dict(self.pinned),
             "superpatches": int(sum(np.prod(c["grid_shape"]) for c in self.cases.values())),
             "prepared": list(self.prepared),
             "skipped": list(self.skipped),
@@ -589,10 +628,13 @@ def prepare_cache(
 
     train, test = split_cases(cases)
     rule = split_rule(cases)
+    pinned = {c.case_id: c.split for c in cases if c.split is not None}
     split_of = {c.case_id: "train" for c in train}
     split_of.update({c.case_id: "test" for c in test})
-    index = cache_index(spacing, superpatch, data_dir, split_rule=rule, split=SPLIT_RULES[rule], cases={})
-    result = CacheIndex(out_dir, Spacing.from_json(spacing).value, superpatch, index["cases"], split_rule=rule)
+    index = cache_index(spacing, superpatch, data_dir, split_rule=rule, split=split_description(rule, pinned),
+                        pinned=pinned, cases={})
+    result = CacheIndex(out_dir, Spacing.from_json(spacing).value, superpatch, index["cases"], split_rule=rule,
+                        pinned=pinned)
     wanted = {c.case_id for c in cases}
     for cid in sorted(set(old["cases"]) - wanted if old else ()):
         shutil.rmtree(out_dir / "cases" / cid, ignore_errors=True)
@@ -710,8 +752,19 @@ class SuperpatchCache:
 
     @property
     def split_rule(self) -> str:
-        """How the cache was split (``btcv`` or ``fallback``; see :func:`split_rule`)."""
+        """How the cache's unpinned cases were split (``btcv``, ``given`` or ``fallback``; see
+        :func:`split_rule`)."""
         return self.index.get("split_rule", "fallback")
+
+    @property
+    def pinned(self) -> dict[str, str]:
+        """The cases the case list pinned to a split (``{case_id: "train" | "test"}``)."""
+        return dict(self.index.get("pinned") or {})
+
+    @property
+    def split_description(self) -> str:
+        """The split in one line: the rule, then the pinned cases (:func:`split_description`)."""
+        return split_description(self.split_rule, self.pinned)
 
     def label_scheme(self, case_id: str) -> str | None:
         """The label-id scheme the case's label map came in (``None`` when unlabelled)."""
@@ -723,7 +776,8 @@ class SuperpatchCache:
         for cid in self.case_ids:
             src = self._entry(cid)["sources"]
             lab = src.get("label")
-            out.append(Case(cid, Path(src["image"]["path"]), Path(lab["path"]) if lab else None))
+            out.append(Case(cid, Path(src["image"]["path"]), Path(lab["path"]) if lab else None,
+                            self.pinned.get(cid)))
         return out
 
     def _entry(self, case_id: str) -> dict[str, Any]:

@@ -98,7 +98,7 @@ def evaluate(
     ``auroc_std`` their spread. ``histogram_baseline`` adds rows of a head on intensity histograms
     (:func:`histogram_features`), beside the random encoder: what intensity alone tells.
     """
-    from ..data import ORGAN_NAMES, SPLIT_RULES
+    from ..data import ORGAN_NAMES
 
     opts = opts or ProbeOptions()
     device = resolve_device(opts.device)
@@ -170,7 +170,7 @@ def evaluate(
                      "n_train_superpatches": cache.n_superpatches(full_train), "n_test_superpatches": int(len(yte)),
                      "paper_auroc": pa, "paper_f1": pf, "paper_row": "Table II NEMESIS fine-tune"})
     result: dict[str, Any] = {"rows": rows, "train_cases": full_train, "test_cases": test_ids,
-                              "split": cache.split_rule, "split_description": SPLIT_RULES[cache.split_rule],
+                              "split": cache.split_rule, "split_description": cache.split_description,
                               "spacing_zyx": Spacing.parse(cache.spacing_zyx).to_json(),
                               "mean_over": MEAN_CONVENTION,
                               "paper_table_ii": PAPER_TABLE_II, "paper_table_iii": PAPER_TABLE_III}

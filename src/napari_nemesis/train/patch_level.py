@@ -124,7 +124,7 @@ def run_patch_probe(
     The result has ``run_probe``'s keys (``auroc_mean``, ``f1_macro``, ``per_organ`` over patches ...)
     plus ``level``, ``patch``, ``patch_threshold``, ``n_train_patches`` and ``n_test_patches``.
     """
-    from ..data import ORGAN_NAMES, SPLIT_RULES
+    from ..data import ORGAN_NAMES
     from .metrics import presence_metrics
 
     if opts.mode != "linear":
@@ -156,7 +156,7 @@ def run_patch_probe(
         n_train_patches=int(len(ytr)), n_test_patches=int(len(yte)),
         n_train_superpatches=int(cache.n_superpatches(train_ids)), n_test_superpatches=int(cache.n_superpatches(test_ids)),
         train_cases=train_ids, test_cases=test_ids, split=cache.split_rule,
-        split_description=SPLIT_RULES[cache.split_rule], spacing_zyx=Spacing.parse(cache.spacing_zyx).to_json(),
+        split_description=cache.split_description, spacing_zyx=Spacing.parse(cache.spacing_zyx).to_json(),
         options=asdict(opts),
     )
     if keep_predictions:
@@ -165,7 +165,8 @@ def run_patch_probe(
     if out_dir is not None:
         meta = probe_metadata(model, cache.spacing_zyx, ORGAN_NAMES, opts.threshold, checkpoint=checkpoint_name,
                               level=PATCH_LEVEL, mode=opts.mode, label_ratio=opts.label_ratio, patch_threshold=threshold,
-                              source_checkpoint=checkpoint_name, auroc_mean_test=result["auroc_mean"])
+                              source_checkpoint=checkpoint_name, auroc_mean_test=result["auroc_mean"],
+                              train_cases=list(train_ids), split=cache.split_description)
         result["probe"] = str(save_probe(head, Path(out_dir) / PATCH_PROBE_FILE, meta))
         result["encoder_sha256"] = meta["encoder_sha256"]
     emit(progress, "end", auroc_mean=result["auroc_mean"], f1_macro=result["f1_macro"])

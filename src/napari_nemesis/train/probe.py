@@ -483,7 +483,7 @@ def run_probe(
     the encoder it was trained on (:func:`probe_metadata`). A raw data folder is read with
     ``label_scheme`` and prepared at ``spacing_zyx`` (default: the checkpoint's pretraining spacing).
     """
-    from ..data import ORGAN_NAMES, SPLIT_RULES
+    from ..data import ORGAN_NAMES
 
     opts = opts or ProbeOptions()
     if opts.mode not in ("linear", "finetune"):
@@ -525,7 +525,7 @@ def run_probe(
         train_cases=train_ids,
         test_cases=test_ids,
         split=cache.split_rule,
-        split_description=SPLIT_RULES[cache.split_rule],
+        split_description=cache.split_description,
         spacing_zyx=Spacing.parse(cache.spacing_zyx).to_json(),
         options=asdict(opts),
     )
@@ -544,7 +544,8 @@ def run_probe(
             result["finetuned_checkpoint"] = trained_on
         meta = probe_metadata(encoder, cache.spacing_zyx, ORGAN_NAMES, opts.threshold, checkpoint=trained_on,
                               mode=opts.mode, label_ratio=opts.label_ratio, source_checkpoint=checkpoint_name,
-                              auroc_mean_test=result["auroc_mean"])
+                              auroc_mean_test=result["auroc_mean"], train_cases=list(train_ids),
+                              split=cache.split_description)
         result["probe"] = str(save_probe(head, out_dir / PROBE_FILE, meta))
         result["encoder_sha256"] = meta["encoder_sha256"]
     emit(progress, "end", auroc_mean=result["auroc_mean"], f1_macro=result["f1_macro"])
