@@ -124,6 +124,24 @@ def test_prepare_honours_splits_pinned_in_the_case_list(phantoms, tmp_path):
         find_cases(tmp_path / "bad.json")
 
 
+def test_the_cache_records_each_scans_voxel_digest_and_adds_it_to_old_caches(phantoms, tmp_path):
+    from napari_nemesis.data import ScanFingerprint, read_volume
+
+    prepare_cache(phantoms, tmp_path / "c", spacing_zyx=(14, 14, 16), superpatch=8)
+    cache = open_cache(tmp_path / "c")
+    for case in find_cases(phantoms):
+        assert cache.voxel_sha256(case.case_id) == ScanFingerprint.of_volume(read_volume(case.image)).voxel_sha256
+    index_path = tmp_path / "c" / "index.json"
+    doc = json.loads(index_path.read_text())
+    for entry in doc["cases"].values():
+        del entry["voxel_sha256"]                       # a cache written before the digest was recorded
+    index_path.write_text(json.dumps(doc))
+    assert open_cache(tmp_path / "c").voxel_sha256("0001") is None
+    again = prepare_cache(phantoms, tmp_path / "c", spacing_zyx=(14, 14, 16), superpatch=8)
+    assert len(again.skipped) == 5                      # nothing preprocessed again, only the digest added
+    assert open_cache(tmp_path / "c").voxel_sha256("0001") == cache.voxel_sha256("0001")
+
+
 def test_prepare_reports_the_split(phantoms, tmp_path, capsys, monkeypatch):
     from napari_nemesis import cli
 

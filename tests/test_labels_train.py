@@ -87,6 +87,11 @@ def test_linear_training_writes_a_head_infer_accepts(setup, tmp_path, capsys):
                  str(tmp_path / "inf"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["superpatches"] == 8 and out["organs"] == list(ORGAN_NAMES)
+    # the head knows its training scans by their voxels, and infer says when it is shown one of them
+    assert meta["train_voxel_sha256"] == {sc.scan_id: project.store(sc, add=False).scan.voxel_sha256
+                                          for sc in project.scans}
+    assert out["trust"]["head_trained_on_this_scan"] == project.scans[0].scan_id
+    assert "trained on this scan" in out["trust"]["warnings"][0]
 
 
 def test_linear_stop_and_resume_end_where_an_uninterrupted_run_does(setup, tmp_path):

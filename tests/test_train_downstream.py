@@ -68,6 +68,8 @@ def test_linear_probe_reports_scikit_learn_metrics_and_saves_a_head(setup, tmp_p
     assert head.fc.out_features == 8
     # the head says which scans trained it and how the set was split (issue 16: provenance of a bundled head)
     assert meta["train_cases"] == res["train_cases"] and meta["split"] == res["split_description"]
+    assert meta["train_voxel_sha256"] == {c: cache.voxel_sha256(c) for c in res["train_cases"]}
+    assert all(len(d) == 64 for d in meta["train_voxel_sha256"].values())
 
 
 def test_probe_cli_json_contract(setup, tmp_path, capsys):

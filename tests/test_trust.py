@@ -46,7 +46,8 @@ def test_held_out_auroc_prefers_the_recorded_held_out_figure():
     assert (value, where) == (0.91, "scan X")
     assert held_out_auroc({"held_out_auroc": "nan"}) == (None, None)
     report = trust_report(_ct(), {"held_out_auroc": 0.8}, MODEL)
-    assert report == {"head_held_out_auroc": 0.8, "head_held_out_on": "held-out data", "warnings": []}
+    assert report == {"head_held_out_auroc": 0.8, "head_held_out_on": "held-out data", "head_trained_on_this_scan": None,
+                      "warnings": []}
 
 
 def test_the_bundled_head_records_its_held_out_score():
@@ -54,3 +55,33 @@ def test_the_bundled_head_records_its_held_out_score():
 
     value, where = held_out_auroc(load_default_probe()[1])
     assert value is not None and 0.5 < value <= 1 and "LIDC" in where
+
+
+def test_a_scan_the_head_was_trained_on_is_named_and_warned_about():
+    """The held-out AUROC shown beside probabilities does not describe a scan the head was trained on."""
+    from napari_nemesis.data import ScanFingerprint
+
+    scan, other = _ct(), _ct(offset=1.0)
+    meta = {"held_out_auroc": 0.9, "train_voxel_sha256": {"0003": ScanFingerprint.of_volume(other).voxel_sha256,
+                                                          "realct": ScanFingerprint.of_volume(scan).voxel_sha256}}
+    report = trust_report(scan, meta, MODEL)
+    assert report["head_trained_on_this_scan"] == "realct"
+    assert len(report["warnings"]) == 1 and "trained on this scan (case realct)" in report["warnings"][0]
+    # the same voxels read from another file format are the same scan; other voxels are not
+    copy = Volume(scan.array.copy(), scan.spacing, np.eye(4))
+    assert trust_report(copy, meta, MODEL)["head_trained_on_this_scan"] == "realct"
+    changed = Volume(scan.array + np.float32(0.5), scan.spacing, np.eye(4))
+    assert trust_report(changed, meta, MODEL)["head_trained_on_this_scan"] is None
+    assert trust_report(scan, {"held_out_auroc": 0.9}, MODEL)["head_trained_on_this_scan"] is None  # older heads
+
+
+def test_the_bundled_heads_know_they_were_trained_on_the_sample_ct():
+    from napari_nemesis.data import read_volume
+    from napari_nemesis.sample_data import sample_ct_path
+    from napari_nemesis.weights import load_default_probe
+
+    sample = read_volume(sample_ct_path())
+    for level in ("superpatch", "patch"):
+        report = trust_report(sample, load_default_probe(level)[1], MODEL)
+        assert report["head_trained_on_this_scan"] is not None, level
+        assert "training-set figures" in report["warnings"][0]

@@ -25,6 +25,7 @@ from .datasets import (
     SPLITS,
     SPLIT_RULES,
 )
+from .fingerprint import ScanFingerprint
 from .grid import (
     MAX_SUPERPATCHES,
     MIN_MEAN,
@@ -96,7 +97,7 @@ __all__ = [
     "LABEL_SCHEMES", "detect_label_scheme", "to_btcv_labels", "label_names", "btcv_id_map",
     "check_label_scheme",
     "BTCV_TEST_IDS", "BTCV_CASE_IDS", "Case", "CacheIndex", "SuperpatchCache", "default_cache_dir", "find_cases",
-    "split_cases", "split_description", "split_rule", "SPLITS", "SPLIT_RULES", "label_ratio_subset", "prepare_cache", "open_cache", "open_dataset", "is_cache",
+    "ScanFingerprint", "split_cases", "split_description", "split_rule", "SPLITS", "SPLIT_RULES", "label_ratio_subset", "prepare_cache", "open_cache", "open_dataset", "is_cache",
     "PHANTOM_SIZES", "make_phantom", "phantom_case_id", "write_phantom_dataset",
     "measure_sampling_rate",
 ]

@@ -36,6 +36,7 @@ from .io import NemesisDataWarning, check_ct, read_labels, read_volume
 from .label_schemes import check_label_scheme, to_btcv_labels
 from .organs import ORGAN_IDS, ORGAN_NAMES, PRESENCE_THRESHOLD, organ_voxel_counts
 from .preprocess import HU_WINDOW, Preprocessed, preprocess, resample
+from .fingerprint import ScanFingerprint
 from .formats import DATASET_SUFFIXES, scan_stem
 from .spacing import DEFAULT_SPACING_ZYX, Spacing
 
@@ -563,6 +564,7 @@ def _prepare_one(case: Case, case_dir_tmp: Path, spacing_zyx, superpatch: int,
         "presence": None,
         "organ_voxels": None,
         "label_scheme": scheme,
+        "voxel_sha256": ScanFingerprint.of_volume(vol).voxel_sha256,  # what a head trained on it records
     }
     del vol
     if labels is not None:
@@ -663,6 +665,9 @@ def prepare_cache(
                     entry["organ_voxels"] = counts.tolist()
                     entry["presence"] = (counts >= PRESENCE_THRESHOLD).astype(int).tolist()
                 entry["grid_shape"] = list(SuperpatchGrid(entry["shape_zyx"], superpatch).grid_shape)
+                if not entry.get("voxel_sha256"):  # cached before the digest was recorded: read once more
+                    _check(cancel, "prepare")
+                    entry["voxel_sha256"] = ScanFingerprint.of_volume(read_volume(case.image)).voxel_sha256
         if not reuse:
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{case.case_id}-", dir=out_dir / "cases"))
             try:
@@ -765,6 +770,11 @@ class SuperpatchCache:
     def split_description(self) -> str:
         """The split in one line: the rule, then the pinned cases (:func:`split_description`)."""
         return split_description(self.split_rule, self.pinned)
+
+    def voxel_sha256(self, case_id: str) -> str | None:
+        """The digest of the case's canonical voxels (:class:`~.fingerprint.ScanFingerprint`), or ``None``
+        in a cache written before it was recorded."""
+        return self._entry(case_id).get("voxel_sha256")
 
     def label_scheme(self, case_id: str) -> str | None:
         """The label-id scheme the case's label map came in (``None`` when unlabelled)."""

@@ -683,13 +683,15 @@ def _save_final(net, model, opts, out: Path, snapshot, checkpoint, estimate, n_l
         head, encoder = net.head.cpu(), net.encoder.cpu()
         source = str(save_checkpoint(encoder, out / RUN_FILES["finetuned"],
                                      extra={"finetuned_from": checkpoint, "labels_project": snapshot["project"]}))
+    trained_on = {"train_voxel_sha256": {sc["id"]: sc["voxel_sha256"] for sc in snapshot["scans"]}}  # train.trust
     if snapshot.get("level") == "patch":
         meta = probe_metadata(encoder, snapshot["spacing_zyx"], organs=snapshot["organs"], threshold=opts.threshold,
                               checkpoint=source, level="patch", mode=opts.mode,
                               patch_threshold=snapshot["patch_threshold"], labels_project=snapshot["project"],
-                              n_labelled=n_labelled, estimate=estimate["estimate"])
+                              n_labelled=n_labelled, estimate=estimate["estimate"], **trained_on)
         return str(save_probe(head, out / RUN_FILES["head_patch"], meta))
     meta = probe_metadata(encoder, snapshot["spacing_zyx"], organs=snapshot["organs"], threshold=opts.threshold,
                           checkpoint=source, mode=opts.mode, presence_threshold=snapshot["presence_threshold"],
-                          labels_project=snapshot["project"], n_labelled=n_labelled, estimate=estimate["estimate"])
+                          labels_project=snapshot["project"], n_labelled=n_labelled, estimate=estimate["estimate"],
+                          **trained_on)
     return str(save_probe(head, out / RUN_FILES["head"], meta))

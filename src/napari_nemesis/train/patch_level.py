@@ -50,6 +50,7 @@ from .probe import (
     save_probe,
     train_linear_head,
     training_case_ids,
+    training_digests,
 )
 from .runtime import autocast, resolve_device
 
@@ -166,7 +167,8 @@ def run_patch_probe(
         meta = probe_metadata(model, cache.spacing_zyx, ORGAN_NAMES, opts.threshold, checkpoint=checkpoint_name,
                               level=PATCH_LEVEL, mode=opts.mode, label_ratio=opts.label_ratio, patch_threshold=threshold,
                               source_checkpoint=checkpoint_name, auroc_mean_test=result["auroc_mean"],
-                              train_cases=list(train_ids), split=cache.split_description)
+                              train_cases=list(train_ids), split=cache.split_description,
+                              train_voxel_sha256=training_digests(cache, train_ids))
         result["probe"] = str(save_probe(head, Path(out_dir) / PATCH_PROBE_FILE, meta))
         result["encoder_sha256"] = meta["encoder_sha256"]
     emit(progress, "end", auroc_mean=result["auroc_mean"], f1_macro=result["f1_macro"])

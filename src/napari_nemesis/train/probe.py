@@ -446,6 +446,14 @@ def training_case_ids(cache, ratio: float = 1.0, seed: int = 0) -> list[str]:
     return [c.case_id for c in label_ratio_subset(train_cases, ratio, seed)]
 
 
+def training_digests(cache, case_ids: Sequence[str]) -> dict[str, str]:
+    """``{case_id: voxel digest}`` of the scans a head is trained on, as the cache records them (a cache
+    from before the digest was recorded gives none): what ``train.trust`` matches a scan against to
+    say its probabilities are training-set figures."""
+    digests = {cid: cache.voxel_sha256(cid) for cid in case_ids}
+    return {cid: d for cid, d in digests.items() if d}
+
+
 def dataset_for(data, model: NemesisMAE, spacing_zyx=None, label_scheme: str = "auto", progress=None, cancel=None,
                 include_unlabelled: bool = False):
     """The dataset ``model`` trains on (a probe; with ``include_unlabelled``, pretraining): a cache as
@@ -545,7 +553,8 @@ def run_probe(
         meta = probe_metadata(encoder, cache.spacing_zyx, ORGAN_NAMES, opts.threshold, checkpoint=trained_on,
                               mode=opts.mode, label_ratio=opts.label_ratio, source_checkpoint=checkpoint_name,
                               auroc_mean_test=result["auroc_mean"], train_cases=list(train_ids),
-                              split=cache.split_description)
+                              split=cache.split_description,
+                              train_voxel_sha256=training_digests(cache, train_ids))
         result["probe"] = str(save_probe(head, out_dir / PROBE_FILE, meta))
         result["encoder_sha256"] = meta["encoder_sha256"]
     emit(progress, "end", auroc_mean=result["auroc_mean"], f1_macro=result["f1_macro"])

@@ -8,6 +8,9 @@ Two facts travel with every probability the CLI and the viewer show:
 * :func:`scan_warnings`: one-line reasons the scan is unlike what the model was trained on: slices far
   coarser than the model's spacing (the model then sees interpolated anatomy), a field of view much
   smaller than one superpatch, intensities that do not look like CT in Hounsfield units.
+* :func:`seen_by_head`: whether the scan is one the head was trained on (its canonical voxels' digest is
+  among the head's ``train_voxel_sha256``): its probabilities are then training-set figures, which the
+  held-out AUROC does not describe, and a warning says so.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 
 from ..data.preprocess import HU_WINDOW
 
-__all__ = ["held_out_auroc", "scan_warnings", "trust_report", "COARSER_THAN", "SMALLER_THAN"]
+__all__ = ["held_out_auroc", "scan_warnings", "seen_by_head", "trust_report", "COARSER_THAN", "SMALLER_THAN"]
 
 #: A scan axis this many times coarser than the model's spacing is interpolated more than the model saw.
 COARSER_THAN = 2.5
@@ -71,8 +74,28 @@ def scan_warnings(volume, model_spacing_zyx, superpatch: int = 128) -> list[str]
     return out
 
 
+def seen_by_head(volume, head_meta: dict[str, Any]) -> str | None:
+    """The case id under which the head was trained on this very scan (same canonical voxels), or ``None``.
+
+    Heads record the digests of their training scans (``train_voxel_sha256``, ``{case_id: digest}``);
+    older heads record none, and nothing is hashed for them.
+    """
+    from ..data.fingerprint import ScanFingerprint
+
+    digests = head_meta.get("train_voxel_sha256")
+    if not isinstance(digests, dict) or not digests:
+        return None
+    mine = ScanFingerprint.of_volume(volume).voxel_sha256
+    return next((str(cid) for cid, digest in digests.items() if digest == mine), None)
+
+
 def trust_report(volume, head_meta: dict[str, Any], model_spacing_zyx, superpatch: int = 128) -> dict[str, Any]:
     """The ``trust`` object of ``nemesis infer --json`` and the Organ probabilities dock."""
     auroc, where = held_out_auroc(head_meta)
-    return {"head_held_out_auroc": auroc, "head_held_out_on": where,
-            "warnings": scan_warnings(volume, model_spacing_zyx, superpatch)}
+    warnings = scan_warnings(volume, model_spacing_zyx, superpatch)
+    seen = seen_by_head(volume, head_meta)
+    if seen is not None:
+        warnings.insert(0, f"the head was trained on this scan (case {seen}): these probabilities are training-set "
+                           "figures, not what its held-out AUROC describes")
+    return {"head_held_out_auroc": auroc, "head_held_out_on": where, "head_trained_on_this_scan": seen,
+            "warnings": warnings}
