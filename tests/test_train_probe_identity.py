@@ -111,7 +111,9 @@ def test_infer_cli_pairs_a_checkpoint_with_the_probe_beside_it(setup, tmp_path, 
     assert main(["infer", str(scan), "--checkpoint", str(ckpt), "--out", str(out), "--json"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["probe"] == str(ckpt.parent / "probe.safetensors") and res["spacing_zyx"] == list(SPACING)
-    assert set(res["trust"]) == {"head_held_out_auroc", "head_held_out_on", "warnings"}
+    assert set(res["trust"]) == {"head_held_out_auroc", "head_held_out_on", "head_trained_on_this_scan", "warnings"}
+    trained_on = "0005" if "0005" in cache.train_ids else None      # the head knows its training scans
+    assert res["trust"]["head_trained_on_this_scan"] == trained_on
     assert res["trust"]["head_held_out_auroc"] is not None     # the probe records its test-split AUROC
     # a named probe of another encoder: one line naming both files
     assert main(["infer", str(scan), "--checkpoint", str(other), "--probe", str(ckpt.parent / "probe.safetensors"),

@@ -44,6 +44,7 @@ SIDECAR_FORMAT = "napari-nemesis/superpatch-labels"
 SIDECAR_VERSION = 1
 SIDECAR_SUFFIX = ".nemesis-labels.json"
 
+
 def _mm(values) -> str:
     return " x ".join(f"{float(v):g}" for v in values)
 
