@@ -55,5 +55,5 @@ class ScanFingerprint:
                 and np.allclose(self.spacing_zyx, other.spacing_zyx, rtol=0, atol=1e-4))
 
     def describe(self) -> str:
-        return (f"{'x'.join(map(str, self.shape_zyx))} voxels at {' x '.join(f'{float(v):g}' for v in self.spacing_zyx)} mm, "
-                f"sha256 {self.voxel_sha256[:12]}")
+        mm = " x ".join(f"{float(v):g}" for v in self.spacing_zyx)
+        return f"{'x'.join(map(str, self.shape_zyx))} voxels at {mm} mm, sha256 {self.voxel_sha256[:12]}"
